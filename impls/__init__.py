@@ -1,0 +1,1 @@
+"""Parallel PyTorch (`impls.torch`) and TensorFlow/Keras (`impls.tf`) implementations of IBP."""

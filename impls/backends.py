@@ -1,0 +1,111 @@
+"""The registry of framework backends that tests, `ibp-check` and benchmarks all iterate.
+
+A backend adapts NumPy data (matrices (B, C, C); feature maps channels-first (B, C, H, W), the
+reference's layout) to a framework's tensors and layout, and computes vector-Jacobian products
+through that framework's autodiff. The stage functions themselves live in `impls.<name>`.
+"""
+
+import importlib
+import importlib.util
+import os
+
+import numpy as np
+
+if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's C++ start-up chatter hides test output
+
+
+class _Backend:
+    name: str
+    package: str
+    layout: str
+    impl_module: str
+
+    def is_available(self):
+        return importlib.util.find_spec(self.package) is not None
+
+    @property
+    def impl(self):
+        """The implementation subpackage (`impls.torch` or `impls.tf`)."""
+        return importlib.import_module(self.impl_module)
+
+    @property
+    def fw(self):
+        """The framework module itself."""
+        return importlib.import_module(self.package)
+
+    def feature_map(self, x_channels_first, dtype="float64"):
+        """A channels-first NumPy feature map as a tensor in this framework's layout."""
+        x = np.asarray(x_channels_first)
+        if self.layout == "channels_last":
+            x = x.transpose(0, 2, 3, 1)
+        return self.tensor(x, dtype)
+
+    def feature_map_numpy(self, tensor):
+        """A feature map (or its gradient) in this framework's layout as channels-first NumPy."""
+        x = self.numpy(tensor)
+        return x.transpose(0, 3, 1, 2) if self.layout == "channels_last" else x
+
+    def __repr__(self):
+        return f"<backend {self.name}>"
+
+
+class TorchBackend(_Backend):
+    name, package, layout, impl_module = "torch", "torch", "channels_first", "impls.torch"
+
+    def tensor(self, array, dtype="float64"):
+        torch = self.fw
+        return torch.as_tensor(np.ascontiguousarray(array)).to(getattr(torch, dtype))
+
+    def numpy(self, tensor):
+        return tensor.detach().cpu().float().numpy() if tensor.dtype.itemsize < 4 else (
+            tensor.detach().cpu().numpy()
+        )
+
+    def value_and_vjp(self, fn, inputs, cotangent):
+        """fn(*inputs) and the gradient of <cotangent, fn(*inputs)> with respect to each input."""
+        torch = self.fw
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        out = fn(*leaves)
+        g = torch.as_tensor(np.asarray(cotangent), dtype=out.dtype)
+        grads = torch.autograd.grad(out, leaves, g, allow_unused=True)
+        return self.numpy(out), [None if d is None else self.numpy(d) for d in grads]
+
+
+class TensorFlowBackend(_Backend):
+    name, package, layout, impl_module = "tf", "tensorflow", "channels_last", "impls.tf"
+
+    def tensor(self, array, dtype="float64"):
+        tf = self.fw
+        return tf.cast(tf.constant(np.asarray(array)), getattr(tf, dtype))
+
+    def numpy(self, tensor):
+        tf = self.fw
+        if tensor.dtype in (tf.float16, tf.bfloat16):
+            tensor = tf.cast(tensor, tf.float32)
+        return tensor.numpy()
+
+    def value_and_vjp(self, fn, inputs, cotangent):
+        """fn(*inputs) and the gradient of <cotangent, fn(*inputs)> with respect to each input."""
+        tf = self.fw
+        with tf.GradientTape() as tape:
+            for t in inputs:
+                tape.watch(t)
+            out = fn(*inputs)
+        g = tf.cast(tf.constant(np.asarray(cotangent)), out.dtype)
+        grads = tape.gradient(out, list(inputs), output_gradients=g)
+        return self.numpy(out), [None if d is None else self.numpy(d) for d in grads]
+
+
+BACKENDS = {backend.name: backend for backend in (TorchBackend(), TensorFlowBackend())}
+
+
+def get_backend(name):
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown framework {name!r}; choose one of {sorted(BACKENDS)}") from None
+
+
+def available_backends():
+    return [b for b in BACKENDS.values() if b.is_available()]

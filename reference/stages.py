@@ -1,0 +1,121 @@
+"""Float64 NumPy/SciPy forward and vector-Jacobian product of every IBP stage.
+
+Layout: feature maps are channels-first (B, C, H, W); matrices are (B, C, C).
+Each `*_vjp(inputs..., g)` returns the gradient of <g, stage(inputs...)> with respect to the inputs.
+"""
+
+import numpy as np
+import scipy.linalg
+
+from reference.conventions import DEFAULT_EPS, L2_NORM_FLOOR, SIGNED_SQRT_DELTA
+from reference.contracts import IBPInputError, check_feature_map, check_square_batch
+
+
+def _float64(x, name):
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise IBPInputError(f"{name} holds non-finite values (NaN or inf)")
+    return x
+
+
+def bilinear_pool(x, eps=DEFAULT_EPS):
+    """A = X X^T / N + eps I per sample, X the (C, N) matrix of one feature map."""
+    x = _float64(x, "feature map")
+    check_feature_map(x.shape, "channels_first")
+    b, c, h, w = x.shape
+    features = x.reshape(b, c, h * w)
+    return features @ features.transpose(0, 2, 1) / (h * w) + eps * np.eye(c)
+
+
+def bilinear_pool_vjp(x, g):
+    """dX = (G + G^T) X / N."""
+    x = _float64(x, "feature map")
+    b, c, h, w = x.shape
+    features = x.reshape(b, c, h * w)
+    g = np.asarray(g, dtype=np.float64)
+    return ((g + g.transpose(0, 2, 1)) @ features / (h * w)).reshape(x.shape)
+
+
+def _symmetric_part(m):
+    return (m + m.transpose(0, 2, 1)) / 2
+
+
+def sqrtm(a):
+    """The principal square root of the symmetric part of each matrix (scipy.linalg.sqrtm)."""
+    a = _float64(a, "matrix")
+    check_square_batch(a.shape)
+    a = _symmetric_part(a)
+    roots = np.stack([np.real(scipy.linalg.sqrtm(m)) for m in a])
+    # A symmetric input has a symmetric root; SciPy's Schur method leaves round-off asymmetry.
+    return _symmetric_part(roots)
+
+
+def sqrtm_vjp(z, g):
+    """Symmetric part of X solving Z X + X Z = G per sample (Z = sqrtm(A), the forward's output)."""
+    z = np.asarray(z, dtype=np.float64)
+    g = np.asarray(g, dtype=np.float64)
+    x = np.stack([scipy.linalg.solve_continuous_lyapunov(zi, gi) for zi, gi in zip(z, g)])
+    return _symmetric_part(x)
+
+
+def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
+    """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)): continuous, odd, finite slope at 0."""
+    z = np.asarray(z, dtype=np.float64)
+    return np.sign(z) * (np.sqrt(np.abs(z) + delta) - np.sqrt(delta))
+
+
+def signed_sqrt_vjp(z, g, delta=SIGNED_SQRT_DELTA):
+    z = np.asarray(z, dtype=np.float64)
+    return np.asarray(g, dtype=np.float64) / (2 * np.sqrt(np.abs(z) + delta))
+
+
+def _sample_norms(y):
+    flat = y.reshape(y.shape[0], -1)
+    return np.maximum(np.linalg.norm(flat, axis=1), L2_NORM_FLOOR)
+
+
+def l2_normalize(y):
+    """v = y / max(||y||, floor), the norm over all entries of one sample."""
+    y = np.asarray(y, dtype=np.float64)
+    norms = _sample_norms(y).reshape((-1,) + (1,) * (y.ndim - 1))
+    return y / norms
+
+
+def l2_normalize_vjp(y, g):
+    """(I - v v^T) g / ||y|| per sample: the full Jacobian, not a rescale."""
+    y = np.asarray(y, dtype=np.float64)
+    g = np.asarray(g, dtype=np.float64)
+    shape = (-1,) + (1,) * (y.ndim - 1)
+    norms = _sample_norms(y).reshape(shape)
+    v = y / norms
+    along = np.sum((v * g).reshape(y.shape[0], -1), axis=1).reshape(shape)
+    return (g - v * along) / norms
+
+
+def linear(v, weight, bias):
+    """logits = vec(v) W^T + b, vec flattening each (C, C) sample row by row; W is (K, C*C)."""
+    flat = np.asarray(v, dtype=np.float64).reshape(len(v), -1)
+    return flat @ np.asarray(weight, dtype=np.float64).T + np.asarray(bias, dtype=np.float64)
+
+
+def linear_vjp(v, weight, g):
+    """Gradients (dv, dW, db) of <g, linear(v, W, b)>."""
+    v = np.asarray(v, dtype=np.float64)
+    flat = v.reshape(len(v), -1)
+    g = np.asarray(g, dtype=np.float64)
+    return (g @ np.asarray(weight, dtype=np.float64)).reshape(v.shape), g.T @ flat, g.sum(axis=0)
+
+
+def ibp_head(x, eps=DEFAULT_EPS, delta=SIGNED_SQRT_DELTA):
+    """Feature map (B, C, H, W) -> normalised second-order vector (B, C*C)."""
+    v = l2_normalize(signed_sqrt(sqrtm(bilinear_pool(x, eps)), delta))
+    return v.reshape(len(v), -1)
+
+
+def ibp_head_vjp(x, g, eps=DEFAULT_EPS, delta=SIGNED_SQRT_DELTA):
+    """The chain of the stages' VJPs, last stage first."""
+    a = bilinear_pool(x, eps)
+    z = sqrtm(a)
+    y = signed_sqrt(z, delta)
+    g = np.asarray(g, dtype=np.float64).reshape(y.shape)
+    return bilinear_pool_vjp(x, sqrtm_vjp(z, signed_sqrt_vjp(z, l2_normalize_vjp(y, g), delta)))
