@@ -46,6 +46,10 @@ class _Backend:
         x = self.numpy(tensor)
         return x.transpose(0, 3, 1, 2) if self.layout == "channels_last" else x
 
+    def dtype_name(self, tensor):
+        """'float32', 'bfloat16', ... in both frameworks."""
+        return str(tensor.dtype).removeprefix("torch.").removeprefix("<dtype: '").rstrip("'>")
+
     def __repr__(self):
         return f"<backend {self.name}>"
 
@@ -71,6 +75,11 @@ class TorchBackend(_Backend):
         grads = torch.autograd.grad(out, leaves, g, allow_unused=True)
         return self.numpy(out), [None if d is None else self.numpy(d) for d in grads]
 
+    def check_gradient(self, fn, x):
+        """torch.autograd.gradcheck of fn at the float64 tensor x (raises on a mismatch)."""
+        self.fw.autograd.gradcheck(fn, (x.detach().clone().requires_grad_(True),), eps=1e-6,
+                                   atol=1e-6, rtol=1e-4)
+
 
 class TensorFlowBackend(_Backend):
     name, package, layout, impl_module = "tf", "tensorflow", "channels_last", "impls.tf"
@@ -95,6 +104,11 @@ class TensorFlowBackend(_Backend):
         g = tf.cast(tf.constant(np.asarray(cotangent)), out.dtype)
         grads = tape.gradient(out, list(inputs), output_gradients=g)
         return self.numpy(out), [None if d is None else self.numpy(d) for d in grads]
+
+    def check_gradient(self, fn, x):
+        """tf.test.compute_gradient of fn at the float64 tensor x (raises on a mismatch)."""
+        (analytic,), (numeric,) = self.fw.test.compute_gradient(fn, [x], delta=1e-6)
+        np.testing.assert_allclose(analytic, numeric, atol=1e-6, rtol=1e-4)
 
 
 BACKENDS = {backend.name: backend for backend in (TorchBackend(), TensorFlowBackend())}

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from impls.tf.stages import bilinear_pool, l2_normalize, signed_sqrt, sqrtm
+from impls.tf.stages import bilinear_pool, compute_dtype, l2_normalize, signed_sqrt, sqrtm
 from reference.conventions import (
     DEFAULT_EPS,
     DEFAULT_NEWTON_SCHULZ_BACKWARD,
@@ -51,14 +51,16 @@ class IBPHead(keras.layers.Layer):
 
     def call(self, inputs):
         check_feature_map(inputs.shape, "channels_last", self.in_channels)
+        # One rounding at the end instead of one per stage for half precision input.
+        wide = tf.cast(inputs, compute_dtype(inputs))
         z = sqrtm(
-            bilinear_pool(inputs, self.eps),
+            bilinear_pool(wide, self.eps),
             method=self.method,
             num_iters=self.num_iters,
             backward=self.backward,
         )
         y = l2_normalize(signed_sqrt(z, self.delta))
-        v = tf.reshape(y, (tf.shape(y)[0], self.in_channels**2))
+        v = tf.cast(tf.reshape(y, (tf.shape(y)[0], self.in_channels**2)), inputs.dtype)
         return v if self.classifier is None else self.classifier(v)
 
     def compute_output_shape(self, input_shape):

@@ -180,6 +180,13 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
 def l2_normalize(y):
     """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
     y = tf.convert_to_tensor(y)
-    flat = tf.reshape(y, (tf.shape(y)[0], -1))
+    wide = tf.cast(y, _compute_dtype(y))
+    flat = tf.reshape(wide, (tf.shape(wide)[0], -1))
     norms = tf.maximum(tf.norm(flat, axis=1), L2_NORM_FLOOR)
-    return y / tf.reshape(norms, tf.concat([[-1], tf.ones([tf.rank(y) - 1], tf.int32)], 0))
+    v = wide / tf.reshape(norms, tf.concat([[-1], tf.ones([tf.rank(wide) - 1], tf.int32)], 0))
+    return tf.cast(v, y.dtype)
+
+
+def compute_dtype(x):
+    """The dtype the stages compute in for input x (float32 for half precision input)."""
+    return _compute_dtype(x)

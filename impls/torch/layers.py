@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from impls.torch.stages import bilinear_pool, l2_normalize, signed_sqrt, sqrtm
+from impls.torch.stages import bilinear_pool, compute_dtype, l2_normalize, signed_sqrt, sqrtm
 from reference.conventions import (
     DEFAULT_EPS,
     DEFAULT_NEWTON_SCHULZ_BACKWARD,
@@ -45,13 +45,15 @@ class IBPHead(nn.Module):
 
     def forward(self, x):
         check_feature_map(x.shape, "channels_first", self.in_channels)
+        # One rounding at the end instead of one per stage for half precision input.
+        wide = x.to(compute_dtype(x))
         z = sqrtm(
-            bilinear_pool(x, self.eps),
+            bilinear_pool(wide, self.eps),
             method=self.method,
             num_iters=self.num_iters,
             backward=self.backward_method,
         )
-        v = torch.flatten(l2_normalize(signed_sqrt(z, self.delta)), 1)
+        v = torch.flatten(l2_normalize(signed_sqrt(z, self.delta)), 1).to(x.dtype)
         return v if self.classifier is None else self.classifier(v)
 
     def extra_repr(self):

@@ -171,5 +171,13 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
 
 def l2_normalize(y):
     """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
-    norms = y.flatten(1).norm(dim=1).clamp_min(L2_NORM_FLOOR)
-    return y / norms.reshape((-1,) + (1,) * (y.dim() - 1))
+    with torch.autocast(y.device.type, enabled=False):
+        wide = y.to(_compute_dtype(y))
+        norms = wide.flatten(1).norm(dim=1).clamp_min(L2_NORM_FLOOR)
+        v = wide / norms.reshape((-1,) + (1,) * (y.dim() - 1))
+    return v.to(y.dtype)
+
+
+def compute_dtype(x):
+    """The dtype the stages compute in for input x (float32 for half precision input)."""
+    return _compute_dtype(x)

@@ -1,0 +1,1 @@
+"""Benchmarks, the accuracy reproduction and the GPU script."""

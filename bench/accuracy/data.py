@@ -1,0 +1,216 @@
+"""Embedded data sets (nothing is downloaded) and the split type every data set provides.
+
+Images are float32 RGB in [0, 1], channels-last (N, H, W, 3), the layout both frameworks' image
+pipelines start from; the torch runner transposes.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Seven classes, like the founding question's 7-way softmax.
+SYNTHETIC_NUM_CLASSES = 7
+#: Every synthetic image has exactly this per-channel mean and standard deviation (before the clip
+#: to [0, 1], which touches pixels beyond 4 standard deviations only).
+SYNTHETIC_MEAN, SYNTHETIC_STD = 0.5, 0.125
+
+# Orthonormal colour axes: luminance and the two colour-opponent axes.
+_LUMINANCE = np.array([1.0, 1.0, 1.0]) / np.sqrt(3)
+_RED_GREEN = np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
+_YELLOW_BLUE = np.array([1.0, 1.0, -2.0]) / np.sqrt(6)
+
+# Radial centre and width (cycles per pixel) of the band-pass spectra, angular concentration of
+# the oriented ones, and the per-image nuisance: amplitude (log-normal) and orientation jitter.
+_ORIENTED_FREQUENCY, _ORIENTED_BANDWIDTH, _ORIENTATION_CONCENTRATION = 0.2, 0.06, 4.0
+_LUMINANCE_FREQUENCY, _LUMINANCE_BANDWIDTH = 0.1, 0.08
+_AMPLITUDE_JITTER, _ORIENTATION_JITTER = 0.25, np.deg2rad(5.0)
+_SECOND_COMPONENT_AMPLITUDE = 0.6
+
+TEXTURE_NAMES = ("brick", "grass", "gravel")
+
+
+@dataclass
+class Split:
+    """Images in memory with integer labels; `load` returns a batch of them."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+    def load(self, indices, rng=None):
+        # rng is the augmentation stream of file-backed splits; in-memory data is not augmented.
+        return self.images[indices]
+
+
+@dataclass
+class Dataset:
+    name: str
+    class_names: list
+    train: Split
+    test: Split
+    #: Whether `train.load` augments: frozen-backbone features can be computed once only if not.
+    augments: bool = False
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def chance_rate(self):
+        """Accuracy of always answering the test set's most frequent class."""
+        return float(np.bincount(self.test.labels).max() / len(self.test.labels))
+
+    @property
+    def image_shape(self):
+        return tuple(self.test.load(np.arange(1)).shape[1:])
+
+
+def _class_parameters(label):
+    """Orientation of the first oriented component and the angle of its colour axis.
+
+    Orientations step by 180/7 degrees; colour angles are scrambled (3c mod 7) so that classes with
+    neighbouring orientations have distant colour axes.
+    """
+    orientation = label * np.pi / SYNTHETIC_NUM_CLASSES
+    colour_angle = (3 * label % SYNTHETIC_NUM_CLASSES) * np.pi / SYNTHETIC_NUM_CLASSES
+    return orientation, colour_angle
+
+
+def _unit_variance(spectrum):
+    """Scale a filter so that white noise of unit variance filtered by it has unit variance."""
+    return spectrum / np.sqrt(np.mean(spectrum**2, axis=(-2, -1), keepdims=True))
+
+
+def _band_pass(frequency_x, frequency_y, centre, bandwidth):
+    radius = np.hypot(frequency_x, frequency_y)
+    return np.exp(-((radius - centre) ** 2) / (2 * bandwidth**2))
+
+
+def _oriented_band_pass(frequency_x, frequency_y, orientations):
+    """Band-pass noise whose stripes run along `orientations` (one per image, radians)."""
+    # Stripes along angle t have their spectral energy at angle t + 90 degrees; cos(2 (a - t))
+    # treats a and a + 180 degrees alike, which keeps the filtered field real.
+    angle = np.arctan2(frequency_y, frequency_x)[None]
+    across = orientations[:, None, None] + np.pi / 2
+    angular = np.exp(_ORIENTATION_CONCENTRATION * (np.cos(2 * (angle - across)) - 1))
+    radial = _band_pass(frequency_x, frequency_y, _ORIENTED_FREQUENCY, _ORIENTED_BANDWIDTH)
+    return _unit_variance(radial[None] * angular)
+
+
+def _standardise_per_image(images):
+    """Give every channel of every image the same mean and standard deviation."""
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    std = images.std(axis=(1, 2), keepdims=True)
+    standardised = SYNTHETIC_MEAN + SYNTHETIC_STD * (images - mean) / std
+    return np.clip(standardised, 0.0, 1.0)
+
+
+def synthetic_images(labels, image_size, rng):
+    """Coloured Gaussian textures whose classes differ only in second-order statistics.
+
+    Each image is the sum of three independent Gaussian random fields, each with one colour axis:
+    isotropic band-pass luminance noise (the same for every class), and two band-pass stripe
+    textures at right angles, coloured along two orthogonal colour-opponent axes, with unequal
+    amplitudes. The class sets the stripe orientation and the colour axes, hence the spatial
+    autocorrelation and the cross-channel covariance, nothing else: every channel of every image
+    is standardised to the same mean and standard deviation, so per-channel first-order statistics
+    carry no information about the class. Amplitudes and orientation get per-image jitter.
+    """
+    labels = np.asarray(labels)
+    count = len(labels)
+    frequencies = np.fft.fftfreq(image_size)
+    frequency_x, frequency_y = np.meshgrid(frequencies, frequencies)
+
+    orientation, colour_angle = _class_parameters(labels)
+    orientation = orientation + rng.normal(0.0, _ORIENTATION_JITTER, count)
+    first_colour = np.cos(colour_angle)[:, None] * _RED_GREEN + np.sin(colour_angle)[:, None] * (
+        _YELLOW_BLUE
+    )
+    second_colour = -np.sin(colour_angle)[:, None] * _RED_GREEN + np.cos(colour_angle)[:, None] * (
+        _YELLOW_BLUE
+    )
+
+    luminance = _unit_variance(
+        _band_pass(frequency_x, frequency_y, _LUMINANCE_FREQUENCY, _LUMINANCE_BANDWIDTH)
+    )
+    spectra = np.stack(
+        [
+            np.broadcast_to(luminance, (count, image_size, image_size)),
+            _oriented_band_pass(frequency_x, frequency_y, orientation),
+            _oriented_band_pass(frequency_x, frequency_y, orientation + np.pi / 2),
+        ],
+        axis=1,
+    )
+    noise = rng.standard_normal((count, 3, image_size, image_size))
+    fields = np.real(np.fft.ifft2(np.fft.fft2(noise) * spectra))
+    amplitudes = np.array([1.0, 1.0, _SECOND_COMPONENT_AMPLITUDE]) * rng.lognormal(
+        0.0, _AMPLITUDE_JITTER, (count, 3)
+    )
+    colours = np.stack(
+        [np.broadcast_to(_LUMINANCE, (count, 3)), first_colour, second_colour], axis=1
+    )  # (image, component, channel)
+    images = np.einsum("nk,nkc,nkhw->nhwc", amplitudes, colours, fields)
+    return _standardise_per_image(images).astype(np.float32)
+
+
+def _balanced_shuffled_labels(num_classes, per_class, rng):
+    # Shuffled, so that a batch of the test set is a random draw of classes (as Keras'
+    # flow_from_directory shuffles): a batch-summing model must not see one class per batch.
+    return rng.permutation(np.repeat(np.arange(num_classes), per_class))
+
+
+def synthetic(seed, train_per_class=160, test_per_class=64, image_size=32):
+    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    splits = []
+    for rng, per_class in ((train_rng, train_per_class), (test_rng, test_per_class)):
+        labels = _balanced_shuffled_labels(SYNTHETIC_NUM_CLASSES, per_class, rng)
+        splits.append(Split(synthetic_images(labels, image_size, rng), labels))
+    class_names = [
+        f"stripes {round(np.rad2deg(_class_parameters(c)[0]))} deg"
+        for c in range(SYNTHETIC_NUM_CLASSES)
+    ]
+    return Dataset("synthetic", class_names, *splits)
+
+
+def _texture_photographs():
+    import skimage.data
+
+    return {name: getattr(skimage.data, name)() for name in TEXTURE_NAMES}
+
+
+def _random_patches(photograph, rows, count, image_size, rng):
+    """`count` square patches whose every pixel lies in `rows` (a slice) of a grey photograph."""
+    top = rng.integers(rows.start, rows.stop - image_size + 1, count)
+    left = rng.integers(0, photograph.shape[1] - image_size + 1, count)
+    patches = np.stack([photograph[t : t + image_size, s : s + image_size] for t, s in zip(top, left)])
+    return np.repeat(patches[..., None], 3, axis=-1).astype(np.float32) / 255.0
+
+
+def skimage_textures(seed, train_per_class=160, test_per_class=64, image_size=32):
+    """Patches of the brick, grass and gravel photographs that ship with scikit-image.
+
+    Train patches come from the top three quarters of each photograph, test patches from the
+    bottom quarter, so no test pixel was seen in training. Grey photographs, copied to 3 channels.
+    """
+    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    photographs = _texture_photographs()
+    splits = []
+    for rng, per_class, region in (
+        (train_rng, train_per_class, "train"),
+        (test_rng, test_per_class, "test"),
+    ):
+        labels = _balanced_shuffled_labels(len(TEXTURE_NAMES), per_class, rng)
+        images = np.empty((len(labels), image_size, image_size, 3), np.float32)
+        for label, name in enumerate(TEXTURE_NAMES):
+            height = photographs[name].shape[0]
+            boundary = height * 3 // 4
+            rows = slice(0, boundary) if region == "train" else slice(boundary, height)
+            chosen = labels == label
+            images[chosen] = _random_patches(photographs[name], rows, chosen.sum(), image_size, rng)
+        splits.append(Split(images, labels))
+    return Dataset("skimage-textures", list(TEXTURE_NAMES), *splits)
+
+
+EMBEDDED_DATASETS = {"synthetic": synthetic, "skimage-textures": skimage_textures}

@@ -1,0 +1,291 @@
+"""How to time each backend of `impls.backends.BACKENDS`: callables that run one forward,
+forward+backward or training step on tensors already in place, and block until it is done.
+
+One adapter class per registry entry, keyed by the backend's name; the suites iterate the registry
+and look the adapter up, so a new backend needs an adapter here and nothing else.
+
+TensorFlow callables are `tf.function`s (graph mode, as Keras runs `fit`); each is traced by the
+warm-up call that precedes every timing, so tracing is never timed.
+"""
+
+import importlib
+
+import numpy as np
+
+from impls.backends import available_backends
+
+#: Classes of the training-step benchmarks (CUB-200-2011 has 200).
+NUM_CLASSES = 200
+
+
+def _build_model_function(impl_module):
+    """`impls.<framework>.models.build_model`, or None while that module does not offer it."""
+    try:
+        models = importlib.import_module(f"{impl_module}.models")
+    except ImportError:
+        return None
+    return getattr(models, "build_model", None)
+
+
+class TorchAdapter:
+    devices = ("cpu", "cuda")
+
+    def __init__(self, backend, device):
+        self.backend, self.torch = backend, backend.fw
+        self.device = self.torch.device(device)
+
+    @staticmethod
+    def device_available(device):
+        import torch
+
+        return device == "cpu" or torch.cuda.is_available()
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def matrices(self, array, dtype):
+        return self.backend.tensor(array, dtype).to(self.device)
+
+    def feature_maps(self, channels_first, dtype):
+        return self.backend.feature_map(channels_first, dtype).to(self.device)
+
+    def labels(self, array):
+        return self.torch.as_tensor(array, dtype=self.torch.long, device=self.device)
+
+    def to_numpy(self, tensor):
+        return self.backend.numpy(tensor)
+
+    def sqrtm_function(self, options):
+        return lambda a: self.backend.impl.sqrtm(a, **options)
+
+    def naive_eigh_sqrtm(self, a):
+        """The root with autograd differentiating torch.linalg.eigh (1 / (s_i - s_j) terms)."""
+        eigenvalues, u = self.torch.linalg.eigh((a + a.mT) / 2)
+        return (u * eigenvalues.clamp_min(0).sqrt().unsqueeze(-2)) @ u.mT
+
+    def forward(self, root, a):
+        def run():
+            with self.torch.no_grad():
+                z = root(a)
+            self.synchronize()
+            return z
+
+        return run
+
+    def forward_backward(self, root, a, cotangent):
+        """A callable returning (Z, dL/dA) for L = <cotangent, root(A)>."""
+
+        def run():
+            leaf = a.detach().requires_grad_(True)
+            z = root(leaf)
+            (grad,) = self.torch.autograd.grad(z, leaf, cotangent)
+            self.synchronize()
+            return z.detach(), grad
+
+        return run
+
+    def memory(self, run, inputs):
+        """What one call of `run` keeps for its backward; on CUDA also its peak allocation.
+
+        saved_tensor_bytes: the bytes of the distinct storages autograd saves during the forward
+        for the backward (captured with saved_tensors_hooks: exact and deterministic, the same
+        on every device). It excludes the inputs' own storage, the output, and the transient
+        workspace of the backward itself (an eigendecomposition inside a backward, say).
+        """
+        input_storages = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+        saved = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with self.torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            if self.device.type == "cuda":
+                self.torch.cuda.synchronize()
+                baseline = self.torch.cuda.memory_allocated()
+                self.torch.cuda.reset_peak_memory_stats()
+                run()
+                peak = self.torch.cuda.max_memory_allocated() - baseline
+            else:
+                run()
+        info = {"saved_tensor_bytes": sum(n for p, n in saved.items() if p not in input_storages)}
+        if self.device.type == "cuda":
+            info["cuda_peak_bytes_above_inputs"] = peak
+        return info
+
+    def _train_step(self, model, inputs, labels, learning_rate):
+        torch = self.torch
+        optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+
+        def run():
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            self.synchronize()
+            return loss.detach()
+
+        return run
+
+    def head_forward_backward(self, features, options, num_classes=NUM_CLASSES):
+        """Loss and gradients (input and classifier) of IBPHead + cross-entropy; no update."""
+        torch = self.torch
+        head = self.backend.impl.IBPHead(features.shape[1], num_classes, **options)
+        head = head.to(device=self.device, dtype=features.dtype)
+        labels = torch.zeros(features.shape[0], dtype=torch.long, device=self.device)
+
+        def run():
+            leaf = features.detach().requires_grad_(True)
+            head.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(head(leaf), labels)
+            (grad,) = torch.autograd.grad(loss, leaf)
+            self.synchronize()
+            return grad
+
+        return run
+
+    def model_train_step(self, name, images, labels, num_classes=NUM_CLASSES):
+        """SGD step of `build_model(name)`; None while impls.torch.models has no build_model."""
+        build_model = _build_model_function(self.backend.impl_module)
+        if build_model is None:
+            return None
+        model = build_model(name, num_classes=num_classes).to(self.device)
+        return self._train_step(model, images, labels, learning_rate=1e-3)
+
+    def head_train_step(self, features, labels, num_classes=NUM_CLASSES):
+        """SGD step of IBPHead + classifier on fixed features: the stand-in for a model."""
+        head = self.backend.impl.IBPHead(features.shape[1], num_classes).to(self.device)
+        return self._train_step(head, features, labels, learning_rate=1.0)
+
+    def autocast(self, enabled):
+        """bfloat16 autocast for the backbone (the IBP stages opt out and stay float32)."""
+        return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=enabled)
+
+
+class TensorFlowAdapter:
+    # tensorflow-cpu is what this project installs; tf.linalg.sqrtm has no GPU kernel either.
+    devices = ("cpu",)
+
+    def __init__(self, backend, device):
+        self.backend, self.tf = backend, backend.fw
+
+    @staticmethod
+    def device_available(device):
+        return device == "cpu"
+
+    def synchronize(self):
+        """tf.function calls on the CPU return when their outputs are computed."""
+
+    def matrices(self, array, dtype):
+        return self.backend.tensor(array, dtype)
+
+    def feature_maps(self, channels_first, dtype):
+        return self.backend.feature_map(channels_first, dtype)
+
+    def labels(self, array):
+        return self.tf.constant(np.asarray(array), dtype=self.tf.int64)
+
+    def to_numpy(self, tensor):
+        return self.backend.numpy(tensor)
+
+    def sqrtm_function(self, options):
+        return lambda a: self.backend.impl.sqrtm(a, **options)
+
+    def naive_eigh_sqrtm(self, a):
+        """The root with autograd differentiating tf.linalg.eigh (1 / (s_i - s_j) terms)."""
+        tf = self.tf
+        eigenvalues, u = tf.linalg.eigh((a + tf.linalg.matrix_transpose(a)) / 2)
+        s = tf.sqrt(tf.maximum(eigenvalues, 0))
+        return tf.matmul(u * s[..., None, :], u, transpose_b=True)
+
+    def forward(self, root, a):
+        compiled = self.tf.function(root)
+        return lambda: compiled(a)
+
+    def forward_backward(self, root, a, cotangent):
+        """A callable returning (Z, dL/dA) for L = <cotangent, root(A)>."""
+        tf = self.tf
+
+        @tf.function
+        def step(a, cotangent):
+            with tf.GradientTape() as tape:
+                tape.watch(a)
+                z = root(a)
+            return z, tape.gradient(z, a, output_gradients=cotangent)
+
+        return lambda: step(a, cotangent)
+
+    def memory(self, run, inputs):
+        """TensorFlow exposes no allocation counter for the CPU: nothing is measured."""
+        return {}
+
+    def _train_step(self, model, inputs, labels, learning_rate):
+        import keras
+
+        tf = self.tf
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
+
+        @tf.function
+        def step(inputs, labels):
+            with tf.GradientTape() as tape:
+                logits = model(inputs, training=True)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+                )
+            variables = model.trainable_variables
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        return lambda: step(inputs, labels)
+
+    def head_forward_backward(self, features, options, num_classes=NUM_CLASSES):
+        """Loss and gradients (input and classifier) of IBPHead + cross-entropy; no update."""
+        tf = self.tf
+        head = self.backend.impl.IBPHead(num_classes=num_classes, **options)
+        head.build(features.shape)
+        labels = tf.zeros(features.shape[0], dtype=tf.int64)
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels, head(x))
+                )
+            return tape.gradient(loss, [x, *head.trainable_variables])
+
+        return lambda: step(features)
+
+    def model_train_step(self, name, images, labels, num_classes=NUM_CLASSES):
+        """SGD step of `build_model(name)`; None while impls.tf.models has no build_model."""
+        build_model = _build_model_function(self.backend.impl_module)
+        if build_model is None:
+            return None
+        model = build_model(name, num_classes=num_classes)
+        return self._train_step(model, images, labels, learning_rate=1e-3)
+
+    def head_train_step(self, features, labels, num_classes=NUM_CLASSES):
+        """SGD step of IBPHead + classifier on fixed features: the stand-in for a model."""
+        head = self.backend.impl.IBPHead(num_classes=num_classes)
+        head.build(features.shape)
+        return self._train_step(head, features, labels, learning_rate=1.0)
+
+
+ADAPTERS = {"torch": TorchAdapter, "tf": TensorFlowAdapter}
+
+
+def benchmarked_backends(device):
+    """Registry backends that are installed, have an adapter, and can run on `device`."""
+    return [
+        backend
+        for backend in available_backends()
+        if backend.name in ADAPTERS
+        and device in ADAPTERS[backend.name].devices
+        and ADAPTERS[backend.name].device_available(device)
+    ]
+
+
+def adapter_for(backend, device):
+    return ADAPTERS[backend.name](backend, device)

@@ -1,0 +1,238 @@
+"""What the benchmark suites measure: sqrtm method variants, sizes per profile, the headline cell.
+
+Profiles trade coverage for time (the default run must fit in about 15 minutes on a 2-core CPU):
+
+- ``dry-run``: tiny sizes, one round each; exercises every code path in seconds (harness test,
+  ``bench/gpu.sh --dry-run``).
+- ``quick``: only the headline cell (C = 512, B = 8; float32 and float64) and the anchors there.
+- ``default``: on the CPU every (C, B) whose work B * C^3 is at most the headline cell's, so all of
+  C in {64, 128, 256, 512} x B in {1, 8, 32} except C = 512, B = 32; on a GPU all of them.
+  float64 only at the headline cell.
+- ``full``: every (C, B), float64 everywhere, longer timing.
+"""
+
+import dataclasses
+
+from reference.conventions import (
+    DEFAULT_NEWTON_SCHULZ_ITERATIONS,
+    DEFAULT_SQRTM_METHOD,
+    NEWTON_SCHULZ_BACKWARDS,
+)
+
+PROFILES = ("dry-run", "quick", "default", "full")
+
+#: Both errors (forward and backward, relative Frobenius, worst sample) a method must reach to be
+#: a candidate for method="auto".
+ACCURACY_TARGET = 1e-3
+
+#: Newton-Schulz iteration counts tried when searching the fewest that reach ACCURACY_TARGET.
+MAX_SEARCHED_ITERATIONS = 40
+
+
+@dataclasses.dataclass(frozen=True)
+class SqrtmVariant:
+    """One way to take the matrix square root: a method plus, for Newton-Schulz, its settings."""
+
+    method: str
+    num_iters: int | None = None
+    backward: str | None = None
+
+    @property
+    def options(self):
+        """Keyword arguments of `impls.<framework>.sqrtm`."""
+        options = {"method": self.method}
+        if self.num_iters is not None:
+            options["num_iters"] = self.num_iters
+        if self.backward is not None:
+            options["backward"] = self.backward
+        return options
+
+    @property
+    def label(self):
+        if self.method == "eigh":
+            return "eigh"
+        if self.backward is None:
+            return f"newton_schulz({self.num_iters})"
+        return f"newton_schulz({self.num_iters})/{self.backward}"
+
+    @property
+    def test_id(self):
+        if self.method == "eigh":
+            return "eigh"
+        suffix = "" if self.backward is None else f"-{self.backward}"
+        return f"ns{self.num_iters}{suffix}"
+
+    def with_iterations(self, num_iters):
+        return dataclasses.replace(self, num_iters=num_iters)
+
+    def info(self):
+        """The benchmark's extra_info entries that describe the method."""
+        return {
+            "method": self.method,
+            "method_label": self.label,
+            "num_iters": self.num_iters,
+            "backward": self.backward,
+        }
+
+
+EIGH = SqrtmVariant("eigh")
+DEFAULT_VARIANT = (
+    EIGH
+    if DEFAULT_SQRTM_METHOD == "eigh"
+    else SqrtmVariant(DEFAULT_SQRTM_METHOD, DEFAULT_NEWTON_SCHULZ_ITERATIONS, "lyapunov")
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One input size and precision: a batch of `batch` (C x C) covariances, C = `channels`."""
+
+    channels: int
+    batch: int
+    dtype: str = "float32"
+
+    @property
+    def test_id(self):
+        return f"C{self.channels}-B{self.batch}-{self.dtype}"
+
+    @property
+    def label(self):
+        return f"C={self.channels}, B={self.batch}, {self.dtype}"
+
+    def info(self):
+        """The benchmark's extra_info entries that describe the size."""
+        return {"channels": self.channels, "batch": self.batch, "dtype": self.dtype}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    channels: tuple
+    batches: tuple
+    headline: Cell
+    #: Which (C, B) run: "headline" (that cell only), "affordable" (B * C^3 at most the
+    #: headline's) or "all".
+    sizes: str
+    #: Where float64 runs as well: "headline" or "all".
+    float64_sizes: str
+    #: Newton-Schulz iteration counts timed in every cell.
+    iterations: tuple
+    #: Extra counts timed at the headline cell only, for the speed/accuracy curve.
+    headline_iterations: tuple
+    #: Seconds of timed rounds per benchmark; a slow case still gets `min_rounds` rounds.
+    time_per_case: float
+    min_rounds: int
+    #: Feature-map side (H = W) of the head benchmarks; 28 is VGG-16 relu5_3 at 448 x 448.
+    feature_side: int
+    #: Image sides of the VGG-16 and small-model training steps.
+    vgg_image_side: int
+    small_image_side: int
+    #: Square size of the matmul-rate measurement (the GPU floor).
+    matmul_size: int
+
+    def _runs(self, cell):
+        if cell.dtype == "float64" and self.float64_sizes == "headline":
+            return cell == dataclasses.replace(self.headline, dtype="float64")
+        if self.sizes == "headline":
+            return cell.channels == self.headline.channels and cell.batch == self.headline.batch
+        if self.sizes == "affordable":
+            return cell.batch * cell.channels**3 <= self.headline.batch * self.headline.channels**3
+        return True
+
+    def sqrtm_cells(self):
+        """The (C, B, dtype) cells of the sqrtm grid."""
+        candidates = [
+            Cell(channels, batch, dtype)
+            for dtype in ("float32", "float64")
+            for channels in self.channels
+            for batch in self.batches
+        ]
+        return [cell for cell in candidates if self._runs(cell)]
+
+    def anchor_cells(self):
+        """Cells of the SciPy, tf.linalg.sqrtm and naive-eigh anchors: the C sweep at the headline
+        batch, float32 (SciPy works in float64 whatever it is given)."""
+        return [
+            cell
+            for cell in self.sqrtm_cells()
+            if cell.dtype == "float32" and cell.batch == self.headline.batch
+        ]
+
+    def iterations_for(self, cell):
+        extra = self.headline_iterations if cell == self.headline else ()
+        return tuple(sorted(set(self.iterations) | set(extra)))
+
+    def forward_variants(self, cell):
+        """Forward passes do not depend on the backward choice: one per method and count."""
+        return [EIGH] + [SqrtmVariant("newton_schulz", k) for k in self.iterations_for(cell)]
+
+    def forward_backward_variants(self, cell):
+        newton_schulz = [
+            SqrtmVariant("newton_schulz", k, backward)
+            for k in self.iterations_for(cell)
+            for backward in NEWTON_SCHULZ_BACKWARDS
+        ]
+        return [EIGH] + newton_schulz
+
+    def head_variants(self):
+        newton_schulz = [
+            SqrtmVariant("newton_schulz", k, backward)
+            for k in self.iterations
+            for backward in NEWTON_SCHULZ_BACKWARDS
+        ]
+        return [EIGH] + newton_schulz
+
+
+_FULL_SIZE = dict(
+    channels=(64, 128, 256, 512),
+    batches=(1, 8, 32),
+    headline=Cell(512, 8),
+    iterations=(5, 10),
+    # The project's default count, for the speed/accuracy curve.
+    headline_iterations=(DEFAULT_NEWTON_SCHULZ_ITERATIONS,),
+    feature_side=28,
+    vgg_image_side=448,
+    small_image_side=64,
+    matmul_size=8192,
+)
+
+_DRY_RUN = Profile(
+    name="dry-run",
+    channels=(8, 16),
+    batches=(2,),
+    headline=Cell(16, 2),
+    sizes="all",
+    float64_sizes="headline",
+    iterations=(2,),
+    headline_iterations=(3,),
+    time_per_case=0.0,
+    min_rounds=1,
+    feature_side=4,
+    vgg_image_side=32,
+    small_image_side=16,
+    matmul_size=64,
+)
+
+
+def get_profile(name, device):
+    """The profile `name` for `device`: on a GPU every size is cheap, so "default" runs them all."""
+    if name == "dry-run":
+        return _DRY_RUN
+    if name == "quick":
+        settings = dict(sizes="headline", time_per_case=0.2, min_rounds=3)
+    elif name == "default" and device == "cpu":
+        settings = dict(sizes="affordable", time_per_case=0.3, min_rounds=3)
+    elif name == "default":
+        settings = dict(sizes="all", time_per_case=0.3, min_rounds=5)
+    elif name == "full":
+        return Profile(
+            name=name,
+            sizes="all",
+            float64_sizes="all",
+            time_per_case=1.0,
+            min_rounds=5,
+            **_FULL_SIZE,
+        )
+    else:
+        raise ValueError(f"unknown profile {name!r}; choose one of {PROFILES}")
+    return Profile(name=name, float64_sizes="headline", **settings, **_FULL_SIZE)

@@ -1,0 +1,213 @@
+"""Options, parametrisation and shared fixtures of the benchmark suites (run them through
+`python -m bench.run`, which sets the options and writes the results JSON and report)."""
+
+import math
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from bench import cases, metadata
+from bench.adapters import adapter_for, benchmarked_backends
+from bench.errors import reference_root_and_gradient
+from impls.backends import get_backend
+from impls.testing.matrices import relu_covariances, relu_feature_maps
+
+#: A case whose single call takes longer than this gets 2 timed rounds, not the profile's minimum:
+#: the spread of a multi-second call on an idle machine is small, and the CPU budget is not.
+SLOW_CALL_SECONDS = 2.0
+MAX_ROUNDS = 500
+#: The seed of every generated input, so all methods and backends see the same matrices.
+SEED = 20170721
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("ibp benchmarks")
+    group.addoption("--bench-profile", default="default", choices=cases.PROFILES)
+    group.addoption("--bench-device", default="cpu", choices=("cpu", "cuda"))
+    group.addoption(
+        "--bench-memory-limit-gib",
+        type=float,
+        default=2.0,
+        help="largest estimated allocation an anchor may attempt (tf.linalg.sqrtm's gradient)",
+    )
+
+
+class Suite:
+    """What this session benchmarks: the profile, and the device asked for and the one used."""
+
+    def __init__(self, config):
+        import torch
+
+        self.device = config.getoption("--bench-device")
+        self.profile = cases.get_profile(config.getoption("--bench-profile"), self.device)
+        self.memory_limit_bytes = config.getoption("--bench-memory-limit-gib") * 2**30
+        self.simulated = self.device == "cuda" and not torch.cuda.is_available()
+        if self.simulated and self.profile.name != "dry-run":
+            raise pytest.UsageError("--bench-device cuda needs CUDA (only a dry run goes without)")
+        # A simulated GPU suite runs the same code with torch on the CPU.
+        self.framework_device = "cpu" if self.simulated else self.device
+        self.backends = benchmarked_backends(self.device if not self.simulated else "cuda")
+        self.not_run = []
+
+    def adapter(self, backend_name):
+        return adapter_for(get_backend(backend_name), self.framework_device)
+
+
+def pytest_configure(config):
+    config.ibp_suite = Suite(config)
+
+
+def _ids(values):
+    return [value.test_id for value in values]
+
+
+def pytest_generate_tests(metafunc):
+    suite = metafunc.config.ibp_suite
+    profile = suite.profile
+    names = metafunc.fixturenames
+    if "backend_name" in names:
+        backend_names = [backend.name for backend in suite.backends]
+        metafunc.parametrize("backend_name", backend_names, ids=str)
+    if "forward_case" in names:
+        pairs = [(c, v) for c in profile.sqrtm_cells() for v in profile.forward_variants(c)]
+        metafunc.parametrize("forward_case", pairs, ids=[f"{c.test_id}-{v.test_id}" for c, v in pairs])
+    if "forward_backward_case" in names:
+        pairs = [
+            (c, v) for c in profile.sqrtm_cells() for v in profile.forward_backward_variants(c)
+        ]
+        metafunc.parametrize(
+            "forward_backward_case", pairs, ids=[f"{c.test_id}-{v.test_id}" for c, v in pairs]
+        )
+    if "anchor_cell" in names:
+        anchor_cells = profile.anchor_cells()
+        metafunc.parametrize("anchor_cell", anchor_cells, ids=_ids(anchor_cells))
+    if "head_variant" in names:
+        variants = profile.head_variants()
+        metafunc.parametrize("head_variant", variants, ids=_ids(variants))
+
+
+@pytest.fixture(scope="session")
+def suite(request):
+    return request.config.ibp_suite
+
+
+@pytest.fixture
+def adapter(suite, backend_name):
+    return suite.adapter(backend_name)
+
+
+class Inputs:
+    """Seeded inputs, generated once per size: realistic ReLU covariances, cotangents, features."""
+
+    def __init__(self):
+        self._cache = {}
+
+    def _cached(self, key, make):
+        if key not in self._cache:
+            # crc32 of the key, not hash(): str hashes change from one process to the next.
+            stream = zlib.crc32(repr(key).encode())
+            self._cache[key] = make(np.random.default_rng([SEED, stream]))
+        return self._cache[key]
+
+    def covariances(self, cell):
+        """relu_covariances rounded to the cell's dtype and back, so the float64 reference sees
+        exactly what the benchmarked method sees."""
+
+        def make(rng):
+            matrices = relu_covariances(rng, cell.batch, cell.channels)
+            return matrices.astype(cell.dtype).astype(np.float64)
+
+        return self._cached(("covariances", cell), make)
+
+    def cotangent(self, cell):
+        def make(rng):
+            g = rng.standard_normal((cell.batch, cell.channels, cell.channels))
+            return g.astype(cell.dtype).astype(np.float64)
+
+        return self._cached(("cotangent", cell), make)
+
+    def reference(self, cell):
+        """The float64 root and gradient for `covariances(cell)` and `cotangent(cell)`."""
+        return self._cached(
+            ("reference", cell),
+            lambda rng: reference_root_and_gradient(self.covariances(cell), self.cotangent(cell)),
+        )
+
+    def feature_maps(self, batch, channels, side):
+        return self._cached(
+            ("features", batch, channels, side),
+            lambda rng: relu_feature_maps(rng, batch, channels, side, side),
+        )
+
+    def images(self, batch, side):
+        return self._cached(("images", batch, side), lambda rng: rng.random((batch, 3, side, side)))
+
+    def labels(self, batch, num_classes):
+        return self._cached(
+            ("labels", batch, num_classes), lambda rng: rng.integers(0, num_classes, batch)
+        )
+
+
+@pytest.fixture(scope="session")
+def inputs():
+    return Inputs()
+
+
+@pytest.fixture
+def measure(benchmark, suite):
+    """Time `run` with pytest-benchmark and return the result of one untimed call.
+
+    A warm-up call first (TensorFlow traces its graph, allocators and caches fill), then a probe
+    call that sizes the number of rounds: enough to fill the profile's time per case, at least
+    its minimum (2 for calls slower than SLOW_CALL_SECONDS), at most MAX_ROUNDS.
+    """
+    profile = suite.profile
+
+    def run_measurement(run, group, extra_info, warm_up=True):
+        if warm_up:
+            run()
+        start = time.perf_counter()
+        result = run()
+        probe_seconds = time.perf_counter() - start
+        min_rounds = profile.min_rounds
+        if probe_seconds > SLOW_CALL_SECONDS:
+            min_rounds = min(min_rounds, 2)
+        rounds = math.ceil(profile.time_per_case / max(probe_seconds, 1e-9))
+        rounds = min(max(rounds, min_rounds), MAX_ROUNDS)
+        benchmark.group = group
+        benchmark.extra_info.update(extra_info, device=suite.device, profile=profile.name)
+        benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
+        return result
+
+    return run_measurement
+
+
+@pytest.fixture
+def not_run(request, suite):
+    """Record why a benchmark did not run (it goes into the results JSON), then skip it."""
+
+    def record(reason, group, extra_info):
+        suite.not_run.append(
+            {
+                "test": request.node.nodeid,
+                "group": group,
+                "extra_info": {**extra_info, "device": suite.device},
+                "reason": reason,
+            }
+        )
+        pytest.skip(reason)
+
+    return record
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    suite = config.ibp_suite
+    output_json["ibp_metadata"] = metadata.collect(
+        suite.device, suite.profile.name, simulated_device=suite.simulated
+    )
+    output_json["ibp_metadata"]["time_per_case_s"] = suite.profile.time_per_case
+    output_json["ibp_metadata"]["min_rounds"] = suite.profile.min_rounds
+    output_json["ibp_metadata"]["memory_limit_bytes"] = suite.memory_limit_bytes
+    output_json["not_run"] = suite.not_run

@@ -1,0 +1,29 @@
+"""Matrix-product FLOP counts of the Newton-Schulz square root, for the GPU's matmul floor.
+
+A (C x C) @ (C x C) product is 2 C^3 FLOPs. Additions, scalings and norms are O(C^2) and left out:
+the count is the work a perfect matmul engine could not avoid, so time / (count / measured matmul
+rate) says how far a method is from that engine's floor.
+"""
+
+#: Products per iteration. Forward: Z Y, Y T, T Z. Sign-iteration backward: P P, Q (3I - P^2),
+#: P Q, Q P, P (P Q - Q P), P (3I - P^2). Autograd through the forward: two products (one per
+#: operand) for each of the forward's three.
+_FORWARD_PRODUCTS = 3
+_BACKWARD_PRODUCTS = {"newton_schulz": 6, "autograd": 6}
+
+
+def matmul_flops(channels, batch=1):
+    return 2 * batch * channels**3
+
+
+def newton_schulz_flops(channels, batch, num_iters, backward=None):
+    """Matrix-product FLOPs of `num_iters` Newton-Schulz iterations, with the backward if given.
+
+    None for a backward that is not made of matrix products alone (the eigenbasis Lyapunov solve).
+    """
+    products = _FORWARD_PRODUCTS
+    if backward is not None:
+        if backward not in _BACKWARD_PRODUCTS:
+            return None
+        products += _BACKWARD_PRODUCTS[backward]
+    return products * num_iters * matmul_flops(channels, batch)

@@ -1,0 +1,135 @@
+"""Matrix square root speed: every method, backward and size of the profile, on every backend of
+the registry, with accuracy and memory recorded at the headline cell (C = 512, B = 8, float32).
+
+Also the time each method needs to reach forward AND backward error <= ACCURACY_TARGET on those
+covariances: Newton-Schulz at the fewest iterations that get there, found by a scan, since a race
+at a fixed iteration count compares methods of different accuracy.
+"""
+
+import pytest
+
+from bench.cases import ACCURACY_TARGET, EIGH, MAX_SEARCHED_ITERATIONS, SqrtmVariant
+from bench.errors import fewest_iterations, worst_relative_error
+from bench.flops import newton_schulz_flops
+from reference.conventions import NEWTON_SCHULZ_BACKWARDS
+
+
+def _flops_info(cell, variant, backward_pass):
+    if variant.method != "newton_schulz":
+        return {}
+    backward = variant.backward if backward_pass else None
+    flops = newton_schulz_flops(cell.channels, cell.batch, variant.num_iters, backward)
+    return {} if flops is None else {"matmul_flops": flops}
+
+
+def _sqrtm_info(backend_name, cell, variant, mode):
+    return {
+        "kind": "sqrtm",
+        "mode": mode,
+        "backend": backend_name,
+        **cell.info(),
+        **variant.info(),
+        **_flops_info(cell, variant, mode == "forward_backward"),
+    }
+
+
+def test_sqrtm_forward(backend_name, adapter, forward_case, inputs, measure, benchmark, suite):
+    cell, variant = forward_case
+    a = adapter.matrices(inputs.covariances(cell), cell.dtype)
+    run = adapter.forward(adapter.sqrtm_function(variant.options), a)
+    z = measure(
+        run,
+        group=f"sqrtm forward, {cell.label}",
+        extra_info=_sqrtm_info(backend_name, cell, variant, "forward"),
+    )
+    if cell == suite.profile.headline:
+        reference_root, _ = inputs.reference(cell)
+        error = worst_relative_error(adapter.to_numpy(z), reference_root)
+        benchmark.extra_info["forward_error"] = error
+
+
+def test_sqrtm_forward_backward(
+    backend_name, adapter, forward_backward_case, inputs, measure, benchmark, suite
+):
+    cell, variant = forward_backward_case
+    a = adapter.matrices(inputs.covariances(cell), cell.dtype)
+    cotangent = adapter.matrices(inputs.cotangent(cell), cell.dtype)
+    run = adapter.forward_backward(adapter.sqrtm_function(variant.options), a, cotangent)
+    info = _sqrtm_info(backend_name, cell, variant, "forward_backward")
+    info.update(adapter.memory(run, [a, cotangent]))
+    z, grad = measure(run, group=f"sqrtm forward+backward, {cell.label}", extra_info=info)
+    if cell == suite.profile.headline:
+        reference_root, reference_gradient = inputs.reference(cell)
+        errors = benchmark.extra_info
+        errors["forward_error"] = worst_relative_error(adapter.to_numpy(z), reference_root)
+        errors["backward_error"] = worst_relative_error(adapter.to_numpy(grad), reference_gradient)
+
+
+class _Accuracy:
+    """Errors of one backend's methods on the headline covariances, at any iteration count."""
+
+    def __init__(self, adapter, inputs, cell):
+        self.adapter, self.cell = adapter, cell
+        self.a = adapter.matrices(inputs.covariances(cell), cell.dtype)
+        self.cotangent = adapter.matrices(inputs.cotangent(cell), cell.dtype)
+        self.reference_root, self.reference_gradient = inputs.reference(cell)
+
+    def forward_error(self, variant):
+        z = self.adapter.forward(self.adapter.sqrtm_function(variant.options), self.a)()
+        return worst_relative_error(self.adapter.to_numpy(z), self.reference_root)
+
+    def run(self, variant):
+        root = self.adapter.sqrtm_function(variant.options)
+        return self.adapter.forward_backward(root, self.a, self.cotangent)
+
+    def errors(self, variant):
+        z, grad = self.run(variant)()
+        return (
+            worst_relative_error(self.adapter.to_numpy(z), self.reference_root),
+            worst_relative_error(self.adapter.to_numpy(grad), self.reference_gradient),
+        )
+
+
+@pytest.mark.parametrize("backward", ["eigh", *NEWTON_SCHULZ_BACKWARDS])
+def test_sqrtm_time_to_accuracy(backend_name, adapter, backward, inputs, measure, not_run, suite):
+    """Forward+backward at the cheapest setting with both errors <= ACCURACY_TARGET."""
+    cell = suite.profile.headline
+    accuracy = _Accuracy(adapter, inputs, cell)
+    group = f"sqrtm time to error <= {ACCURACY_TARGET:g}, {cell.label}"
+    info = {"kind": "sqrtm_time_to_accuracy", "backend": backend_name, "target": ACCURACY_TARGET}
+    info.update(cell.info())
+    if backward == "eigh":
+        variant = EIGH
+    else:
+        unconverged = SqrtmVariant("newton_schulz", backward=backward)
+        # The forward error does not depend on the backward, and its scan is three times cheaper.
+        fewest_forward = fewest_iterations(
+            lambda k: [accuracy.forward_error(unconverged.with_iterations(k))],
+            ACCURACY_TARGET,
+            1,
+            MAX_SEARCHED_ITERATIONS,
+        )
+        fewest = fewest_forward and fewest_iterations(
+            lambda k: accuracy.errors(unconverged.with_iterations(k)),
+            ACCURACY_TARGET,
+            fewest_forward,
+            MAX_SEARCHED_ITERATIONS,
+        )
+        if fewest is None:
+            info.update(unconverged.info())
+            not_run(
+                f"newton_schulz/{backward} does not reach error <= {ACCURACY_TARGET:g} "
+                f"within {MAX_SEARCHED_ITERATIONS} iterations",
+                group,
+                info,
+            )
+        variant = unconverged.with_iterations(fewest)
+    info.update(variant.info())
+    info.update(_flops_info(cell, variant, backward_pass=True))
+    forward_error, backward_error = accuracy.errors(variant)
+    info.update(
+        forward_error=forward_error,
+        backward_error=backward_error,
+        reaches_target=max(forward_error, backward_error) <= ACCURACY_TARGET,
+    )
+    measure(accuracy.run(variant), group=group, extra_info=info)

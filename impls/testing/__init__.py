@@ -1,0 +1,1 @@
+"""What tests, `ibp-check` and benchmarks share: input generators, strategies, tolerances, properties."""

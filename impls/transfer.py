@@ -1,0 +1,220 @@
+"""Copy every weight between a PyTorch model and a Keras model built with the same arguments.
+
+Both sides are read into one neutral form, {layer name: (kind, {role: array in torch's
+layout})}, compared, and written out: conv kernels OIHW <-> HWIO, Linear (K, C*C) <->
+Dense (C*C, K), BatchNorm scale, shift, running statistics and epsilon, biases, and the
+preprocessing constants. Layer names agree because both frameworks build from
+`impls.architectures` with torchvision's module names; Keras' nested "backbone" model and
+the head's classifier appear as "backbone.<layer>" and "head.classifier", as in torch.
+"""
+
+import numpy as np
+
+
+class WeightTransferError(ValueError):
+    """The two models do not have the same architecture, so no weight-for-weight copy exists."""
+
+
+def transfer_weights(src, dst):
+    """Copy all weights of `src` into `dst`: a torch model into a Keras one or the reverse.
+
+    Raises WeightTransferError when the layers, their kinds or their shapes differ.
+    """
+    src_is_torch, dst_is_torch = _is_torch(src), _is_torch(dst)
+    if src_is_torch == dst_is_torch:
+        raise WeightTransferError("transfer_weights copies between one torch and one Keras model")
+    read = _read_torch if src_is_torch else _read_keras
+    source = read(src)
+    target = (_torch_layers if dst_is_torch else _keras_layers)(dst)
+    _check_same_layout(source, {name: _read_layer(layer) for name, layer in target.items()})
+    write = _write_torch_layer if dst_is_torch else _write_keras_layer
+    for name, layer in target.items():
+        write(layer, source[name][1])
+    if not dst_is_torch:
+        # Epsilon is a Python attribute of a Keras BatchNorm: traced functions keep the old one.
+        dst.predict_function = dst.train_function = dst.test_function = None
+    return dst
+
+
+def _is_torch(model):
+    return hasattr(model, "state_dict") and hasattr(model, "named_modules")
+
+
+# ----- torch side -----
+
+
+def _torch_kind(module):
+    from torch import nn
+
+    kinds = {nn.Conv2d: "conv", nn.Linear: "dense", nn.BatchNorm2d: "batch_norm"}
+    if type(module).__name__ == "ImageNormalization":
+        return "normalization"
+    return kinds.get(type(module))
+
+
+def _torch_layers(model):
+    layers = {name: m for name, m in model.named_modules() if _torch_kind(m) is not None}
+    unknown = [
+        name
+        for name, m in model.named_modules()
+        if name not in layers and any(True for _ in m.parameters(recurse=False))
+    ]
+    if unknown:
+        raise WeightTransferError(f"torch modules with weights of unknown kind: {unknown}")
+    return layers
+
+
+def _torch_roles(module):
+    kind = _torch_kind(module)
+    if kind == "normalization":
+        return kind, {"mean": module.mean.reshape(-1), "std": module.std.reshape(-1)}
+    if kind == "batch_norm":
+        roles = {
+            "weight": module.weight,
+            "bias": module.bias,
+            "running_mean": module.running_mean,
+            "running_var": module.running_var,
+        }
+        return kind, {**roles, "eps": module.eps}
+    roles = {"weight": module.weight}
+    if module.bias is not None:
+        roles["bias"] = module.bias
+    return kind, roles
+
+
+def _read_torch(model):
+    return {name: _read_layer(module) for name, module in _torch_layers(model).items()}
+
+
+def _write_torch_layer(module, values):
+    import torch
+
+    kind, roles = _torch_roles(module)
+    if kind == "batch_norm":
+        module.eps = values["eps"]
+    with torch.no_grad():
+        for role, tensor in roles.items():
+            if role != "eps":
+                tensor.copy_(torch.from_numpy(values[role]).reshape(tensor.shape))
+
+
+# ----- Keras side -----
+
+
+def _keras_kind(layer):
+    import keras
+
+    kinds = {
+        keras.layers.Conv2D: "conv",
+        keras.layers.Dense: "dense",
+        keras.layers.BatchNormalization: "batch_norm",
+    }
+    if type(layer).__name__ == "ImageNormalization":
+        return "normalization"
+    return kinds.get(type(layer))
+
+
+def _keras_layers(model, prefix=""):
+    import keras
+
+    layers = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            layers.update(_keras_layers(layer, f"{prefix}{layer.name}."))
+        elif getattr(layer, "classifier", None) is not None:
+            layers[f"{prefix}{layer.name}.classifier"] = layer.classifier
+        elif _keras_kind(layer) is not None:
+            layers[f"{prefix}{layer.name}"] = layer
+        elif layer.weights:
+            raise WeightTransferError(
+                f"Keras layer {prefix}{layer.name} has weights of unknown kind"
+            )
+    return layers
+
+
+def _keras_roles(layer):
+    kind = _keras_kind(layer)
+    if kind == "normalization":
+        return kind, {"mean": layer.mean, "std": layer.std}
+    if kind == "batch_norm":
+        roles = {
+            "weight": layer.gamma,
+            "bias": layer.beta,
+            "running_mean": layer.moving_mean,
+            "running_var": layer.moving_variance,
+        }
+        return kind, {**roles, "eps": layer.epsilon}
+    roles = {"weight": layer.kernel}
+    if layer.use_bias:
+        roles["bias"] = layer.bias
+    return kind, roles
+
+
+#: torch's layout -> Keras' and back, for the weights whose layouts differ.
+_TO_KERAS = {
+    ("conv", "weight"): lambda w: np.transpose(w, (2, 3, 1, 0)),  # OIHW -> HWIO
+    ("dense", "weight"): np.transpose,  # (K, C*C) -> (C*C, K)
+}
+_FROM_KERAS = {
+    ("conv", "weight"): lambda w: np.transpose(w, (3, 2, 0, 1)),
+    ("dense", "weight"): np.transpose,
+}
+
+
+def _read_keras(model):
+    return {name: _read_layer(layer) for name, layer in _keras_layers(model).items()}
+
+
+def _write_keras_layer(layer, values):
+    kind, roles = _keras_roles(layer)
+    if kind == "batch_norm":
+        layer.epsilon = values["eps"]
+    for role, variable in roles.items():
+        if role != "eps":
+            value = _TO_KERAS.get((kind, role), np.asarray)(values[role])
+            variable.assign(value.astype(variable.dtype))
+
+
+# ----- both -----
+
+
+def _read_layer(layer):
+    """(kind, {role: value in torch's layout}) of a torch module or Keras layer."""
+    if _is_torch_module(layer):
+        kind, roles = _torch_roles(layer)
+        return kind, {
+            role: value if role == "eps" else value.detach().cpu().numpy()
+            for role, value in roles.items()
+        }
+    kind, roles = _keras_roles(layer)
+    from_keras = {role: _FROM_KERAS.get((kind, role), np.asarray) for role in roles}
+    return kind, {
+        role: value if role == "eps" else from_keras[role](np.asarray(value))
+        for role, value in roles.items()
+    }
+
+
+def _is_torch_module(layer):
+    return hasattr(layer, "named_parameters")
+
+
+def _check_same_layout(source, target):
+    missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
+    if missing or extra:
+        raise WeightTransferError(
+            "the models have different layers (built from different arguments?): "
+            f"only in the destination {missing[:8]}, only in the source {extra[:8]}"
+        )
+    for name, (kind, roles) in target.items():
+        source_kind, source_roles = source[name]
+        if source_kind != kind or set(source_roles) != set(roles):
+            raise WeightTransferError(
+                f"layer {name}: {source_kind} with {sorted(source_roles)} in the source, "
+                f"{kind} with {sorted(roles)} in the destination"
+            )
+        for role, value in roles.items():
+            if role != "eps" and np.shape(source_roles[role]) != np.shape(value):
+                raise WeightTransferError(
+                    f"layer {name}, {role}: shape {np.shape(source_roles[role])} in the source, "
+                    f"{np.shape(value)} in the destination"
+                )

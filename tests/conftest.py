@@ -1,0 +1,52 @@
+"""One `backend` fixture for every framework in the registry, hypothesis profiles, and a summary
+of how many tests ran on each framework."""
+
+import collections
+import os
+
+import pytest
+
+from impls.backends import BACKENDS
+from impls.testing.strategies import PROFILE_VARIABLE, load_profile
+
+load_profile()
+
+#: Comma-separated frameworks that must be installed (CI sets "torch,tf"): a missing one is an
+#: error instead of a skip, so a broken install cannot pass as a green run.
+REQUIRED = {name for name in os.environ.get("IBP_REQUIRE_BACKENDS", "").split(",") if name}
+
+_outcomes = collections.defaultdict(collections.Counter)
+
+
+@pytest.fixture(params=sorted(BACKENDS), ids=str, scope="session")
+def backend(request):
+    chosen = BACKENDS[request.param]
+    if not chosen.is_available():
+        if chosen.name in REQUIRED:
+            pytest.fail(f"{chosen.package} is required (IBP_REQUIRE_BACKENDS) but not installed")
+        pytest.skip(f"{chosen.package} is not installed")
+    return chosen
+
+
+def pytest_runtest_logreport(report):
+    framework = getattr(report, "framework", None)
+    if framework and (report.when == "call" or report.outcome != "passed"):
+        _outcomes[framework][report.outcome] += 1
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "backend" in callspec.params:
+        outcome.get_result().framework = callspec.params["backend"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _outcomes:
+        return
+    profile = os.environ.get(PROFILE_VARIABLE, "dev")
+    terminalreporter.section(f"tests per framework (hypothesis profile: {profile})")
+    for framework, counts in sorted(_outcomes.items()):
+        line = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        terminalreporter.line(f"{framework}: {line}")
