@@ -14,17 +14,16 @@ import numpy as np
 
 from impls.backends import available_backends
 
-#: Classes of the training-step benchmarks (CUB-200-2011 has 200).
+#: Classes of the head and training-step benchmarks (CUB-200-2011 has 200).
 NUM_CLASSES = 200
+#: Any rate does for timing; a small one keeps repeated steps on random data finite.
+TRAIN_LEARNING_RATE = 1e-3
 
 
-def _build_model_function(impl_module):
-    """`impls.<framework>.models.build_model`, or None while that module does not offer it."""
-    try:
-        models = importlib.import_module(f"{impl_module}.models")
-    except ImportError:
-        return None
-    return getattr(models, "build_model", None)
+def _build_model(backend, name):
+    """`impls.<framework>.models.build_model(name)`: backbone (He-initialised) + IBP head."""
+    models = importlib.import_module(f"{backend.impl_module}.models")
+    return models.build_model(name, num_classes=NUM_CLASSES)
 
 
 class TorchAdapter:
@@ -33,12 +32,6 @@ class TorchAdapter:
     def __init__(self, backend, device):
         self.backend, self.torch = backend, backend.fw
         self.device = self.torch.device(device)
-
-    @staticmethod
-    def device_available(device):
-        import torch
-
-        return device == "cpu" or torch.cuda.is_available()
 
     def synchronize(self):
         if self.device.type == "cuda":
@@ -115,9 +108,9 @@ class TorchAdapter:
             info["cuda_peak_bytes_above_inputs"] = peak
         return info
 
-    def _train_step(self, model, inputs, labels, learning_rate):
+    def _train_step(self, model, inputs, labels):
         torch = self.torch
-        optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+        optimizer = torch.optim.SGD(model.parameters(), lr=TRAIN_LEARNING_RATE)
 
         def run():
             optimizer.zero_grad(set_to_none=True)
@@ -146,18 +139,10 @@ class TorchAdapter:
 
         return run
 
-    def model_train_step(self, name, images, labels, num_classes=NUM_CLASSES):
-        """SGD step of `build_model(name)`; None while impls.torch.models has no build_model."""
-        build_model = _build_model_function(self.backend.impl_module)
-        if build_model is None:
-            return None
-        model = build_model(name, num_classes=num_classes).to(self.device)
-        return self._train_step(model, images, labels, learning_rate=1e-3)
-
-    def head_train_step(self, features, labels, num_classes=NUM_CLASSES):
-        """SGD step of IBPHead + classifier on fixed features: the stand-in for a model."""
-        head = self.backend.impl.IBPHead(features.shape[1], num_classes).to(self.device)
-        return self._train_step(head, features, labels, learning_rate=1.0)
+    def model_train_step(self, name, images, labels):
+        """One SGD step of build_model(name) on a batch of images."""
+        model = _build_model(self.backend, name).to(self.device)
+        return self._train_step(model, images, labels)
 
     def autocast(self, enabled):
         """bfloat16 autocast for the backbone (the IBP stages opt out and stay float32)."""
@@ -170,10 +155,6 @@ class TensorFlowAdapter:
 
     def __init__(self, backend, device):
         self.backend, self.tf = backend, backend.fw
-
-    @staticmethod
-    def device_available(device):
-        return device == "cpu"
 
     def synchronize(self):
         """tf.function calls on the CPU return when their outputs are computed."""
@@ -221,11 +202,11 @@ class TensorFlowAdapter:
         """TensorFlow exposes no allocation counter for the CPU: nothing is measured."""
         return {}
 
-    def _train_step(self, model, inputs, labels, learning_rate):
+    def _train_step(self, model, inputs, labels):
         import keras
 
         tf = self.tf
-        optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
+        optimizer = keras.optimizers.SGD(learning_rate=TRAIN_LEARNING_RATE)
 
         @tf.function
         def step(inputs, labels):
@@ -235,7 +216,7 @@ class TensorFlowAdapter:
                     tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
                 )
             variables = model.trainable_variables
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
             return loss
 
         return lambda: step(inputs, labels)
@@ -258,32 +239,20 @@ class TensorFlowAdapter:
 
         return lambda: step(features)
 
-    def model_train_step(self, name, images, labels, num_classes=NUM_CLASSES):
-        """SGD step of `build_model(name)`; None while impls.tf.models has no build_model."""
-        build_model = _build_model_function(self.backend.impl_module)
-        if build_model is None:
-            return None
-        model = build_model(name, num_classes=num_classes)
-        return self._train_step(model, images, labels, learning_rate=1e-3)
-
-    def head_train_step(self, features, labels, num_classes=NUM_CLASSES):
-        """SGD step of IBPHead + classifier on fixed features: the stand-in for a model."""
-        head = self.backend.impl.IBPHead(num_classes=num_classes)
-        head.build(features.shape)
-        return self._train_step(head, features, labels, learning_rate=1.0)
+    def model_train_step(self, name, images, labels):
+        """One SGD step of build_model(name) on a batch of images."""
+        return self._train_step(_build_model(self.backend, name), images, labels)
 
 
 ADAPTERS = {"torch": TorchAdapter, "tf": TensorFlowAdapter}
 
 
 def benchmarked_backends(device):
-    """Registry backends that are installed, have an adapter, and can run on `device`."""
+    """Registry backends that are installed and have an adapter that runs on `device`."""
     return [
         backend
         for backend in available_backends()
-        if backend.name in ADAPTERS
-        and device in ADAPTERS[backend.name].devices
-        and ADAPTERS[backend.name].device_available(device)
+        if backend.name in ADAPTERS and device in ADAPTERS[backend.name].devices
     ]
 
 

@@ -48,7 +48,7 @@ class Suite:
             raise pytest.UsageError("--bench-device cuda needs CUDA (only a dry run goes without)")
         # A simulated GPU suite runs the same code with torch on the CPU.
         self.framework_device = "cpu" if self.simulated else self.device
-        self.backends = benchmarked_backends(self.device if not self.simulated else "cuda")
+        self.backends = benchmarked_backends(self.device)
         self.not_run = []
 
     def adapter(self, backend_name):
@@ -72,7 +72,9 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("backend_name", backend_names, ids=str)
     if "forward_case" in names:
         pairs = [(c, v) for c in profile.sqrtm_cells() for v in profile.forward_variants(c)]
-        metafunc.parametrize("forward_case", pairs, ids=[f"{c.test_id}-{v.test_id}" for c, v in pairs])
+        metafunc.parametrize(
+            "forward_case", pairs, ids=[f"{c.test_id}-{v.test_id}" for c, v in pairs]
+        )
     if "forward_backward_case" in names:
         pairs = [
             (c, v) for c in profile.sqrtm_cells() for v in profile.forward_backward_variants(c)

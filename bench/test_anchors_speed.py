@@ -12,6 +12,7 @@
 import numpy as np
 
 from bench.adapters import adapter_for
+from bench.errors import worst_relative_error
 from impls.backends import get_backend
 from reference import sqrtm as reference_sqrtm
 from reference import sqrtm_vjp as reference_sqrtm_vjp
@@ -102,11 +103,16 @@ def test_tf_linalg_sqrtm_gradient(anchor_cell, inputs, measure, not_run, suite):
     measure(run, group=group, extra_info=info, warm_up=False)
 
 
-def test_naive_eigh_autograd(backend_name, adapter, anchor_cell, inputs, measure):
+def test_naive_eigh_autograd(backend_name, adapter, anchor_cell, inputs, measure, benchmark, suite):
     a = adapter.matrices(inputs.covariances(anchor_cell), anchor_cell.dtype)
     cotangent = adapter.matrices(inputs.cotangent(anchor_cell), anchor_cell.dtype)
     label = "eigh, autograd through the eigendecomposition"
     info = _anchor_info(backend_name, "eigh_autograd", label, anchor_cell, "forward_backward")
     run = adapter.forward_backward(adapter.naive_eigh_sqrtm, a, cotangent)
     info.update(adapter.memory(run, [a, cotangent]))
-    measure(run, group=f"sqrtm forward+backward, {anchor_cell.label}", extra_info=info)
+    z, grad = measure(run, group=f"sqrtm forward+backward, {anchor_cell.label}", extra_info=info)
+    if anchor_cell == suite.profile.headline:
+        reference_root, reference_gradient = inputs.reference(anchor_cell)
+        errors = benchmark.extra_info
+        errors["forward_error"] = worst_relative_error(adapter.to_numpy(z), reference_root)
+        errors["backward_error"] = worst_relative_error(adapter.to_numpy(grad), reference_gradient)

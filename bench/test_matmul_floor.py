@@ -38,8 +38,7 @@ def test_matmul_rate(precision, shape, measure, not_run, suite):
     torch = adapter.torch
     generator = torch.Generator(device=adapter.device).manual_seed(0)
     left, right = (
-        torch.randn(batch, size, size, device=adapter.device, generator=generator)
-        for _ in range(2)
+        torch.randn(batch, size, size, device=adapter.device, generator=generator) for _ in range(2)
     )
 
     def run():

@@ -28,18 +28,18 @@ def backend(request):
     return chosen
 
 
+def pytest_collection_modifyitems(items):
+    # user_properties travel with reports, also from pytest-xdist workers to the summary.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "backend" in callspec.params:
+            item.user_properties.append(("framework", callspec.params["backend"]))
+
+
 def pytest_runtest_logreport(report):
-    framework = getattr(report, "framework", None)
+    framework = dict(report.user_properties).get("framework")
     if framework and (report.when == "call" or report.outcome != "passed"):
         _outcomes[framework][report.outcome] += 1
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and "backend" in callspec.params:
-        outcome.get_result().framework = callspec.params["backend"]
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -67,3 +67,16 @@ def relative_error(actual, expected, floor=0.0):
     scale = np.maximum(np.linalg.norm(expected, axis=1), floor)
     scale = np.where(scale > 0, scale, 1.0)
     return float(np.max(np.linalg.norm(actual - expected, axis=1) / scale))
+
+
+def jacobian_scale(x, g, out):
+    """||g|| ||f(x)|| / ||x|| per sample: the size of a VJP for the homogeneous maps the stages
+    are, used as the floor of a gradient's relative error where the gradient itself can vanish
+    while the Jacobian does not (the L2 normalisation of a single entry)."""
+    input_norms = per_sample_norms(x)
+    return np.divide(
+        per_sample_norms(g) * per_sample_norms(out),
+        input_norms,
+        out=np.zeros_like(input_norms),
+        where=input_norms > 0,
+    )

@@ -41,7 +41,11 @@ class IBPHead(keras.layers.Layer):
         self.in_channels, self.num_classes = in_channels, num_classes
         self.eps, self.method, self.num_iters = eps, method, num_iters
         self.backward, self.delta = backward, delta
-        self.classifier = keras.layers.Dense(num_classes, name="classifier") if num_classes else None
+        self.classifier = (
+            keras.layers.Dense(num_classes, name="classifier", dtype=self.dtype_policy)
+            if num_classes
+            else None
+        )
 
     def build(self, input_shape):
         check_feature_map(input_shape, "channels_last", self.in_channels)

@@ -1,0 +1,137 @@
+"""The configurations trained side by side: the correct IBP model, the founding question's set-up
+(shared/seed/) with all its bugs, that set-up with one bug fixed at a time, and baselines.
+
+A configuration names a head and a training schedule; the framework runners build both. Every
+configuration starts from the same seeded backbone initialisation, so they differ only in what
+the name says.
+"""
+
+from dataclasses import dataclass, field
+
+#: The question's batch size, hard-coded into its layers (bug 3): its set-up runs only on full
+#: batches of this size.
+QUESTION_BATCH_SIZE = 16
+#: The question's optimizer: Keras SGD, lr 0.001, no momentum, on the classifier alone.
+QUESTION_LEARNING_RATE = 1e-3
+
+#: The bugs of the question's set-up that change what it learns, each of which one ablation fixes
+#: alone. DESIGN.md numbers the catalogue; "batch_l2" is in the question's code but not there.
+SEED_BUGS = {
+    "batch_sum": "bug 1: the outer product sums over the batch, so every sample of a batch gets "
+    "the same matrix",
+    "fourth_root": "bug 2: sqrt is taken of the singular values twice, A^(1/4) instead of A^(1/2)",
+    "eps_ones": "bug 4: eps is added to every entry (eps * ones) instead of the diagonal (eps * I)",
+    "batch_l2": "tf.math.l2_normalize(x, axis=None) normalises the whole batch as one vector, "
+    "not each sample",
+    "low_lr": "bug 5: SGD at lr 0.001 on the classifier; the authors' classifier stage uses "
+    "SGD lr 1.0 (momentum 0.9)",
+    "frozen_backbone": "bug 5: only the classifier trains; with this fixed everything trains, "
+    "still at lr 0.001, through the question's SVD gradient (bug 6)",
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Some epochs of training. optimizer: "question" (SGD lr 0.001, no momentum), or stage
+    "recipe_1"/"recipe_2" of the authors' recipe (impls' recipe_optimizer). The backbone trains
+    unless `frozen`."""
+
+    epochs: int
+    optimizer: str
+    frozen: bool
+
+    def __post_init__(self):
+        # impls' recipe_optimizer freezes the backbone in stage 1 and unfreezes it in stage 2.
+        if self.optimizer in ("recipe_1", "recipe_2") and self.frozen != (self.optimizer == "recipe_1"):
+            raise ValueError(f"{self.optimizer} {'un' if self.frozen else ''}freezes the backbone")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    #: "ibp", "first_order", "bilinear_no_sqrtm" or "seed"
+    head: str
+    #: "two_stage" (the authors' recipe), "classifier_only" (its first stage alone) or "question"
+    schedule: str
+    #: the subset of SEED_BUGS the seed head and its training keep
+    seed_bugs: frozenset = field(default_factory=frozenset)
+    summary: str = ""
+
+    @property
+    def needs_full_batches(self):
+        """The question's layers hard-code the batch size (bug 3): they run on full batches only."""
+        return self.head == "seed"
+
+    def batch_size(self, requested):
+        return QUESTION_BATCH_SIZE if self.needs_full_batches else requested
+
+    def stages(self, epochs):
+        """The training stages of a run of `epochs` epochs in all."""
+        if self.schedule == "two_stage":
+            first = max(1, epochs // 2)
+            return [Stage(first, "recipe_1", True), Stage(epochs - first, "recipe_2", False)]
+        if self.schedule == "classifier_only":
+            return [Stage(epochs, "recipe_1", True)]
+        optimizer = "question" if "low_lr" in self.seed_bugs else "recipe_1"
+        return [Stage(epochs, optimizer, "frozen_backbone" in self.seed_bugs)]
+
+
+def _seed_with_fixed(bug):
+    return Configuration(
+        name=f"seed_fix_{bug}",
+        head="seed",
+        schedule="question",
+        seed_bugs=frozenset(SEED_BUGS) - {bug},
+        summary=f"the question's set-up with one bug fixed, {SEED_BUGS[bug]}",
+    )
+
+
+CONFIGURATIONS = {
+    c.name: c
+    for c in [
+        Configuration(
+            "ibp",
+            "ibp",
+            "two_stage",
+            summary="impls' IBP head (exact root, eps I, signed sqrt, per-sample L2), the authors' "
+            "two-stage recipe: classifier alone (SGD lr 1.0), then everything (Adam)",
+        ),
+        Configuration(
+            "ibp_frozen",
+            "ibp",
+            "classifier_only",
+            summary="impls' IBP head on the frozen backbone, the authors' first stage alone: the "
+            "question's set-up with every bug fixed except the frozen backbone",
+        ),
+        Configuration(
+            "seed",
+            "seed",
+            "question",
+            seed_bugs=frozenset(SEED_BUGS),
+            summary="the question's set-up: batch-summed outer product, fourth root, eps * ones, "
+            "batch-wide L2, frozen backbone, SGD lr 0.001 on the classifier, batch 16",
+        ),
+        *(_seed_with_fixed(bug) for bug in SEED_BUGS),
+        Configuration(
+            "seed_fix_batch_sum_and_low_lr",
+            "seed",
+            "question",
+            seed_bugs=frozenset(SEED_BUGS) - {"batch_sum", "low_lr"},
+            summary="the question's set-up with bugs 1 and 5 (batch sum, lr) fixed together; "
+            "fourth root, eps * ones, batch-wide L2 and the frozen backbone stay",
+        ),
+        Configuration(
+            "first_order",
+            "first_order",
+            "two_stage",
+            summary="global average pooling instead of bilinear pooling, same recipe as ibp",
+        ),
+        Configuration(
+            "bilinear_no_sqrtm",
+            "bilinear_no_sqrtm",
+            "two_stage",
+            summary="the original B-CNN: bilinear pooling, signed sqrt, L2, no matrix square root; "
+            "same recipe as ibp",
+        ),
+    ]
+}
