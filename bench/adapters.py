@@ -49,8 +49,12 @@ class TorchAdapter:
     def to_numpy(self, tensor):
         return self.backend.numpy(tensor)
 
-    def sqrtm_function(self, options):
-        return lambda a: self.backend.impl.sqrtm(a, **options)
+    def sqrtm_function(self, variant):
+        sqrtm, options = self.backend.impl.sqrtm, variant.options
+        if variant.compute_dtype is None:
+            return lambda a: sqrtm(a, **options)
+        wide = getattr(self.torch, variant.compute_dtype)
+        return lambda a: sqrtm(a.to(wide), **options).to(a.dtype)
 
     def naive_eigh_sqrtm(self, a):
         """The root with autograd differentiating torch.linalg.eigh (1 / (s_i - s_j) terms)."""
@@ -151,13 +155,11 @@ class TorchAdapter:
 
 class TensorFlowAdapter:
     # tensorflow-cpu is what this project installs; tf.linalg.sqrtm has no GPU kernel either.
+    # On the CPU a tf.function call returns once its outputs are computed: nothing to wait for.
     devices = ("cpu",)
 
     def __init__(self, backend, device):
         self.backend, self.tf = backend, backend.fw
-
-    def synchronize(self):
-        """tf.function calls on the CPU return when their outputs are computed."""
 
     def matrices(self, array, dtype):
         return self.backend.tensor(array, dtype)
@@ -171,8 +173,12 @@ class TensorFlowAdapter:
     def to_numpy(self, tensor):
         return self.backend.numpy(tensor)
 
-    def sqrtm_function(self, options):
-        return lambda a: self.backend.impl.sqrtm(a, **options)
+    def sqrtm_function(self, variant):
+        sqrtm, options, tf = self.backend.impl.sqrtm, variant.options, self.tf
+        if variant.compute_dtype is None:
+            return lambda a: sqrtm(a, **options)
+        wide = tf.as_dtype(variant.compute_dtype)
+        return lambda a: tf.cast(sqrtm(tf.cast(a, wide), **options), a.dtype)
 
     def naive_eigh_sqrtm(self, a):
         """The root with autograd differentiating tf.linalg.eigh (1 / (s_i - s_j) terms)."""

@@ -92,6 +92,11 @@ def _gpu():
     return properties.name, details
 
 
+def load_average():
+    """1, 5 and 15 minute load averages: other work on a shared machine skews every ratio."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def collect(device, profile, simulated_device=False):
     """Everything REQUIRED_KEYS names, and a little more."""
     gpu_name, gpu_details = _gpu()
@@ -107,6 +112,7 @@ def collect(device, profile, simulated_device=False):
         "gpu_name": gpu_name,
         "gpu": gpu_details,
         "threads": _thread_counts(),
+        "load_average_at_end": load_average(),
         "device": device,
         # A dry run of the GPU suite on a machine without one runs its code paths on the CPU.
         "simulated_device": simulated_device,

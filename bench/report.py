@@ -24,10 +24,8 @@ _MODES = {"forward": "forward", "forward_backward": "forward+backward"}
 
 @dataclasses.dataclass
 class Entry:
-    name: str
     info: dict
     median: float
-    stats: dict
 
 
 class Results:
@@ -38,10 +36,7 @@ class Results:
         self.path = pathlib.Path(path)
         self.metadata = data["ibp_metadata"]
         self.not_run = data.get("not_run", [])
-        self.entries = [
-            Entry(b["name"], b["extra_info"], b["stats"]["median"], b["stats"])
-            for b in data["benchmarks"]
-        ]
+        self.entries = [Entry(b["extra_info"], b["stats"]["median"]) for b in data["benchmarks"]]
         self.device = self.metadata["device"]
         self.profile = get_profile(self.metadata["profile"], self.device)
         self.headline = self.profile.headline
@@ -193,6 +188,16 @@ def tf_over_torch(results):
             if tf_entry is not None:
                 slowdowns[f"{_MODES[mode]} {variant.label}"] = tf_entry.median / entry.median
     return slowdowns
+
+
+def tf_over_torch_table(results):
+    rows = [
+        (label, _format_ratio(value), "yes" if value <= TARGET_TF_OVER_TORCH else "no")
+        for label, value in sorted(tf_over_torch(results).items())
+    ]
+    if not rows:
+        return None
+    return _table(("pass and method", "TF time / torch time", f"<= {TARGET_TF_OVER_TORCH:g}"), rows)
 
 
 def auto_recommendation(results, backend):
@@ -559,6 +564,28 @@ def plot_pareto(results, path):
                     fontsize=7,
                     color=line.get_color(),
                 )
+    torch_eigh = results.median(
+        kind="sqrtm",
+        backend="torch",
+        mode="forward_backward",
+        method="eigh",
+        compute_dtype=None,
+        **results.headline.info(),
+    )
+    for entry in results.find(kind="sqrtm_time_to_accuracy"):
+        seconds = entry.median if results.absolute else _ratio(entry.median, torch_eigh)
+        if seconds is None:
+            continue
+        right.scatter(
+            seconds, entry.info["backward_error"], marker="*", s=120, color="black", zorder=3
+        )
+        right.annotate(
+            f"{entry.info['backend']} {_label(entry.info)}",
+            (seconds, entry.info["backward_error"]),
+            fontsize=6,
+            xytext=(4, -8),
+            textcoords="offset points",
+        )
     unit = "s" if results.absolute else "time / torch eigh"
     cell = results.headline
     for axis, title, xlabel in (
@@ -613,6 +640,10 @@ def plot_scipy_speedup(results, path):
 # The document
 
 
+def _format_load(values):
+    return "n/a" if not values else "/".join(f"{value:.1f}" for value in values)
+
+
 def _environment(results):
     meta = results.metadata
     versions = ", ".join(f"{k} {v}" for k, v in sorted(meta["versions"].items()))
@@ -629,6 +660,10 @@ def _environment(results):
             f"- hardware: {hardware}; CPU: {meta['cpu_model']}",
             f"- commit {commit}; Python {meta['python']}; {versions}",
             f"- threads: {threads}",
+            f"- load average (1/5/15 min): at start "
+            f"{_format_load(meta.get('load_average_at_start'))}, at end "
+            f"{_format_load(meta.get('load_average_at_end'))} on "
+            f"{meta['threads'].get('os_cpu_count')} CPUs (other work on the machine skews ratios)",
             f"- timing: at least {meta['min_rounds']} rounds (2 for calls over 2 s) or "
             f"{meta['time_per_case_s']} s of rounds per case, after one warm-up call; "
             "medians are compared",
@@ -645,6 +680,7 @@ def _recommendation_text(results):
     lines = []
     for backend in results.backends(kind="sqrtm_time_to_accuracy"):
         best, candidates = auto_recommendation(results, backend)
+        fastest = candidates[0]
         if best is None:
             lines.append(f"- {backend}: no method reached both errors <= {ACCURACY_TARGET:g}.")
             continue
@@ -660,6 +696,13 @@ def _recommendation_text(results):
             f"(forward error {_format_error(best.info.get('forward_error'))}, backward error "
             f"{_format_error(best.info.get('backward_error'))}{margin})."
         )
+        if fastest is not best:
+            lines.append(
+                f"  Faster still but short of the target: {_label(fastest.info)} "
+                f"({_format_ratio(best.median / fastest.median)} faster; forward error "
+                f"{_format_error(fastest.info.get('forward_error'))}, backward error "
+                f"{_format_error(fastest.info.get('backward_error'))})."
+            )
     return "\n".join(lines)
 
 
@@ -699,6 +742,11 @@ def render(all_results, plots):
                 lines,
             )
         _section(
+            f"TensorFlow against PyTorch, same method ({cell.label})",
+            tf_over_torch_table(results),
+            lines,
+        )
+        _section(
             f'Recommended default ("auto"): fastest with forward and backward error <= '
             f"{ACCURACY_TARGET:g} on relu_covariances, {cell.label}",
             _recommendation_text(results) + f'\n\nThe current default is "{DEFAULT_SQRTM_METHOD}".',
@@ -707,7 +755,8 @@ def render(all_results, plots):
         _section(
             f"Time to reach error <= {ACCURACY_TARGET:g} ({cell.label})",
             "Newton-Schulz at the fewest iterations that reach the target (scanned from 1), "
-            "eigh as it is.\n\n" + time_to_accuracy_table(results),
+            "eigh as it is and computed in float64 (input cast up, root cast down).\n\n"
+            + time_to_accuracy_table(results),
             lines,
         )
         pareto = plots.get((device, "pareto"))

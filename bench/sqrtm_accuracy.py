@@ -16,7 +16,7 @@ from impls.backends import available_backends
 from impls.testing.accuracy import realistic_case, sqrtm_errors
 from reference.conventions import DEFAULT_EPS
 
-METHODS = [("eigh", {"method": "eigh"})] + [
+METHODS = [("auto (the default)", {"method": "auto"}), ("eigh", {"method": "eigh"})] + [
     (f"newton_schulz x{k}, {backward} backward",
      {"method": "newton_schulz", "num_iters": k, "backward": backward})
     for k in (5, 10, 20)

@@ -46,7 +46,7 @@ def test_scipy_sqrtm_forward(anchor_cell, inputs, measure, not_run, suite):
     info = _anchor_info("scipy", "scipy", "scipy.linalg.sqrtm (float64)", anchor_cell, "forward")
     _cpu_only(suite, not_run, group, info)
     a = inputs.covariances(anchor_cell)
-    measure(lambda: reference_sqrtm(a), group=group, extra_info=info, warm_up=False)
+    measure(lambda: reference_sqrtm(a), group=group, extra_info=info)
 
 
 def test_scipy_sqrtm_forward_backward(anchor_cell, inputs, measure, not_run, suite):
@@ -59,7 +59,7 @@ def test_scipy_sqrtm_forward_backward(anchor_cell, inputs, measure, not_run, sui
     def run():
         return reference_sqrtm_vjp(reference_sqrtm(a), cotangent)
 
-    measure(run, group=group, extra_info=info, warm_up=False)
+    measure(run, group=group, extra_info=info)
 
 
 def _tensorflow_adapter(suite, not_run, group, info):
@@ -97,10 +97,9 @@ def test_tf_linalg_sqrtm_gradient(anchor_cell, inputs, measure, not_run, suite):
     cotangent = adapter.matrices(inputs.cotangent(anchor_cell), anchor_cell.dtype)
     run = adapter.forward_backward(tf.linalg.sqrtm, a, cotangent)
     try:
-        run()
+        measure(run, group=group, extra_info=info)
     except (tf.errors.ResourceExhaustedError, tf.errors.InternalError, MemoryError) as error:
         not_run(f"failed: {type(error).__name__}: {str(error).splitlines()[0]}", group, info)
-    measure(run, group=group, extra_info=info, warm_up=False)
 
 
 def test_naive_eigh_autograd(backend_name, adapter, anchor_cell, inputs, measure, benchmark, suite):

@@ -48,7 +48,8 @@ TORCH_BN_MOMENTUM = 0.1
 
 #: The IBP authors' two-stage recipe. Stage 1: the classifier alone on the frozen backbone;
 #: stage 2: everything, with a larger rate for the classifier. The paper gives rates and weight
-#: decay only; momentum 0.9 is the default of MatConvNet's cnn_train, which the authors used.
+#: decay only; momentum 0.9 is an assumption (the default of MatConvNet's cnn_train, the
+#: authors' framework).
 TRAINING_RECIPE = {
     1: {"optimizer": "sgd", "head_lr": 1.0, "momentum": 0.9, "weight_decay": 1e-8},
     2: {"optimizer": "adam", "backbone_lr": 1e-4, "head_lr": 1e-2},

@@ -23,21 +23,35 @@ def transfer_weights(src, dst):
     src_is_torch, dst_is_torch = _is_torch(src), _is_torch(dst)
     if src_is_torch == dst_is_torch:
         raise WeightTransferError("transfer_weights copies between one torch and one Keras model")
-    read = _read_torch if src_is_torch else _read_keras
-    source = read(src)
-    target = (_torch_layers if dst_is_torch else _keras_layers)(dst)
+    source = {name: _read_layer(layer) for name, layer in _layers(src).items()}
+    target = _layers(dst)
     _check_same_layout(source, {name: _read_layer(layer) for name, layer in target.items()})
     write = _write_torch_layer if dst_is_torch else _write_keras_layer
     for name, layer in target.items():
         write(layer, source[name][1])
     if not dst_is_torch:
-        # Epsilon is a Python attribute of a Keras BatchNorm: traced functions keep the old one.
-        dst.predict_function = dst.train_function = dst.test_function = None
+        _forget_traced_functions(dst)
     return dst
 
 
-def _is_torch(model):
-    return hasattr(model, "state_dict") and hasattr(model, "named_modules")
+def _forget_traced_functions(model):
+    """Epsilon is a Python attribute of a Keras BatchNorm, so `predict`/`fit`/`evaluate`
+    functions traced before the copy would keep the old value."""
+    import keras
+
+    model.predict_function = model.train_function = model.test_function = None
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            _forget_traced_functions(layer)
+
+
+def _is_torch(model_or_layer):
+    return hasattr(model_or_layer, "named_modules")
+
+
+def _layers(model):
+    """{torchvision-style name: torch module or Keras layer} of everything that holds weights."""
+    return _torch_layers(model) if _is_torch(model) else _keras_layers(model)
 
 
 # ----- torch side -----
@@ -46,9 +60,14 @@ def _is_torch(model):
 def _torch_kind(module):
     from torch import nn
 
-    kinds = {nn.Conv2d: "conv", nn.Linear: "dense", nn.BatchNorm2d: "batch_norm"}
-    if type(module).__name__ == "ImageNormalization":
-        return "normalization"
+    from impls.torch.models import ImageNormalization
+
+    kinds = {
+        nn.Conv2d: "conv",
+        nn.Linear: "dense",
+        nn.BatchNorm2d: "batch_norm",
+        ImageNormalization: "normalization",
+    }
     return kinds.get(type(module))
 
 
@@ -82,10 +101,6 @@ def _torch_roles(module):
     return kind, roles
 
 
-def _read_torch(model):
-    return {name: _read_layer(module) for name, module in _torch_layers(model).items()}
-
-
 def _write_torch_layer(module, values):
     import torch
 
@@ -104,13 +119,14 @@ def _write_torch_layer(module, values):
 def _keras_kind(layer):
     import keras
 
+    from impls.tf.models import ImageNormalization
+
     kinds = {
         keras.layers.Conv2D: "conv",
         keras.layers.Dense: "dense",
         keras.layers.BatchNormalization: "batch_norm",
+        ImageNormalization: "normalization",
     }
-    if type(layer).__name__ == "ImageNormalization":
-        return "normalization"
     return kinds.get(type(layer))
 
 
@@ -121,7 +137,7 @@ def _keras_layers(model, prefix=""):
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             layers.update(_keras_layers(layer, f"{prefix}{layer.name}."))
-        elif getattr(layer, "classifier", None) is not None:
+        elif getattr(layer, "classifier", None) is not None:  # the IBP head
             layers[f"{prefix}{layer.name}.classifier"] = layer.classifier
         elif _keras_kind(layer) is not None:
             layers[f"{prefix}{layer.name}"] = layer
@@ -161,10 +177,6 @@ _FROM_KERAS = {
 }
 
 
-def _read_keras(model):
-    return {name: _read_layer(layer) for name, layer in _keras_layers(model).items()}
-
-
 def _write_keras_layer(layer, values):
     kind, roles = _keras_roles(layer)
     if kind == "batch_norm":
@@ -180,7 +192,7 @@ def _write_keras_layer(layer, values):
 
 def _read_layer(layer):
     """(kind, {role: value in torch's layout}) of a torch module or Keras layer."""
-    if _is_torch_module(layer):
+    if _is_torch(layer):
         kind, roles = _torch_roles(layer)
         return kind, {
             role: value if role == "eps" else value.detach().cpu().numpy()
@@ -192,10 +204,6 @@ def _read_layer(layer):
         role: value if role == "eps" else from_keras[role](np.asarray(value))
         for role, value in roles.items()
     }
-
-
-def _is_torch_module(layer):
-    return hasattr(layer, "named_parameters")
 
 
 def _check_same_layout(source, target):

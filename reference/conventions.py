@@ -24,8 +24,14 @@ NEWTON_SCHULZ_STATED_ACCURACY = 1e-4
 #: sqrtm is defined on the symmetric part (A + A^T) / 2 of its input, and its gradient is the symmetric
 #: part of the Lyapunov solution. Covariances are symmetric, so nothing changes for them, but every
 #: entry of the input then has a well-defined derivative that finite differences confirm.
-SQRTM_METHODS = ("eigh", "newton_schulz")
-DEFAULT_SQRTM_METHOD = "eigh"
+SQRTM_METHODS = ("auto", "eigh", "newton_schulz")
+#: "auto" is the fastest method measured to meet AUTO_STATED_ACCURACY on the device at hand
+#: (results/BENCHMARKS.md). CPU: eigh with the eigendecomposition in float64, since float32
+#: divide-and-conquer eigensolvers (LAPACK syevd, which torch calls) leave ~3e-3 backward error on
+#: ReLU covariances and float64 eigh still beats every float32 Newton-Schulz that reaches the
+#: target. GPU: Newton-Schulz with the iterative backward (matrix products only).
+DEFAULT_SQRTM_METHOD = "auto"
+AUTO_STATED_ACCURACY = 1e-3
 #: Backward passes of the Newton-Schulz forward: exact Lyapunov solve in the eigenbasis, the coupled
 #: Newton-Schulz sign iteration on [[Z, dZ], [0, -Z]] (the authors' GPU backward), or autograd
 #: through the forward iterations (iSQRT-COV style; memory grows with the iteration count).

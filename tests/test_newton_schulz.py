@@ -1,10 +1,14 @@
-"""Newton-Schulz is an approximation: its error must fall with the iteration count, and the
-default count must meet the accuracy the README states on realistic covariances."""
+"""Accuracy promises on realistic covariances: Newton-Schulz's error falls with the iteration
+count, its default count meets the accuracy the README states, and so does method="auto"."""
 
 import pytest
 
 from impls.testing.accuracy import realistic_case, sqrtm_errors
-from reference.conventions import DEFAULT_NEWTON_SCHULZ_ITERATIONS, NEWTON_SCHULZ_STATED_ACCURACY
+from reference.conventions import (
+    AUTO_STATED_ACCURACY,
+    DEFAULT_NEWTON_SCHULZ_ITERATIONS,
+    NEWTON_SCHULZ_STATED_ACCURACY,
+)
 
 BACKWARDS = ["lyapunov", "newton_schulz", "autograd"]
 
@@ -42,3 +46,8 @@ def test_five_iterations_are_far_from_the_root(backend, case):
     matrix. If this ever fails, the README's statement about it is wrong."""
     forward, _ = sqrtm_errors(backend, case, method="newton_schulz", num_iters=5)
     assert forward > 0.1
+
+
+def test_auto_meets_stated_accuracy(backend, case):
+    forward, backward = sqrtm_errors(backend, case, method="auto")
+    assert forward <= AUTO_STATED_ACCURACY and backward <= AUTO_STATED_ACCURACY, (forward, backward)

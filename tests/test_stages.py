@@ -15,6 +15,7 @@ from impls.testing.strategies import feature_maps, spd_batches
 # Newton-Schulz converges to round-off at 30 iterations for condition numbers up to 1e6 (the
 # strategies' range); the default count's accuracy on realistic covariances has its own test.
 SQRTM_OPTIONS = {
+    "auto": {"method": "auto"},
     "eigh": {"method": "eigh"},
     "ns-lyapunov": {"method": "newton_schulz", "num_iters": 30, "backward": "lyapunov"},
     "ns-iterative": {"method": "newton_schulz", "num_iters": 30, "backward": "newton_schulz"},

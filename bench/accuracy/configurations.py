@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 #: The question's batch size, hard-coded into its layers (bug 3): its set-up runs only on full
 #: batches of this size.
 QUESTION_BATCH_SIZE = 16
+#: The question's classifier: a 7-way softmax.
+QUESTION_NUM_CLASSES = 7
 #: The question's optimizer: Keras SGD, lr 0.001, no momentum, on the classifier alone.
 QUESTION_LEARNING_RATE = 1e-3
 
@@ -42,7 +44,9 @@ class Stage:
 
     def __post_init__(self):
         # impls' recipe_optimizer freezes the backbone in stage 1 and unfreezes it in stage 2.
-        if self.optimizer in ("recipe_1", "recipe_2") and self.frozen != (self.optimizer == "recipe_1"):
+        if self.optimizer in ("recipe_1", "recipe_2") and self.frozen != (
+            self.optimizer == "recipe_1"
+        ):
             raise ValueError(f"{self.optimizer} {'un' if self.frozen else ''}freezes the backbone")
 
 

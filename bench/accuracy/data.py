@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Seven classes, like the founding question's 7-way softmax.
-SYNTHETIC_NUM_CLASSES = 7
+from bench.accuracy.configurations import QUESTION_NUM_CLASSES
+
+#: As many classes as the founding question's softmax has.
+SYNTHETIC_NUM_CLASSES = QUESTION_NUM_CLASSES
 #: Every synthetic image has exactly this per-channel mean and standard deviation (before the clip
-#: to [0, 1], which touches pixels beyond 4 standard deviations only).
-SYNTHETIC_MEAN, SYNTHETIC_STD = 0.5, 0.125
+#: to [0, 1], which touches pixels beyond 5 standard deviations only).
+SYNTHETIC_MEAN, SYNTHETIC_STD = 0.5, 0.1
 
 # Orthonormal colour axes: luminance and the two colour-opponent axes.
 _LUMINANCE = np.array([1.0, 1.0, 1.0]) / np.sqrt(3)
@@ -52,6 +54,7 @@ class Dataset:
     test: Split
     #: Whether `train.load` augments: frozen-backbone features can be computed once only if not.
     augments: bool = False
+    description: str = ""
 
     @property
     def num_classes(self):
@@ -171,11 +174,17 @@ def synthetic(seed, train_per_class=160, test_per_class=64, image_size=32):
         f"stripes {round(np.rad2deg(_class_parameters(c)[0]))} deg"
         for c in range(SYNTHETIC_NUM_CLASSES)
     ]
-    return Dataset("synthetic", class_names, *splits)
+    description = (
+        f"{image_size}x{image_size} coloured Gaussian textures, {SYNTHETIC_NUM_CLASSES} "
+        "classes that differ only in spatial and cross-channel correlation (stripe orientation "
+        "and colour axes); every channel of every image has mean "
+        f"{SYNTHETIC_MEAN} and standard deviation {SYNTHETIC_STD}"
+    )
+    return Dataset("synthetic", class_names, *splits, description=description)
 
 
 def _texture_photographs():
-    import skimage.data
+    import skimage.data  # the optional "data" extra: only this data set needs it
 
     return {name: getattr(skimage.data, name)() for name in TEXTURE_NAMES}
 
@@ -184,7 +193,9 @@ def _random_patches(photograph, rows, count, image_size, rng):
     """`count` square patches whose every pixel lies in `rows` (a slice) of a grey photograph."""
     top = rng.integers(rows.start, rows.stop - image_size + 1, count)
     left = rng.integers(0, photograph.shape[1] - image_size + 1, count)
-    patches = np.stack([photograph[t : t + image_size, s : s + image_size] for t, s in zip(top, left)])
+    patches = np.stack(
+        [photograph[t : t + image_size, s : s + image_size] for t, s in zip(top, left, strict=True)]
+    )
     return np.repeat(patches[..., None], 3, axis=-1).astype(np.float32) / 255.0
 
 
@@ -210,7 +221,12 @@ def skimage_textures(seed, train_per_class=160, test_per_class=64, image_size=32
             chosen = labels == label
             images[chosen] = _random_patches(photographs[name], rows, chosen.sum(), image_size, rng)
         splits.append(Split(images, labels))
-    return Dataset("skimage-textures", list(TEXTURE_NAMES), *splits)
+    description = (
+        f"{image_size}x{image_size} grey patches of scikit-image's brick, grass and gravel "
+        "photographs; train patches from the top three quarters, test patches from the bottom "
+        "quarter"
+    )
+    return Dataset("skimage-textures", list(TEXTURE_NAMES), *splits, description=description)
 
 
 EMBEDDED_DATASETS = {"synthetic": synthetic, "skimage-textures": skimage_textures}

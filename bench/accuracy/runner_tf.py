@@ -58,17 +58,18 @@ def _head(configuration, in_channels, num_classes, head_kwargs):
 
 
 def _configure_threads(threads):
-    """Thread pools can be sized only before TensorFlow first runs an op."""
+    """The intra-op thread count in force; pools can be sized only before TensorFlow first runs
+    an op, so a process that already ran TensorFlow keeps its own ("default": all cores)."""
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         except RuntimeError:
-            pass  # already initialised (another caller in this process ran TensorFlow first)
-    return tf.config.threading.get_intra_op_parallelism_threads() or None
+            pass
+    return tf.config.threading.get_intra_op_parallelism_threads() or "default"
 
 
-class TensorFlowRunner:
+class Runner:
     name = "tf"
 
     def __init__(self, device="cpu", threads=None):
@@ -82,7 +83,9 @@ class TensorFlowRunner:
     def describe_device(self):
         if self.device == "/CPU:0":
             return "cpu"
-        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+        details = tf.config.experimental.get_device_details(
+            tf.config.list_physical_devices("GPU")[0]
+        )
         return details.get("device_name", "gpu")
 
     def versions(self):
@@ -101,7 +104,9 @@ class TensorFlowRunner:
                 input_shape=dataset.image_shape,
             )
             in_channels = backbone.output.shape[-1]
-            head = _head(configuration, in_channels, dataset.num_classes, model_options["head_kwargs"])
+            head = _head(
+                configuration, in_channels, dataset.num_classes, model_options["head_kwargs"]
+            )
             images = keras.Input(shape=dataset.image_shape, name="images")
             return keras.Model(images, head(backbone(images)), name=configuration.name)
 
@@ -142,7 +147,7 @@ class TensorFlowRunner:
                 loss = tf.reduce_mean(
                     keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
                 )
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
             return loss, _count_correct(logits, labels)
 
         def run(inputs, labels):

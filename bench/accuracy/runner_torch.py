@@ -50,7 +50,7 @@ def _head(configuration, in_channels, num_classes, head_kwargs):
     return SeedHead(in_channels, num_classes, configuration.seed_bugs)
 
 
-class TorchRunner:
+class Runner:
     name = "torch"
 
     def __init__(self, device="cpu", threads=None):
@@ -75,7 +75,7 @@ class TorchRunner:
 
     def seed(self, seed):
         random.seed(seed)
-        np.random.seed(seed)
+        np.random.seed(seed)  # noqa: NPY002 (the legacy global state, for code that still uses it)
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

@@ -34,9 +34,11 @@ def seed_bilinear_pool(x, bugs=frozenset(SEED_BUGS)):
         outer = torch.einsum("bchw,bdhw->bcd", x, x)
     ones_or_eye = torch.ones(channels, channels) if "eps_ones" in bugs else torch.eye(channels)
     epsilon = KERAS_EPSILON * ones_or_eye.to(x)
-    return torch.zeros(QUESTION_BATCH_SIZE, channels, channels).to(x) + outer / (
-        height * width
-    ) + epsilon
+    return (
+        torch.zeros(QUESTION_BATCH_SIZE, channels, channels).to(x)
+        + outer / (height * width)
+        + epsilon
+    )
 
 
 def seed_sqrtm(a, bugs=frozenset(SEED_BUGS)):

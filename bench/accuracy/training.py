@@ -52,7 +52,9 @@ class FeatureCache:
         first = np.arange(1)
         probe = runner.numpy(runner.backbone_features(model, split.load(first)))
         if not np.allclose(probe, runner.numpy(runner.take(features, first)), rtol=1e-4, atol=1e-5):
-            raise RuntimeError(f"{key}: this model's backbone is not the one the cache was made from")
+            raise RuntimeError(
+                f"{key}: this model's backbone is not the one the cache was made from"
+            )
         return features
 
 
@@ -75,6 +77,21 @@ def evaluate(runner, model, dataset, batch_size, full_batches_only, features=Non
     return correct / evaluated, evaluated
 
 
+def _train_epoch(step, runner, dataset, batches, features, augment_rng, bar):
+    """(mean loss, train accuracy, diverged); stops at the first non-finite loss, after which
+    the weights are NaN and further steps would change nothing."""
+    losses, correct, seen = [], 0, 0
+    for indices in batches:
+        inputs = _batch(runner, features, dataset.train, indices, augment_rng)
+        loss, batch_correct = step(inputs, dataset.train.labels[indices])
+        losses.append(loss)
+        correct, seen = correct + batch_correct, seen + len(indices)
+        bar.update()
+        if not math.isfinite(loss):
+            return math.nan, correct / seen, True
+    return float(np.mean(losses)), correct / seen, False
+
+
 def train(runner, configuration, dataset, options, model_options, cache):
     """Train one configuration from the seed; return its run record."""
     runner.seed(options.seed)
@@ -84,7 +101,9 @@ def train(runner, configuration, dataset, options, model_options, cache):
     stages = [stage for stage in configuration.stages(options.epochs) if stage.epochs > 0]
     shuffle_rng = np.random.default_rng(options.seed)
     augment_rng = np.random.default_rng(options.seed + 1)
-    steps_per_epoch = len(batch_indices(len(dataset.train), batch_size, full_batches_only=full_only))
+    steps_per_epoch = len(
+        batch_indices(len(dataset.train), batch_size, full_batches_only=full_only)
+    )
     bar = tqdm(
         total=steps_per_epoch * sum(stage.epochs for stage in stages),
         desc=f"{runner.name} {dataset.name} {configuration.name}",
@@ -95,45 +114,40 @@ def train(runner, configuration, dataset, options, model_options, cache):
     history, diverged_at, test_samples = [], None, 0
     started = time.perf_counter()
     for stage in stages:
+        if diverged_at is not None:
+            break
         optimizer = runner.optimizer(model, stage)
         from_features = stage.frozen and not dataset.augments
         train_features = cache.get(runner, model, dataset, "train") if from_features else None
         test_features = cache.get(runner, model, dataset, "test") if from_features else None
         step = runner.train_step(model, optimizer, from_features)
-        for _ in range(stage.epochs if diverged_at is None else 0):
-            losses, correct, seen = [], 0, 0
-            for indices in batch_indices(len(dataset.train), batch_size, shuffle_rng, full_only):
-                inputs = _batch(runner, train_features, dataset.train, indices, augment_rng)
-                loss, batch_correct = step(inputs, dataset.train.labels[indices])
-                losses.append(loss)
-                correct, seen = correct + batch_correct, seen + len(indices)
-                bar.update()
-                if not math.isfinite(loss):
-                    # The weights are NaN from here on: further steps would change nothing.
-                    diverged_at = len(history) + 1
-                    break
+        for _ in range(stage.epochs):
+            batches = batch_indices(len(dataset.train), batch_size, shuffle_rng, full_only)
+            loss, train_accuracy, diverged = _train_epoch(
+                step, runner, dataset, batches, train_features, augment_rng, bar
+            )
             test_accuracy, test_samples = evaluate(
                 runner, model, dataset, batch_size, full_only, test_features
             )
-            mean_loss = float(np.mean(losses))
             history.append(
                 {
                     "epoch": len(history) + 1,
                     "stage": stage.optimizer,
-                    "train_loss": mean_loss if math.isfinite(mean_loss) else None,
-                    "train_accuracy": correct / seen,
+                    "train_loss": None if diverged else loss,
+                    "train_accuracy": train_accuracy,
                     "test_accuracy": test_accuracy,
                 }
             )
-            bar.set_postfix(loss=f"{mean_loss:.3f}", test=f"{test_accuracy:.3f}")
-            if diverged_at is not None:
+            bar.set_postfix(loss=f"{loss:.3f}", test=f"{test_accuracy:.3f}")
+            if diverged:
+                diverged_at = len(history)
                 break
     bar.close()
     return {
         "framework": runner.name,
         "dataset": dataset.name,
         "config": configuration.name,
-        "test_accuracy": history[-1]["test_accuracy"] if history else None,
+        "test_accuracy": history[-1]["test_accuracy"],
         "chance_rate": dataset.chance_rate,
         "test_samples": test_samples,
         "batch_size": batch_size,

@@ -1,16 +1,67 @@
 """Properties of a correct IBP stage, each a function that raises PropertyViolation with a
 diagnosis. The test suite runs them on our implementations (they must hold) and on deliberately
 buggy layers (they must fail); `ibp-check` runs them on a user's function.
+
+Inputs are NumPy arrays in the reference layout (feature maps channels-first); `run` hands each
+function its framework's tensor and layout.
 """
+
+import functools
+from typing import NamedTuple
 
 import numpy as np
 
+from impls.testing.diagnosis import explain
+from impls.testing.diagnosis.deviations import FOURTH_ROOT
 from impls.testing.stage_specs import FEATURE_MAP
-from impls.testing.tolerances import condition_number, per_sample_norms, relative_error, tolerance
+from impls.testing.tolerances import (
+    APPROXIMATION_BUDGET,
+    UNIT_ROUNDOFF,
+    condition_number,
+    per_sample_norms,
+    relative_error,
+    tolerance,
+)
 
 
 class PropertyViolation(AssertionError):
-    """A property of a correct stage that the function under test breaks."""
+    """A property of a correct stage that the function under test breaks.
+
+    `diagnosis` (likely cause and fix) may be given as a callable: it is worked out once, when
+    read, so a search that meets many failing inputs pays for the words of the reported one only.
+    """
+
+    def __init__(self, diagnosis, error=None, allowed=None):
+        super().__init__()
+        self._diagnosis = diagnosis
+        self.error, self.allowed = error, allowed
+        self.counterexample = None  # the input, set by the search that found it
+        self.structural = False  # a wrong structure (eps * ones), not a wrong number
+
+    @functools.cached_property
+    def diagnosis(self):
+        if not callable(self._diagnosis):
+            return self._diagnosis
+        with np.errstate(all="ignore"):  # diagnoses probe NaN and inf on purpose
+            return self._diagnosis()
+
+    def __str__(self):
+        return self.diagnosis
+
+
+class Measurement(NamedTuple):
+    """How far a passing example was from failing: error against its tolerance."""
+
+    error: float
+    allowed: float
+
+
+class _Disconnected(Exception):
+    """The output has no autodiff graph back to the input (a PyTorch tensor without grad_fn)."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
 
 
 def to_native(backend, spec, x, dtype):
@@ -19,120 +70,241 @@ def to_native(backend, spec, x, dtype):
     return backend.tensor(x, dtype)
 
 
+def _checked(backend, spec, fn, x, dtype, differentiating):
+    """fn with its output checked against the shape contract, as a tensor of (B, C*C) for a head."""
+
+    def call(tensor):
+        out = fn(tensor)
+        if isinstance(out, np.ndarray) or not hasattr(out, "shape"):
+            raise PropertyViolation(
+                f"returns a {type(out).__name__}, not a {backend.name} tensor: the computation "
+                "leaves the framework, so no gradient can flow through it"
+            )
+        shape = tuple(int(d) for d in out.shape)
+        if not spec.accepts_output_shape(shape, x.shape):
+            raise PropertyViolation(
+                functools.partial(explain.explain_shape, spec, backend.layout, x.shape, shape)
+            )
+        if spec.flat_output:
+            out = backend.fw.reshape(out, spec.output_shape(x.shape))
+        if differentiating and getattr(out, "requires_grad", True) is False:
+            raise _Disconnected(out)
+        return out
+
+    return call
+
+
 def run(backend, spec, fn, x, dtype, cotangent=None):
     """fn on x (NumPy, reference layout) -> (output, gradient of <cotangent, output> or None)."""
     native = to_native(backend, spec, x, dtype)
-    if cotangent is None:
-        return backend.numpy(fn(native)), None
-    out, (grad,) = backend.value_and_vjp(fn, [native], cotangent)
+    call = _checked(backend, spec, fn, x, dtype, cotangent is not None)
+    try:
+        if cotangent is None:
+            return backend.numpy(call(native)), None
+        out, (grad,) = backend.value_and_vjp(call, [native], cotangent)
+    except PropertyViolation:
+        raise
+    except _Disconnected as disconnected:
+        return backend.numpy(disconnected.output), None
+    except Exception as error:
+        raise PropertyViolation(
+            functools.partial(explain.explain_exception, error, dtype)
+        ) from error
     if grad is not None and spec.input_kind == FEATURE_MAP:
         grad = grad.transpose(0, 3, 1, 2) if backend.layout == "channels_last" else grad
     return out, grad
 
 
 def stage_tolerance(spec, direction, dtype, x):
+    if spec.tolerance_override is not None:
+        return spec.tolerance_override
     matrix = spec.conditioned_matrix(x)
     condition = 1.0 if matrix is None else condition_number(matrix)
-    return tolerance(spec.name, direction, dtype, spec.channels(x), condition, spec.amplification(x, direction))
+    allowed = tolerance(
+        spec.name, direction, dtype, spec.channels(x), condition, spec.amplification(x, direction)
+    )
+    if spec.approximate:
+        allowed = max(allowed, APPROXIMATION_BUDGET[spec.name][direction])
+    return allowed
 
 
 def _cotangent(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
+def _symmetric_part(m):
+    return (m + np.swapaxes(m, -1, -2)) / 2
+
+
+def check_shape(backend, spec, fn, x, dtype):
+    """The output has the stage's shape for an input of any shape (checked inside `run`)."""
+    run(backend, spec, fn, x, dtype)
+
+
+def compare_forward(backend, spec, x, out, dtype):
+    """(reference output, Measurement, PropertyViolation or None) for the output of one call."""
+    expected = spec.forward(x)
+    error, allowed = relative_error(out, expected), stage_tolerance(spec, "forward", dtype, x)
+    measured = Measurement(error, allowed)
+    leak = explain.dead_row_leak(spec, x, out, UNIT_ROUNDOFF[dtype])
+    if error <= allowed and not leak:
+        return expected, measured, None
+    diagnosis = functools.partial(
+        explain.explain_forward, spec, backend.layout, x, out, expected, error, allowed, leak
+    )
+    violation = PropertyViolation(diagnosis, error, allowed)
+    violation.structural = bool(leak)
+    return expected, measured, violation
+
+
+def check_forward(backend, spec, fn, x, dtype):
+    """Forward within the tolerance table of the float64 reference."""
+    out, _ = run(backend, spec, fn, x, dtype)
+    _, measured, violation = compare_forward(backend, spec, x, out, dtype)
+    if violation:
+        raise violation
+    return measured
+
+
+def check_gradient(backend, spec, fn, x, dtype, include_forward=False):
+    """Gradient within the tolerance table of the reference VJP (and, with include_forward, the
+    forward of the same call)."""
+    g = _cotangent(spec.output_shape(x.shape))
+    out, grad = run(backend, spec, fn, x, dtype, g)
+    expected_out, _, forward_violation = compare_forward(backend, spec, x, out, dtype)
+    if forward_violation and include_forward:
+        raise forward_violation
+    if grad is None:
+        raise PropertyViolation(explain.NO_GRADIENT)
+    if spec.symmetric_gradient:
+        grad = _symmetric_part(grad)
+    expected = spec.vjp(x, g)
+    # A gradient can vanish where the Jacobian does not (L2 of one entry): measure it against
+    # ||g|| ||f(x)|| / ||x||, the Jacobian's scale for the homogeneous maps the stages are.
+    input_norms = per_sample_norms(x)
+    typical = np.divide(
+        per_sample_norms(g) * per_sample_norms(expected_out),
+        input_norms,
+        out=np.zeros_like(input_norms),
+        where=input_norms > 0,
+    )
+    error = relative_error(grad, expected, floor=typical)
+    allowed = stage_tolerance(spec, "backward", dtype, x)
+    if error <= allowed:
+        return Measurement(error, allowed)
+    if forward_violation:
+        raise PropertyViolation(
+            f"gradient differs from the reference VJP (relative error {error:.3g} > "
+            f"{allowed:.3g}), but the forward already differs on this input (relative error "
+            f"{forward_violation.error:.3g}): fix the forward first (see the forward property)",
+            error,
+            allowed,
+        )
+    diagnosis = functools.partial(
+        explain.explain_gradient,
+        spec,
+        backend.layout,
+        x,
+        g,
+        grad,
+        expected,
+        typical,
+        error,
+        allowed,
+    )
+    raise PropertyViolation(diagnosis, error, allowed)
+
+
 def check_reference_agreement(backend, spec, fn, x, dtype, gradient=True):
     """Forward (and backward) within the tolerance table of the float64 reference."""
-    expected = spec.forward(x)
-    g = _cotangent(expected.shape) if gradient else None
-    out, grad = run(backend, spec, fn, x, dtype, g)
-    if out.shape != expected.shape:
-        raise PropertyViolation(f"output shape {out.shape}, reference {expected.shape}")
-    error, allowed = relative_error(out, expected), stage_tolerance(spec, "forward", dtype, x)
-    if not error <= allowed:
-        raise PropertyViolation(
-            f"forward differs from the reference: relative error {error:.3g} > {allowed:.3g}"
-        )
     if gradient:
-        if grad is None:
-            raise PropertyViolation("no gradient reaches the input")
-        # A gradient can vanish where the Jacobian does not (L2 of one entry): measure it against
-        # ||g|| ||f(x)|| / ||x||, the Jacobian's scale for the homogeneous maps the stages are.
-        input_norms = per_sample_norms(x)
-        typical = np.divide(
-            per_sample_norms(g) * per_sample_norms(expected),
-            input_norms,
-            out=np.zeros_like(input_norms),
-            where=input_norms > 0,
-        )
-        error = relative_error(grad, spec.vjp(x, g), floor=typical)
-        allowed = stage_tolerance(spec, "backward", dtype, x)
-        if not error <= allowed:
-            raise PropertyViolation(
-                f"gradient differs from the reference VJP: relative error {error:.3g} > {allowed:.3g}"
-            )
-    return error
+        return check_gradient(backend, spec, fn, x, dtype, include_forward=True)
+    return check_forward(backend, spec, fn, x, dtype)
 
 
 def check_per_sample_independence(backend, spec, fn, x, dtype):
     """Changing sample j leaves the output for every other sample unchanged."""
     if len(x) < 2:
-        return
+        return None
     before, _ = run(backend, spec, fn, x, dtype)
     changed = x.copy()
     changed[-1] = 2.0 * x[-1] + x[0]
     after, _ = run(backend, spec, fn, changed, dtype)
     allowed = stage_tolerance(spec, "forward", dtype, x)
+    largest = 0.0
     for i in range(len(x) - 1):
         error = relative_error(after[i : i + 1], before[i : i + 1])
         if not error <= allowed:
             raise PropertyViolation(
-                f"output for sample {i} changes when sample {len(x) - 1} changes (relative change "
-                f"{error:.3g}): the stage mixes samples across the batch"
+                explain.explain_mixing(spec, i, len(x) - 1, error, allowed), error, allowed
             )
+        largest = max(largest, error)
+    return Measurement(largest, allowed)
 
 
 def check_batch_consistency(backend, spec, fn, x, dtype):
     """Each sample alone (batch size 1) and every prefix of the batch give the same outputs."""
     full, _ = run(backend, spec, fn, x, dtype)
     allowed = stage_tolerance(spec, "forward", dtype, x)
+    largest = 0.0
     for size in sorted({1, max(1, len(x) - 1), len(x)}):
         try:
             part, _ = run(backend, spec, fn, x[:size], dtype)
-        except Exception as error:  # a hard-coded batch size fails in many ways
+        except PropertyViolation as violation:  # a hard-coded batch size fails in many ways
+            hint = ""
+            if size != len(x) and len(x) in explain.numbers_in(violation.diagnosis):
+                hint = f"; {explain.hard_coded_batch(len(x), size)}"
             raise PropertyViolation(
-                f"fails on batch size {size} after working on {len(x)}: "
-                f"{type(error).__name__}: {error}"
-            ) from error
-        if part.shape[0] != size:
-            raise PropertyViolation(f"batch of {size} gave {part.shape[0]} outputs")
+                f"fails on batch size {size} after working on {len(x)}: {violation.diagnosis}{hint}"
+            ) from violation
         error = relative_error(part, full[:size])
         if not error <= allowed:
             raise PropertyViolation(
                 f"outputs for a batch of {size} differ from the same samples in a batch of "
-                f"{len(x)} (relative error {error:.3g})"
+                f"{len(x)} (relative error {error:.3g} > {allowed:.3g}): the result depends on the "
+                "rest of the batch",
+                error,
+                allowed,
             )
+        largest = max(largest, error)
+    return Measurement(largest, allowed)
 
 
-def check_finite(backend, spec, fn, x, dtype):
+def check_finite(backend, spec, fn, x, dtype, gradient=True):
     """Outputs and gradients are finite (rank-deficient input, dead channels, repeated roots)."""
-    out, grad = run(backend, spec, fn, x, dtype, _cotangent(spec.forward(x).shape))
+    cotangent = _cotangent(spec.output_shape(x.shape)) if gradient else None
+    out, grad = run(backend, spec, fn, x, dtype, cotangent)
     if not np.all(np.isfinite(out)):
-        raise PropertyViolation("non-finite output")
-    if grad is None or not np.all(np.isfinite(grad)):
-        raise PropertyViolation("missing or non-finite gradient")
+        raise PropertyViolation(
+            functools.partial(explain.explain_non_finite, spec, backend.layout, x, "output")
+        )
+    if not gradient:
+        return None
+    if grad is None:
+        raise PropertyViolation(f"missing gradient: {explain.NO_GRADIENT}")
+    if not np.all(np.isfinite(grad)):
+        raise PropertyViolation(
+            functools.partial(explain.explain_non_finite, spec, backend.layout, x, "gradient")
+        )
+    return None
 
 
 def check_square_root(backend, fn, a, dtype, spec):
     """Z @ Z = A, Z symmetric, on SPD input."""
     z, _ = run(backend, spec, fn, a, dtype)
     allowed = stage_tolerance(spec, "forward", dtype, a)
-    asymmetry = relative_error(z, np.swapaxes(z, 1, 2))
-    if not asymmetry <= allowed:
-        raise PropertyViolation(f"Z is not symmetric (relative asymmetry {asymmetry:.3g})")
+    asymmetric = explain.asymmetric_root(z, allowed)
+    if asymmetric:
+        raise PropertyViolation(asymmetric, relative_error(z, np.swapaxes(z, 1, 2)), allowed)
     # ||Z Z - A|| <= 2 ||Z|| ||dZ|| and ||Z||^2 = tr(A) <= sqrt(C) ||A||: the root's tolerance
     # carried to the units of A.
-    error = relative_error(z @ z, a)
-    if not error <= 2 * np.sqrt(a.shape[-1]) * allowed:
-        fourth = relative_error(z @ z @ z @ z, a)
-        hint = ": the square root is applied twice (A^(1/4))" if fourth < error / 10 else ""
-        raise PropertyViolation(f"Z @ Z differs from A (relative error {error:.3g}){hint}")
+    error, allowed = relative_error(z @ z, a), 2 * np.sqrt(a.shape[-1]) * allowed
+    if error <= allowed:
+        return Measurement(error, allowed)
+    text = f"Z @ Z differs from A (relative error {error:.3g} > {allowed:.3g})"
+    if relative_error(z @ z @ z @ z, a) < error / 10:
+        raise PropertyViolation(f"{text}: {FOURTH_ROOT}", error, allowed)
+    causes = explain.root_causes(a, z, allowed)
+    raise PropertyViolation(
+        text + (": " + "; also ".join(causes) if causes else ""), error, allowed
+    )

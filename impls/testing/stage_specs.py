@@ -1,14 +1,40 @@
-"""Each IBP stage as the property code sees it: its input kind, reference and our implementation."""
+"""Each IBP stage as the property code sees it: its input kind, reference, our implementation, and
+the inputs `ibp-check` draws for it."""
 
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+from hypothesis import strategies as st
 
 import reference
+from impls.testing.matrices import relu_covariances, relu_feature_maps
+from impls.testing.strategies import (
+    feature_maps,
+    feature_maps_with_dead_channels,
+    realistic_covariances,
+    realistic_feature_maps,
+    realistic_roots,
+    realistic_side,
+    spd_batches,
+    spd_batches_with_dead_channels,
+)
 from reference.conventions import SIGNED_SQRT_DELTA
 
 FEATURE_MAP, MATRIX = "feature_map", "matrix"
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What `ibp-check` feeds a stage. Strategies take (max_channels, batch strategy) and draw
+    inputs in the reference layout."""
+
+    accuracy: (
+        callable  # shape, independence, batch sizes, forward: what the stage meets in a network
+    )
+    gradient: callable
+    degenerate: callable  # rank-deficient covariances, dead channels, repeated eigenvalues
+    first: callable  # (rng, batch, channels) -> the first input a function sees, before any search
 
 
 @dataclass(frozen=True)
@@ -20,9 +46,28 @@ class StageSpec:
     conditioned_matrix: callable  # input -> the SPD matrix whose condition number sets the error
     implementation: callable  # backend, **options -> our function of one native tensor
     amplification: callable = lambda x, direction: 1.0  # error growth after the root (tolerances)
+    inputs: StageInputs = None
+    flat_output: bool = False  # the output is (B, C*C); a (B, C, C) output is accepted too
+    # Set by `ibp-check` only: the suite holds our own layers to the tightest standard.
+    approximate: bool = False  # accuracy is judged against tolerances.APPROXIMATION_BUDGET too
+    symmetric_gradient: bool = False  # compare symmetric parts: the root of a symmetric matrix
+    convention: str = None  # the harmless convention that `forward` and `vjp` were adjusted to
+    tolerance_override: float = None  # the user's --tolerance
 
     def channels(self, x):
         return x.shape[1]
+
+    def output_shape(self, input_shape):
+        """The reference's output shape for an input of `input_shape` (reference layout)."""
+        b, c = input_shape[:2]
+        if self.flat_output:
+            return (b, c * c)
+        return (b, c, c) if self.input_kind == FEATURE_MAP else tuple(input_shape)
+
+    def accepts_output_shape(self, output_shape, input_shape):
+        b, c = input_shape[:2]
+        accepted = {self.output_shape(input_shape)} | ({(b, c, c)} if self.flat_output else set())
+        return tuple(output_shape) in accepted
 
 
 def _no_matrix(x):
@@ -62,6 +107,76 @@ def _our_head(backend, **options):
     return head
 
 
+def _drawn(strategy, least_channels=1, **options):
+    """strategy with channels drawn from least_channels..max_channels and the given batch sizes."""
+
+    def draw_inputs(max_channels, batch):
+        channels = st.integers(least_channels, max(least_channels, max_channels))
+        return strategy(channels=channels, batch=batch, **options)
+
+    return draw_inputs
+
+
+def _first_feature_map(rng, batch, channels):
+    side = realistic_side(channels)
+    return relu_feature_maps(rng, batch, channels, side, side)
+
+
+def _first_feature_map_with_dead_channel(rng, batch, channels):
+    """A dead channel tells eps * I from eps * ones before any convention is fitted."""
+    side = realistic_side(channels)
+    return relu_feature_maps(rng, batch, channels, side, side, dead_channels=1)
+
+
+def _first_covariance(rng, batch, channels):
+    side = realistic_side(channels)
+    return relu_covariances(rng, batch, channels, side, side)
+
+
+def _first_root(rng, batch, channels):
+    return reference.sqrtm(_first_covariance(rng, batch, channels))
+
+
+def _first_signed_root(rng, batch, channels):
+    return reference.signed_sqrt(_first_root(rng, batch, channels))
+
+
+# The root and the head are judged for accuracy on realistic covariances, where an approximate root
+# that has converged is accurate, and only for finiteness on degenerate ones. Gradients of the root
+# are drawn with repeated and clustered eigenvalues, where autodiff through eigh/svd goes wrong, at
+# a condition number (1e2) that a converged iteration resolves. The signed square root meets roots
+# of covariances: on a whole sample far below delta its usual spelling loses digits to
+# cancellation, which matters for no network.
+L2_INPUTS = dict(
+    accuracy=_drawn(spd_batches),
+    gradient=_drawn(spd_batches),
+    degenerate=_drawn(spd_batches_with_dead_channels, least_channels=2),
+)
+SIGNED_SQRT_INPUTS = StageInputs(
+    accuracy=_drawn(realistic_roots),
+    gradient=_drawn(realistic_roots),
+    degenerate=_drawn(realistic_roots, least_channels=2, dead=st.integers(1, 11)),
+    first=_first_root,
+)
+POOL_INPUTS = StageInputs(
+    accuracy=_drawn(feature_maps),
+    gradient=_drawn(feature_maps),
+    degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2),
+    first=_first_feature_map_with_dead_channel,
+)
+SQRTM_INPUTS = StageInputs(
+    accuracy=_drawn(realistic_covariances),
+    gradient=_drawn(spd_batches, kinds=("repeated", "clustered", "log_uniform"), max_condition=1e2),
+    degenerate=_drawn(spd_batches, kinds=("repeated", "zeros_before_eps", "clustered")),
+    first=_first_covariance,
+)
+HEAD_INPUTS = StageInputs(
+    accuracy=_drawn(realistic_feature_maps),
+    gradient=_drawn(realistic_feature_maps),
+    degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2),
+    first=_first_feature_map,
+)
+
 STAGES = {
     spec.name: spec
     for spec in (
@@ -72,6 +187,7 @@ STAGES = {
             reference.bilinear_pool_vjp,
             _no_matrix,
             _ours("bilinear_pool"),
+            inputs=POOL_INPUTS,
         ),
         StageSpec(
             "sqrtm",
@@ -80,6 +196,7 @@ STAGES = {
             lambda a, g: reference.sqrtm_vjp(reference.sqrtm(a), g),
             lambda a: a,
             _ours("sqrtm"),
+            inputs=SQRTM_INPUTS,
         ),
         StageSpec(
             "signed-sqrt",
@@ -88,6 +205,7 @@ STAGES = {
             reference.signed_sqrt_vjp,
             _no_matrix,
             _ours("signed_sqrt"),
+            inputs=SIGNED_SQRT_INPUTS,
         ),
         StageSpec(
             "l2",
@@ -96,6 +214,7 @@ STAGES = {
             reference.l2_normalize_vjp,
             _no_matrix,
             _ours("l2_normalize"),
+            inputs=StageInputs(**L2_INPUTS, first=_first_signed_root),
         ),
         StageSpec(
             "head",
@@ -105,6 +224,8 @@ STAGES = {
             reference.bilinear_pool,
             _our_head,
             _signed_sqrt_amplification,
+            inputs=HEAD_INPUTS,
+            flat_output=True,
         ),
     )
 }

@@ -4,13 +4,15 @@ Every strategy draws a seed and shapes, then builds the array with the seeded ge
 `impls.testing.matrices`, so hypothesis shrinks towards small shapes and simple spectra.
 """
 
+import math
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
-from impls.testing.matrices import relu_feature_maps, spd_with_spectrum
+from impls.testing.matrices import relu_covariances, relu_feature_maps, spd_with_spectrum
+from reference.conventions import DEFAULT_EPS
 
 PROFILE_VARIABLE = "IBP_HYPOTHESIS_PROFILE"
 
@@ -55,8 +57,9 @@ def spectrum(rng, kind, channels, condition, eps):
 
 
 @st.composite
-def spd_batches(draw, channels=channel_counts, batch=batch_sizes, max_condition=1e6, kinds=None,
-                eps=1e-3):
+def spd_batches(
+    draw, channels=channel_counts, batch=batch_sizes, max_condition=1e6, kinds=None, eps=1e-3
+):
     """(B, C, C) symmetric positive-definite batches with chosen spectra and condition numbers."""
     rng = np.random.default_rng(draw(seeds))
     c, b = draw(channels), draw(batch)
@@ -74,3 +77,98 @@ def feature_maps(draw, channels=channel_counts, batch=batch_sizes, sides=st.inte
     c, b, h, w = draw(channels), draw(batch), draw(sides), draw(sides)
     dead = draw(st.integers(0, c - 1))
     return relu_feature_maps(rng, b, c, h, w, dead_channels=dead)
+
+
+def register_check_profile():
+    """`check`: what `ibp-check` runs a user's function under. Derandomised, so two runs on the same
+    function print the same verdict; no example database, so nothing is written beside the user's
+    code; the phases that replay stored or explicit examples are off for the same reason."""
+    settings.register_profile(
+        "check",
+        derandomize=True,
+        database=None,
+        deadline=None,
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate, Phase.shrink],
+    )
+    return settings.get_profile("check")
+
+
+def realistic_side(channels):
+    """The smallest map side with at least twice as many locations as channels: a full-rank
+    covariance, as the relu5_3 maps of a 448 input (784 locations, 512 channels) give."""
+    return max(3, math.ceil(math.sqrt(2 * channels)))
+
+
+def realistic_sides(channels):
+    return st.integers(realistic_side(channels), realistic_side(channels) + 3)
+
+
+@st.composite
+def realistic_covariances(draw, channels=channel_counts, batch=batch_sizes, sides=None):
+    """Covariances of full-rank ReLU feature maps (`matrices.relu_covariances`): one dominant
+    eigenvalue, condition numbers ~1e2-1e3. Approximate square roots are judged on these."""
+    rng = np.random.default_rng(draw(seeds))
+    c, b = draw(channels), draw(batch)
+    side = draw(sides or realistic_sides(c))
+    return relu_covariances(rng, b, c, side, side)
+
+
+@st.composite
+def realistic_feature_maps(draw, channels=channel_counts, batch=batch_sizes, sides=None):
+    """ReLU feature maps with more locations than channels and no dead channel."""
+    rng = np.random.default_rng(draw(seeds))
+    c, b = draw(channels), draw(batch)
+    side = draw(sides or realistic_sides(c))
+    return relu_feature_maps(rng, b, c, side, side)
+
+
+#: Dead channels need a live one beside them.
+channel_counts_with_dead = st.integers(2, 12)
+map_sides = st.integers(1, 5)
+
+
+@st.composite
+def feature_maps_with_dead_channels(
+    draw, channels=channel_counts_with_dead, batch=batch_sizes, sides=map_sides
+):
+    """`feature_maps` with at least one channel exactly zero: the pooled matrix then has a zero row
+    off the diagonal, which tells eps * I from eps * ones exactly, at any precision."""
+    rng = np.random.default_rng(draw(seeds))
+    c, b, h, w = draw(channels), draw(batch), draw(sides), draw(sides)
+    dead = draw(st.integers(1, max(1, c - 1)))
+    return relu_feature_maps(rng, b, c, h, w, dead_channels=dead)
+
+
+@st.composite
+def spd_batches_with_dead_channels(draw, channels=channel_counts_with_dead, batch=batch_sizes):
+    """`spd_batches` whose rows and columns of some channels are exactly zero, as in the root of a
+    covariance with dead channels: the exact zeros a signed square root and L2 meet."""
+    a = draw(spd_batches(channels=channels, batch=batch))
+    rng = np.random.default_rng(draw(seeds))
+    dead = rng.choice(a.shape[1], draw(st.integers(1, max(1, a.shape[1] - 1))), replace=False)
+    a[:, dead, :] = 0.0
+    a[:, :, dead] = 0.0
+    return a
+
+
+no_dead_channels = st.just(0)
+
+
+@st.composite
+def realistic_roots(draw, channels=channel_counts, batch=batch_sizes, dead=no_dead_channels):
+    """Square roots Z of realistic covariances, the signed square root's input in a network:
+    entries of both signs, at the scale of sqrt(covariance). With `dead` channels, their rows
+    and columns are exactly zero off the diagonal, as exact arithmetic leaves them."""
+    rng = np.random.default_rng(draw(seeds))
+    c, b = draw(channels), draw(batch)
+    side = draw(realistic_sides(c))
+    dead_count = min(draw(dead), c - 1)
+    features = relu_feature_maps(rng, b, c, side, side, dead_count).reshape(b, c, -1)
+    covariance = features @ features.transpose(0, 2, 1) / features.shape[-1]
+    eigenvalues, u = np.linalg.eigh(covariance + DEFAULT_EPS * np.eye(c))
+    z = (u * np.sqrt(np.maximum(eigenvalues, 0.0))[:, None, :]) @ u.transpose(0, 2, 1)
+    dead = np.all(features == 0, axis=2)
+    off_dead_diagonal = (dead[:, :, None] | dead[:, None, :]) & ~np.eye(c, dtype=bool)
+    return np.where(off_dead_diagonal, 0.0, (z + z.transpose(0, 2, 1)) / 2)

@@ -186,7 +186,7 @@ def freeze_backbone(model, frozen=True):
 @keras.saving.register_keras_serializable(package="ibp")
 class RecipeAdam(keras.optimizers.Adam):
     """Adam whose learning rate is `head_lr_multiplier` times larger for the variables whose
-    path starts with one of `head_paths` (Keras optimizers have no parameter groups)."""
+    path is one of `head_paths` (Keras optimizers have no parameter groups)."""
 
     def __init__(self, head_paths=(), head_lr_multiplier=1.0, **kwargs):
         super().__init__(**kwargs)
@@ -241,6 +241,7 @@ def _load_weights(model, path, part):
             f"weights must be None, 'imagenet' or the path of a weights file, got {path!r}"
         )
     if path.endswith(".weights.h5"):
+        _check_fits(_saved_shapes(path), model)
         model.load_weights(path)
     elif path.endswith(".keras"):
         saved = keras.saving.load_model(path, compile=False)
@@ -251,12 +252,27 @@ def _load_weights(model, path, part):
         raise ValueError(f"Keras weights are .weights.h5 or .keras files, got {path!r}")
 
 
+def _saved_shapes(path):
+    import h5py
+
+    shapes = []
+    with h5py.File(path, "r") as file:
+        file.visititems(
+            lambda _, item: shapes.append(item.shape) if hasattr(item, "shape") else None
+        )
+    return shapes
+
+
+def _check_fits(saved_shapes, model):
+    # Keras matches saved weights to layers by position and skips leftovers without a word.
+    expected = sorted(tuple(w.shape) for w in model.weights)
+    if sorted(tuple(shape) for shape in saved_shapes) != expected:
+        raise ValueError(f"the saved weights do not fit {model.name!r} (another architecture?)")
+
+
 def _copy_weights(source, target):
-    source_weights, target_weights = source.weights, target.weights
-    shapes = [tuple(w.shape) for w in source_weights]
-    if shapes != [tuple(w.shape) for w in target_weights]:
-        raise ValueError(f"the saved model {source.name!r} does not fit {target.name!r}")
-    for saved, weight in zip(source_weights, target_weights, strict=True):
+    _check_fits([w.shape for w in source.weights], target)
+    for saved, weight in zip(source.weights, target.weights, strict=True):
         weight.assign(saved)
 
 

@@ -136,6 +136,16 @@ def _newton_schulz_sqrtm(a, num_iters, backward):
     return root(a)
 
 
+def _resolve_auto(method, backward):
+    """(method, backward, dtype of the eigendecomposition or None): see DEFAULT_SQRTM_METHOD.
+    TensorFlow places work on a GPU whenever it sees one, so that decides the device."""
+    if method != "auto":
+        return method, backward, None
+    if not tf.config.list_logical_devices("GPU"):
+        return "eigh", backward, tf.float64
+    return "newton_schulz", "newton_schulz", None
+
+
 def sqrtm(
     a,
     method=DEFAULT_SQRTM_METHOD,
@@ -144,8 +154,9 @@ def sqrtm(
 ):
     """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch.
 
-    method: "eigh" (exact) or "newton_schulz" (`num_iters` coupled iterations, matrix products
-    only). backward (Newton-Schulz only): "lyapunov" (exact), "newton_schulz" (iterative, same
+    method: "auto" (the device's fastest accurate method, see reference.conventions), "eigh"
+    (exact) or "newton_schulz" (`num_iters` coupled iterations, matrix products only).
+    backward (Newton-Schulz only): "lyapunov" (exact), "newton_schulz" (iterative, same
     iteration count) or "autograd" (through the iterations).
     """
     a = tf.convert_to_tensor(a)
@@ -153,8 +164,11 @@ def sqrtm(
     check_choice(method, SQRTM_METHODS, "sqrtm method")
     check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
     a = _check_finite(a, "matrix")
+    method, backward, eigh_dtype = _resolve_auto(method, backward)
     symmetric = _symmetric_part(tf.cast(a, _compute_dtype(a)))
-    if method == "eigh":
+    if method == "eigh" and eigh_dtype is not None:
+        z = tf.cast(_eigh_sqrtm(tf.cast(symmetric, eigh_dtype)), symmetric.dtype)
+    elif method == "eigh":
         z = _eigh_sqrtm(symmetric)
     elif backward == "autograd":
         z = _newton_schulz_root(symmetric, num_iters)

@@ -183,15 +183,12 @@ def build_backbone(name, weights=None, reduce_dim=None):
     backbone = backbone_class(name, reduce_dim)
     if weights == "imagenet":
         if name not in TORCHVISION_URLS:
-            raise ValueError(
-                f"torchvision has no ImageNet weights for {name!r}"
-                + (
-                    "; build it in Keras and use impls.transfer_weights"
-                    if name == "resnet50_v1"
-                    else ""
-                )
+            hint = (
+                "; build it in Keras, then impls.transfer_weights" if name == "resnet50_v1" else ""
             )
-        _load_backbone_state(backbone, torch.hub.load_state_dict_from_url(TORCHVISION_URLS[name]))
+            raise ValueError(f"torchvision has no ImageNet weights for {name!r}{hint}")
+        url = TORCHVISION_URLS[name]
+        _load_backbone_state(backbone, torch.hub.load_state_dict_from_url(url, check_hash=True))
     elif weights is not None:
         _load_backbone_state(backbone, _read_state_dict(weights))
     return backbone
@@ -209,10 +206,8 @@ def build_model(backbone, num_classes, weights=None, reduce_dim=None, **head_kwa
         state = _read_state_dict(weights)
         if any(key.startswith("head.") for key in state):
             full_state, weights = state, None
-    model = IBPModel(
-        build_backbone(backbone, weights, reduce_dim),
-        IBPHead(out_channels(backbone, reduce_dim), num_classes, **head_kwargs),
-    )
+    features = build_backbone(backbone, weights, reduce_dim)
+    model = IBPModel(features, IBPHead(features.out_channels, num_classes, **head_kwargs))
     if full_state is not None:
         model.load_state_dict(full_state)
     return model

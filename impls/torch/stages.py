@@ -122,6 +122,15 @@ class _NewtonSchulzSqrtm(torch.autograd.Function):
         return _lyapunov_in_eigenbasis(u, eigenvalues.clamp_min(0), g), None, None
 
 
+def _resolve_auto(method, backward, device_type):
+    """(method, backward, dtype of the eigendecomposition or None): see DEFAULT_SQRTM_METHOD."""
+    if method != "auto":
+        return method, backward, None
+    if device_type == "cpu":
+        return "eigh", backward, torch.float64
+    return "newton_schulz", "newton_schulz", None
+
+
 def sqrtm(
     a,
     method=DEFAULT_SQRTM_METHOD,
@@ -130,17 +139,21 @@ def sqrtm(
 ):
     """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch.
 
-    method: "eigh" (exact) or "newton_schulz" (`num_iters` coupled iterations, matrix products
-    only). backward (Newton-Schulz only): "lyapunov" (exact), "newton_schulz" (iterative, same
+    method: "auto" (the device's fastest accurate method, see reference.conventions), "eigh"
+    (exact) or "newton_schulz" (`num_iters` coupled iterations, matrix products only).
+    backward (Newton-Schulz only): "lyapunov" (exact), "newton_schulz" (iterative, same
     iteration count) or "autograd" (through the iterations).
     """
     check_square_batch(a.shape)
     check_choice(method, SQRTM_METHODS, "sqrtm method")
     check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
     _check_finite(a, "matrix")
+    method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type)
     with torch.autocast(a.device.type, enabled=False):
         symmetric = _symmetric_part(a.to(_compute_dtype(a)))
-        if method == "eigh":
+        if method == "eigh" and eigh_dtype is not None:
+            z = _EighSqrtm.apply(symmetric.to(eigh_dtype)).to(symmetric.dtype)
+        elif method == "eigh":
             z = _EighSqrtm.apply(symmetric)
         elif backward == "autograd":
             z = _newton_schulz_root(symmetric, num_iters)

@@ -1,0 +1,151 @@
+"""Real image data sets on disk: CUB-200-2011 in its own layout, or class folders (Stanford Cars,
+FGVC Aircraft, anything else arranged that way).
+
+Layouts, tried in this order:
+- CUB-200-2011: images.txt, train_test_split.txt, image_class_labels.txt (and classes.txt for
+  the names) beside images/.
+- train/<class>/* and test/<class>/* (or val/<class>/*).
+- <class>/*: without a given split, every fifth image of each class (sorted by file name) is a
+  test image.
+
+Images are read when a batch asks for them: the training split resizes the shorter side to the
+image size, takes a random square crop and flips half of the images (the authors' 448 crops with
+flips); the test split takes the centre crop.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.accuracy.data import Dataset
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+_TEST_SPLIT_NAMES = ("test", "val")
+#: Without a given split, one image in this many is a test image.
+_TEST_EVERY = 5
+
+
+def _load_image(path, image_size, crop_rng, flip):
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    scale = image_size / min(image.size)
+    width, height = (max(image_size, round(side * scale)) for side in image.size)
+    image = image.resize((width, height), Image.BILINEAR)
+    if crop_rng is None:
+        left, top = (width - image_size) // 2, (height - image_size) // 2
+    else:
+        left = int(crop_rng.integers(0, width - image_size + 1))
+        top = int(crop_rng.integers(0, height - image_size + 1))
+    pixels = np.asarray(image.crop((left, top, left + image_size, top + image_size)), np.float32)
+    pixels = pixels / 255.0
+    return pixels[:, ::-1] if flip else pixels
+
+
+@dataclass
+class FileSplit:
+    """Image files with integer labels, read (and, for training, augmented) batch by batch."""
+
+    paths: list
+    labels: np.ndarray
+    image_size: int
+    augment: bool
+
+    def __len__(self):
+        return len(self.labels)
+
+    def load(self, indices, rng=None):
+        augment = self.augment and rng is not None
+        flips = rng.random(len(indices)) < 0.5 if augment else np.zeros(len(indices), bool)
+        seeds = rng.integers(0, 2**32, len(indices)) if augment else [None] * len(indices)
+        jobs = [
+            (self.paths[i], self.image_size, None if s is None else np.random.default_rng(s), f)
+            for i, s, f in zip(indices, seeds, flips, strict=True)
+        ]
+        # PIL releases the GIL while decoding, so threads overlap the reads.
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return np.stack(list(pool.map(lambda job: _load_image(*job), jobs)))
+
+
+def _images_in(folder):
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_folders(root):
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def _read_table(path):
+    """{first column: rest of the line} of a CUB metadata file."""
+    with open(path) as lines:
+        return dict(line.strip().split(" ", 1) for line in lines if line.strip())
+
+
+def _cub_layout(root):
+    images = _read_table(root / "images.txt")
+    is_training = _read_table(root / "train_test_split.txt")
+    class_ids = _read_table(root / "image_class_labels.txt")
+    ordered_class_ids = sorted({int(c) for c in class_ids.values()})
+    names_file = root / "classes.txt"
+    names = _read_table(names_file) if names_file.exists() else {}
+    class_names = [names.get(str(c), str(c)) for c in ordered_class_ids]
+    label_of = {c: label for label, c in enumerate(ordered_class_ids)}
+    splits = {"1": ([], []), "0": ([], [])}
+    for image_id, relative_path in sorted(images.items(), key=lambda item: int(item[0])):
+        paths, labels = splits[is_training[image_id].strip()]
+        paths.append(root / "images" / relative_path)
+        labels.append(label_of[int(class_ids[image_id])])
+    return class_names, splits["1"], splits["0"]
+
+
+def _split_folder_layout(train_root, test_root):
+    class_names = [folder.name for folder in _class_folders(train_root)]
+    splits = []
+    for root in (train_root, test_root):
+        paths, labels = [], []
+        for label, name in enumerate(class_names):
+            found = _images_in(root / name) if (root / name).is_dir() else []
+            paths += found
+            labels += [label] * len(found)
+        splits.append((paths, labels))
+    return class_names, *splits
+
+
+def _class_folder_layout(root):
+    class_names = [folder.name for folder in _class_folders(root)]
+    train, test = ([], []), ([], [])
+    for label, name in enumerate(class_names):
+        for position, path in enumerate(_images_in(root / name)):
+            paths, labels = test if position % _TEST_EVERY == _TEST_EVERY - 1 else train
+            paths.append(path)
+            labels.append(label)
+    return class_names, train, test
+
+
+def image_folder(data_dir, image_size):
+    """The data set under `data_dir` in one of the layouts of this module's docstring."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
+    test_roots = [root / name for name in _TEST_SPLIT_NAMES if (root / name).is_dir()]
+    if (root / "images.txt").exists():
+        layout = "CUB-200-2011"
+        class_names, train, test = _cub_layout(root)
+    elif (root / "train").is_dir() and test_roots:
+        layout = f"train/ and {test_roots[0].name}/ class folders"
+        class_names, train, test = _split_folder_layout(root / "train", test_roots[0])
+    else:
+        layout = f"class folders, every {_TEST_EVERY}th image a test image"
+        class_names, train, test = _class_folder_layout(root)
+    if not train[0] or not test[0]:
+        raise ValueError(f"{data_dir} ({layout}): found no training or no test images")
+    train_split = FileSplit(train[0], np.array(train[1]), image_size, augment=True)
+    test_split = FileSplit(test[0], np.array(test[1]), image_size, augment=False)
+    description = (
+        f"{root.name} ({layout}): {len(class_names)} classes, {len(train_split)} training and "
+        f"{len(test_split)} test images at {image_size}x{image_size}"
+    )
+    return Dataset(root.name, class_names, train_split, test_split, True, description)

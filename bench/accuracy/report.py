@@ -1,0 +1,371 @@
+"""results/accuracy.json, .md and .png from the run records of `training.train`.
+
+The Markdown explains every configuration from two parts: what the configuration changes and
+why that matters (fixed text), and what was measured (generated from the numbers), so the
+explanations stay true when the numbers change.
+"""
+
+import json
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure state
+from matplotlib.ticker import MaxNLocator
+
+from bench.accuracy.configurations import (
+    CONFIGURATIONS,
+    QUESTION_BATCH_SIZE,
+    QUESTION_NUM_CLASSES,
+    SEED_BUGS,
+)
+from bench.accuracy.data import SYNTHETIC_MEAN, SYNTHETIC_STD
+
+#: A test accuracy within this many points of the chance rate counts as "at chance".
+AT_CHANCE_POINTS = 5.0
+
+#: The paper's numbers (VGG-16, 448x448; DESIGN.md), in %: improved B-CNN (the IBP head), the
+#: original B-CNN (bilinear, no matrix root) and iSQRT-COV (VGG-D).
+PAPER_ACCURACY = {
+    "cub": {"ibp": 85.8, "bilinear_no_sqrtm": 84.0, "isqrt-cov": 87.2},
+    "cars": {"ibp": 92.0, "bilinear_no_sqrtm": 90.6, "isqrt-cov": 92.5},
+    "aircraft": {"ibp": 88.5, "bilinear_no_sqrtm": 86.9, "isqrt-cov": 90.0},
+}
+PAPER_DATASET_NAMES = {"cub": "CUB-200-2011", "cars": "Stanford Cars", "aircraft": "FGVC Aircraft"}
+
+#: Why each configuration's number is what it is, whatever that number turns out to be.
+MECHANISMS = {
+    "ibp": "The correct head (impls' IBPHead) and the authors' two-stage recipe: the classifier "
+    "alone on the frozen backbone (SGD lr 1.0), then everything (Adam, lr 1e-4, classifier 1e-2). "
+    "The `synthetic` classes differ exactly in the second-order statistics this head computes.",
+    "ibp_frozen": "The same head on the backbone frozen at its seeded random initialisation, "
+    "classifier only (the recipe's first stage alone): the question's set-up with every bug fixed "
+    "but the frozen backbone. Random 3x3 conv + ReLU features still carry the images' spatial and "
+    "cross-channel correlations, so a frozen random backbone is a fair stand-in for the question's "
+    "frozen VGG: this is what the question's set-up can reach once its head and learning rate are "
+    "right.",
+    "seed": "The question's set-up (shared/seed/, `bench/accuracy/seed_model_*.py`). Bug 1 sums "
+    "the outer products over the batch, so all 16 samples of a batch get the same feature vector: "
+    "per batch the classifier can only give one answer, at best the batch's most frequent class "
+    "(the batch-majority ceiling below), and SGD at lr 0.001 on unit-norm features barely moves "
+    "its logits.",
+    "seed_fix_batch_sum": "Per-sample pooling, the rest of the question kept. The classifier now "
+    "sees per-sample features, but SGD at lr 0.001 on vectors of norm 1/4 (the batch-wide L2 "
+    "divides by the norm of 16 samples) moves the logits by about lr * ||v||^2 per step.",
+    "seed_fix_fourth_root": "A^(1/2) instead of A^(1/4); batch sum and lr 0.001 stay.",
+    "seed_fix_eps_ones": "eps * I instead of eps * ones; batch sum and lr 0.001 stay.",
+    "seed_fix_batch_l2": "Per-sample L2 instead of one norm for the batch; batch sum and lr 0.001 "
+    "stay.",
+    "seed_fix_low_lr": "The authors' classifier optimizer (SGD lr 1.0, momentum 0.9) instead of "
+    "lr 0.001. The batch sum stays: with one feature vector per batch there is nothing per sample "
+    "to learn, whatever the learning rate.",
+    "seed_fix_frozen_backbone": "Everything trains (still SGD lr 0.001), so gradients now flow "
+    "through the question's SVD root (bug 6). torch's SVD gradient divides by differences of "
+    "singular values, so equal ones (dead ReLU channels of the random backbone give them) make it "
+    "NaN; TensorFlow's SVD gradient drops the terms of equal singular values and stays finite, "
+    "but there the batch sum and lr 0.001 remain.",
+    "seed_fix_batch_sum_and_low_lr": "Bugs 1 and 5 fixed together: per-sample pooling and the "
+    "authors' classifier optimizer. The fourth root, eps * ones and the batch-wide L2 stay; the "
+    "distance to `ibp_frozen` is what they cost.",
+    "first_order": "Global average pooling instead of bilinear pooling, same recipe as ibp. This "
+    "is first-order in the backbone's features, not in the pixels: the mean of ReLU(w . x) grows "
+    "with the variance w^T S w of the filter response, a second-order statistic of the image, so "
+    "a ReLU network with average pooling can learn textures too. The pixels' own first-order "
+    "statistics are the same for every `synthetic` image (each channel has mean "
+    f"{SYNTHETIC_MEAN} and standard deviation {SYNTHETIC_STD}, tested), so a classifier on them "
+    "is at chance by construction.",
+    "bilinear_no_sqrtm": "The original B-CNN (bilinear pooling, signed sqrt, L2, no matrix square "
+    "root), same recipe as ibp: what the matrix root adds.",
+}
+
+
+def _percent(value):
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def batch_majority_ceiling(labels, batch_size=QUESTION_BATCH_SIZE):
+    """Best accuracy of a model that gives one answer per batch of consecutive test samples."""
+    full = len(labels) - len(labels) % batch_size
+    batches = np.asarray(labels[:full]).reshape(-1, batch_size)
+    return float(np.mean([np.bincount(batch).max() / batch_size for batch in batches]))
+
+
+def expected_batch_majority(num_classes, batch_size=QUESTION_BATCH_SIZE, draws=100_000, seed=0):
+    """Mean share of the most frequent class in batches drawn from balanced classes."""
+    counts = np.random.default_rng(seed).multinomial(
+        batch_size, [1 / num_classes] * num_classes, draws
+    )
+    return float(counts.max(axis=1).mean() / batch_size)
+
+
+def verdict(run):
+    """One phrase on a run's number: diverged, at chance, or how far above chance."""
+    if run["diverged_at_epoch"] is not None:
+        return f"diverged (NaN loss in epoch {run['diverged_at_epoch']}): no right answers"
+    points = 100 * (run["test_accuracy"] - run["chance_rate"])
+    if abs(points) <= AT_CHANCE_POINTS:
+        return "at chance"
+    return f"{points:+.1f} points from chance"
+
+
+def paper_dataset_key(dataset_name, override=None):
+    if override:
+        return override
+    name = dataset_name.lower()
+    for key, hints in {
+        "cub": ("cub", "bird"),
+        "cars": ("car",),
+        "aircraft": ("aircraft", "fgvc"),
+    }.items():
+        if any(hint in name for hint in hints):
+            return key
+    return None
+
+
+def _frameworks(runs):
+    return list(dict.fromkeys(run["framework"] for run in runs))
+
+
+def _datasets(runs):
+    return list(dict.fromkeys(run["dataset"] for run in runs))
+
+
+def _run_table(runs, frameworks, paper):
+    header = ["configuration", *frameworks]
+    if paper:
+        header.append("paper (VGG-16, 448)")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    by_key = {(run["config"], run["framework"]): run for run in runs}
+    for config in dict.fromkeys(run["config"] for run in runs):
+        cells = [f"`{config}`"]
+        for framework in frameworks:
+            run = by_key.get((config, framework))
+            mark = " (diverged)" if run and run["diverged_at_epoch"] is not None else ""
+            cells.append(_percent(run and run["test_accuracy"]) + mark)
+        if paper:
+            cells.append(f"{paper[config]:.1f} %" if config in paper else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def console_table(runs, paper_key=None):
+    """The results as plain text for the terminal."""
+    lines = []
+    for dataset in _datasets(runs):
+        selected = [run for run in runs if run["dataset"] == dataset]
+        frameworks = _frameworks(selected)
+        paper = PAPER_ACCURACY.get(paper_dataset_key(dataset, paper_key) or "", {})
+        lines.append(f"{dataset} (chance {_percent(selected[0]['chance_rate'])})")
+        lines.append(
+            f"{'configuration':32}"
+            + "".join(f"{f:>12}" for f in frameworks)
+            + (f"{'paper':>10}" if paper else "")
+        )
+        by_key = {(run["config"], run["framework"]): run for run in selected}
+        for config in dict.fromkeys(run["config"] for run in selected):
+            row = f"{config:32}"
+            for framework in frameworks:
+                run = by_key.get((config, framework))
+                row += f"{_percent(run and run['test_accuracy']):>12}"
+            if paper:
+                row += f"{(str(paper[config]) + ' %') if config in paper else '':>10}"
+            lines.append(row)
+    return "\n".join(lines)
+
+
+def _measured(runs, frameworks):
+    """ "torch 97.5 %, +83.3 points from chance; tf ..." for the runs of one configuration."""
+    by_framework = {run["framework"]: run for run in runs}
+    return "; ".join(
+        f"{framework} {_percent(by_framework[framework]['test_accuracy'])}, "
+        f"{verdict(by_framework[framework])}"
+        for framework in frameworks
+        if framework in by_framework
+    )
+
+
+def _explanations(runs, frameworks):
+    lines = []
+    datasets = _datasets(runs)
+    for config in dict.fromkeys(run["config"] for run in runs):
+        mechanism = MECHANISMS.get(
+            config, CONFIGURATIONS[config].summary if config in CONFIGURATIONS else ""
+        )
+        measured = " ".join(
+            f"`{dataset}`: "
+            + _measured(
+                [r for r in runs if (r["config"], r["dataset"]) == (config, dataset)], frameworks
+            )
+            + "."
+            for dataset in datasets
+            if any((r["config"], r["dataset"]) == (config, dataset) for r in runs)
+        )
+        lines.append(f"- **`{config}`**: {mechanism} Measured: {measured}")
+    return lines
+
+
+def _above_chance(run):
+    points = 100 * (run["test_accuracy"] - run["chance_rate"])
+    return run["diverged_at_epoch"] is None and points > AT_CHANCE_POINTS
+
+
+def _ablation_summary(runs):
+    """Which single fixes lift the question's set-up above chance, from the numbers."""
+    single_fixes = {
+        run["config"] for run in runs if run["config"] in {f"seed_fix_{bug}" for bug in SEED_BUGS}
+    }
+    if not single_fixes:
+        return ""
+    lifting = sorted(
+        config
+        for config in single_fixes
+        if all(_above_chance(run) for run in runs if run["config"] == config)
+    )
+    if lifting:
+        return (
+            "Single fixes that lift it above chance in every framework: "
+            + ", ".join(f"`{config}`" for config in lifting)
+            + "."
+        )
+    summary = "No single fix lifts it above chance in every framework."
+    pair = [run for run in runs if run["config"] == "seed_fix_batch_sum_and_low_lr"]
+    if not pair:
+        return summary
+    pair_text = ", ".join(f"{run['framework']} {_percent(run['test_accuracy'])}" for run in pair)
+    if not all(_above_chance(run) for run in pair):
+        return f"{summary} Even with bugs 1 and 5 fixed together it reaches only {pair_text}."
+    either_left = [
+        run
+        for run in runs
+        if run["config"] in CONFIGURATIONS
+        and CONFIGURATIONS[run["config"]].seed_bugs & {"batch_sum", "low_lr"}
+    ]
+    highest = max(100 * (run["test_accuracy"] - run["chance_rate"]) for run in either_left)
+    return (
+        f"{summary} With the batch sum (bug 1) and the learning rate (bug 5) fixed together "
+        f"(`seed_fix_batch_sum_and_low_lr`) it learns ({pair_text}); with either of them left "
+        f"in, no run of the question's set-up gets more than {highest:.1f} points above chance."
+    )
+
+
+def _plateau_paragraph(runs, datasets):
+    lines = [
+        "With the batch-summed outer product every sample of a batch of 16 gets the same "
+        "features, so a model can at best answer each batch's most frequent class. For "
+        f"{QUESTION_NUM_CLASSES} balanced classes that class holds "
+        f"{_percent(expected_batch_majority(QUESTION_NUM_CLASSES))} of a batch of 16 on average: "
+        f"the question's {QUESTION_NUM_CLASSES}-way model stuck at about 30 % is what this ceiling "
+        "predicts (on an unbalanced set, the majority-class rate would do the same).",
+    ]
+    for dataset in datasets:
+        selected = [run for run in runs if run["dataset"] == dataset.name]
+        seed_runs = [run for run in selected if run["config"] == "seed"]
+        if not seed_runs:
+            continue
+        ceiling = batch_majority_ceiling(dataset.test.labels)
+        below = all(100 * (ceiling - run["test_accuracy"]) > AT_CHANCE_POINTS for run in seed_runs)
+        where = "below it: it does not learn even the batch majority" if below else "up to it"
+        measured = ", ".join(f"{r['framework']} {_percent(r['test_accuracy'])}" for r in seed_runs)
+        lines += [
+            "",
+            f"On `{dataset.name}` ({dataset.num_classes} classes) the ceiling is "
+            f"{_percent(ceiling)} on the test batches; `seed` scores {measured}, {where}. "
+            f"{_ablation_summary(selected)}",
+        ]
+    return lines
+
+
+def markdown(metadata, runs, datasets, paper_key=None):
+    frameworks = _frameworks(runs)
+    threads = ", ".join(f"{name}: {count}" for name, count in metadata["threads"].items())
+    model = metadata["model"]
+    weights = model["weights"] or "random (seeded)"
+    lines = [
+        "# Does the model learn? `reproduce-accuracy`",
+        "",
+        f"Generated by `{metadata['command']}` on {metadata['date']} (commit "
+        f"{metadata['commit']}), {metadata['device']}, CPU threads {threads}, backbone "
+        f"`{model['backbone']}` with {weights} weights, recipe `{model['recipe']}`, seed "
+        f"{metadata['seed']}, {metadata['epochs']} epochs per configuration, batch "
+        f"{metadata['batch_size']} ({QUESTION_BATCH_SIZE} for the question's set-up, which "
+        "hard-codes it). "
+        f"Total time {metadata['total_seconds'] / 60:.1f} min. Test accuracy after the last "
+        f'epoch; "at chance" means within {AT_CHANCE_POINTS:.0f} points of the chance rate (the '
+        "test set's most frequent class). Learning curves: `accuracy.png`.",
+    ]
+    for dataset in datasets:
+        selected = [run for run in runs if run["dataset"] == dataset.name]
+        paper = PAPER_ACCURACY.get(paper_dataset_key(dataset.name, paper_key) or "", {})
+        lines += [
+            "",
+            f"## `{dataset.name}`",
+            "",
+            f"{dataset.description}. Chance rate {_percent(dataset.chance_rate)}.",
+            "",
+            *_run_table(selected, frameworks, paper),
+        ]
+    lines += ["", "## What each number shows", "", *_explanations(runs, frameworks)]
+    if any(run["config"] == "seed" for run in runs):
+        lines += [
+            "",
+            "## The founding question's 30 % plateau",
+            "",
+            *_plateau_paragraph(runs, datasets),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+#: One colour per configuration (in CONFIGURATIONS' order), the same in every panel and report.
+_PALETTE = matplotlib.colormaps["tab20"]([0, 19, 6, 2, 4, 8, 10, 12, 14, 16, 5, 18, 17])
+
+
+def _colour(config):
+    names = list(CONFIGURATIONS)
+    return _PALETTE[names.index(config) % len(_PALETTE)] if config in names else "grey"
+
+
+def plot(runs, path):
+    """Test accuracy per epoch: one panel per framework (and data set)."""
+    datasets, frameworks = _datasets(runs), _frameworks(runs)
+    panel_height, legend_height = 3.8, 1.0
+    figure = Figure(figsize=(5.5 * len(frameworks), panel_height * len(datasets) + legend_height))
+    axes = figure.subplots(len(datasets), len(frameworks), squeeze=False, sharey=True)
+    legend = {}
+    for run in runs:
+        axis = axes[datasets.index(run["dataset"])][frameworks.index(run["framework"])]
+        (line,) = axis.plot(
+            [entry["epoch"] for entry in run["history"]],
+            [100 * entry["test_accuracy"] for entry in run["history"]],
+            "--" if run["config"].startswith("seed") else "-",
+            color=_colour(run["config"]),
+            marker="o",
+            markersize=3,
+            # The question's set-up on top and thicker: several ablations sit on the same line.
+            linewidth=2.5 if run["config"] == "seed" else 1.5,
+            zorder=3 if run["config"] == "seed" else 2,
+        )
+        legend.setdefault(run["config"], line)
+    for row, dataset in enumerate(datasets):
+        chance = 100 * next(run["chance_rate"] for run in runs if run["dataset"] == dataset)
+        for column, framework in enumerate(frameworks):
+            axis = axes[row][column]
+            legend["chance"] = axis.axhline(chance, color="black", linestyle=":", linewidth=1)
+            axis.set_title(f"{framework}: {dataset}")
+            axis.set_xlabel("epoch")
+            axis.set_ylabel("test accuracy (%)")
+            axis.set_ylim(-2, 102)
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(alpha=0.3)
+    figure.legend(
+        legend.values(), legend.keys(), loc="lower center", ncol=4, fontsize=8, frameon=False
+    )
+    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
+    figure.savefig(path, dpi=110)
+
+
+def write(output_dir, metadata, runs, datasets, paper_key=None):
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "accuracy.json", "w") as file:
+        json.dump({"metadata": metadata, "runs": runs}, file, indent=1)
+        file.write("\n")
+    (output_dir / "accuracy.md").write_text(markdown(metadata, runs, datasets, paper_key))
+    plot(runs, output_dir / "accuracy.png")

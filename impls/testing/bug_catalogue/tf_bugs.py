@@ -1,0 +1,121 @@
+"""Buggy IBP layers in TensorFlow, written the way users write them (channels-last), most in the
+seed question's own spellings. Each is a function of one tensor; `impls.testing.bug_catalogue.BUGS`
+says what ibp-check must say of it."""
+
+import tensorflow as tf
+
+EPS = 1e-5
+#: The batch size the seed question's code hard-codes.
+BATCH_SIZE = 16
+#: tf.keras.backend.epsilon(), the seed question's eps.
+KERAS_EPSILON = 1e-7
+
+
+def _transpose(m):
+    return tf.linalg.matrix_transpose(m)
+
+
+def pool_summed_over_batch(x):
+    """Bug 1: matmul(F[:, i, j, :], F[:, i, j, :], transpose_a=True) is (C x B) times (B x C)."""
+    b, h, w, c = x.shape
+    a = tf.zeros((c, c), x.dtype)
+    for i in range(h):
+        for j in range(w):
+            a += tf.matmul(x[:, i, j, :], x[:, i, j, :], transpose_a=True)
+    return tf.broadcast_to(a / (h * w) + EPS * tf.eye(c, dtype=x.dtype), (b, c, c))
+
+
+def fourth_root(a):
+    """Bug 2: the seed's Sqrt_Root_SVD_Lyapunov, square-rooting the singular values twice."""
+    s, u, v = tf.linalg.svd(a)
+    s = tf.where(s < 1e-10, s, tf.sqrt(s))
+    return u @ tf.linalg.diag(tf.sqrt(s)) @ _transpose(v)
+
+
+def pool_fixed_batch_size(x):
+    """Bug 3: the seed's BILINEAR_POOLING with Batch_Size = 16 in its zeros and reshapes."""
+    h, w, c = x.shape[1:]
+    a = tf.zeros((BATCH_SIZE, c, c), x.dtype)
+    for i in range(h):
+        for j in range(w):
+            location = tf.reshape(x[:, i, j, :], (BATCH_SIZE, c, 1))
+            a += tf.matmul(location, location, transpose_b=True)
+    return a / (h * w) + EPS * tf.eye(c, dtype=x.dtype)
+
+
+def pool_eps_times_ones(x):
+    """Bug 4: the seed's eps * ones([C, C]) instead of eps * I."""
+    b, h, w, c = x.shape
+    features = tf.reshape(x, (-1, h * w, c))
+    a = tf.matmul(features, features, transpose_a=True) / (h * w)
+    return a + KERAS_EPSILON * tf.ones((c, c), x.dtype)
+
+
+def sqrtm_autodiff_through_svd(a):
+    """Bug 6: GradientTape differentiates through tf.linalg.svd."""
+    s, u, v = tf.linalg.svd(a)
+    return u @ tf.linalg.diag(tf.sqrt(s)) @ _transpose(v)
+
+
+@tf.custom_gradient
+def sqrtm_negated_lyapunov_gradient(a):
+    """Bug 7: the authors' sqrt_svd_lyap backward (MATLAB's lyap convention, Z X + X Z = -C) as a
+    custom gradient fed +dL/dZ."""
+    s, u, v = tf.linalg.svd(a)
+    root = tf.sqrt(s)
+
+    def grad(dldz):
+        denominator = root[..., :, None] + root[..., None, :]
+        return -u @ ((_transpose(u) @ dldz @ u) / denominator) @ _transpose(u)
+
+    return u @ tf.linalg.diag(root) @ _transpose(v), grad
+
+
+@tf.custom_gradient
+def l2_backward_rescale_only(y):
+    """A hand-written backward that treats the norm as a constant."""
+    norms = tf.maximum(tf.norm(tf.reshape(y, (tf.shape(y)[0], -1)), axis=1), 1e-12)[:, None, None]
+
+    def grad(g):
+        return g / norms
+
+    return y / norms, grad
+
+
+def l2_over_whole_batch(y):
+    """The seed's tf.math.l2_normalize(x, axis=None)."""
+    return tf.math.l2_normalize(y, axis=None, epsilon=1e-12)
+
+
+def signed_sqrt_without_regulariser(z):
+    """The seed's tf.sign(x) * tf.sqrt(tf.abs(x))."""
+    return tf.sign(z) * tf.sqrt(tf.abs(z))
+
+
+def sqrtm_newton_schulz_five_iterations(a):
+    """The paper's 5 iterations, GradientTape through them: not converged on ReLU covariances."""
+    norm = tf.norm(a, ord="fro", axis=(-2, -1), keepdims=True)
+    eye = tf.eye(a.shape[-1], batch_shape=[tf.shape(a)[0]], dtype=a.dtype)
+    y, z = a / norm, eye
+    for _ in range(5):
+        t = (3 * eye - z @ y) / 2
+        y, z = y @ t, t @ z
+    return y * tf.sqrt(norm)
+
+
+def pool_wrong_axis(x):
+    """A channels-first spelling kept for a channels-last map: reshape without a transpose."""
+    b, h, w, c = x.shape
+    features = tf.reshape(x, (-1, c, h * w))
+    return tf.matmul(features, features, transpose_b=True) / (h * w) + EPS * tf.eye(
+        c, dtype=x.dtype
+    )
+
+
+def pool_outer_product_over_locations(x):
+    """F F^T (N x N) with F of shape (B, N, C) instead of F^T F (C x C)."""
+    b, h, w, c = x.shape
+    features = tf.reshape(x, (-1, h * w, c))
+    return tf.matmul(features, features, transpose_b=True) / (h * w) + EPS * tf.eye(
+        h * w, dtype=x.dtype
+    )

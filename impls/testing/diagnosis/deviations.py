@@ -1,0 +1,233 @@
+"""Known mistakes, each as the NumPy output that the mistaken stage gives and the words that name
+the cause and the fix. An output that matches one (up to a scale) is explained by it."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import reference
+from reference.conventions import DEFAULT_EPS
+
+
+@dataclass(frozen=True)
+class Deviation:
+    cause: str
+    forward: callable  # (x in the reference layout, framework layout) -> the mistaken output
+
+
+def _swap(m):
+    return np.swapaxes(m, -1, -2)
+
+
+def _pool(features):
+    """(B, C, N) -> X X^T / N + eps I."""
+    return features @ _swap(features) / features.shape[-1] + DEFAULT_EPS * np.eye(features.shape[1])
+
+
+def _locations(x):
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _pool_summed_over_batch(x, layout):
+    second_moments = reference.bilinear_pool(x, eps=0.0)
+    shared = second_moments.sum(axis=0) + DEFAULT_EPS * np.eye(x.shape[1])
+    return np.broadcast_to(shared, second_moments.shape)
+
+
+def _pool_of_locations(x, layout):
+    features = _swap(_locations(x))
+    return _pool(features)
+
+
+def _pool_of_misread_layout(x, layout):
+    b, c = x.shape[:2]
+    if layout == "channels_first":  # (B, C, H, W) memory read as (B, N, C)
+        return _pool(_swap(x.reshape(b, -1, c)))
+    return _pool(x.transpose(0, 2, 3, 1).reshape(b, c, -1))  # (B, H, W, C) memory read as (B, C, N)
+
+
+def _centred_pool(x, layout):
+    features = _locations(x)
+    return _pool(features - features.mean(axis=-1, keepdims=True))
+
+
+POOL = (
+    Deviation(
+        "the pooling sums over the batch axis (a matmul that contracts the batch, (C x B) times "
+        "(B x C)), so every sample gets the same matrix; contract each sample's locations only",
+        _pool_summed_over_batch,
+    ),
+    Deviation(
+        "an N x N outer product over locations (X^T X) instead of the C x C one over channels "
+        "(X X^T); contract the location axis",
+        _pool_of_locations,
+    ),
+    Deviation(
+        "the channels are read from the wrong axis: the map is reshaped as if it were in the other "
+        "layout without moving the channel axis, which scrambles channels and locations; flatten "
+        "(B, C, H, W) to (B, C, H*W) in PyTorch, (B, H, W, C) to (B, H*W, C) in TensorFlow",
+        _pool_of_misread_layout,
+    ),
+    Deviation(
+        "the covariance is centred (the mean feature subtracted); IBP pools the uncentred second "
+        "moment X X^T / N",
+        _centred_pool,
+    ),
+)
+
+FOURTH_ROOT = (
+    "Z @ Z equals A^(1/2), not A: the square root is applied twice (A^(1/4)); take the square "
+    "root of the eigenvalues or singular values once"
+)
+
+SQRTM = (
+    Deviation(FOURTH_ROOT, lambda a, layout: reference.sqrtm(reference.sqrtm(a))),
+    Deviation("Z equals A: no square root is taken", lambda a, layout: a),
+)
+
+SIGNED_SQRT = (
+    Deviation(
+        "the sign is dropped: sqrt(|z|) turns negative entries positive; multiply by sign(z)",
+        lambda z, layout: np.abs(reference.signed_sqrt(z)),
+    ),
+    Deviation("the output equals the input: no square root is taken", lambda z, layout: z),
+)
+
+
+def _normalised(y, axis):
+    norms = np.sqrt(np.sum(y**2, axis=axis, keepdims=True))
+    return y / np.maximum(norms, np.finfo(float).tiny)
+
+
+L2 = (
+    Deviation(
+        "normalised by the norm of the whole batch (tf.math.l2_normalize(x, axis=None), "
+        "x / x.norm()): divide each sample by the norm of its own C*C entries",
+        lambda y, layout: _normalised(y, None),
+    ),
+    Deviation(
+        "each row is normalised on its own (axis=-1): the norm runs over all C*C entries of a "
+        "sample (axis=(1, 2))",
+        lambda y, layout: _normalised(y, -1),
+    ),
+    Deviation(
+        "each column is normalised on its own (axis=1): the norm runs over all C*C entries of a "
+        "sample (axis=(1, 2))",
+        lambda y, layout: _normalised(y, -2),
+    ),
+    Deviation(
+        "divides by the squared norm instead of the norm",
+        lambda y, layout: (
+            _normalised(y, (1, 2)) / np.sqrt(np.sum(y**2, axis=(1, 2), keepdims=True))
+        ),
+    ),
+)
+
+_REFERENCE_STAGES = (
+    ("pool", lambda x, layout: reference.bilinear_pool(x)),
+    ("sqrtm", lambda a, layout: reference.sqrtm(a)),
+    ("signed-sqrt", lambda z, layout: reference.signed_sqrt(z)),
+    ("l2", lambda y, layout: reference.l2_normalize(y)),
+)
+_MISSING = {
+    "sqrtm": "the matrix square root is missing",
+    "signed-sqrt": "the signed square root is missing",
+}
+BY_STAGE = {"pool": POOL, "sqrtm": SQRTM, "signed-sqrt": SIGNED_SQRT, "l2": L2}
+
+
+def _pipeline(replaced, replacement):
+    def head(x, layout):
+        for name, stage in _REFERENCE_STAGES:
+            x = replacement(x, layout) if name == replaced else stage(x, layout)
+        return x.reshape(len(x), -1)
+
+    return head
+
+
+def _head_deviations():
+    """The head with one stage replaced by one of that stage's mistakes, or left out."""
+    deviations = [
+        Deviation(deviation.cause, _pipeline(name, deviation.forward))
+        for name, stage_deviations in BY_STAGE.items()
+        for deviation in stage_deviations
+    ]
+    deviations += [
+        Deviation(cause, _pipeline(name, lambda m, layout: m)) for name, cause in _MISSING.items()
+    ]
+    return tuple(deviations)
+
+
+BY_STAGE["head"] = _head_deviations()
+
+
+#: Stages whose harmless conventions scale the output (a missing 1/N): their mistakes are matched
+#: up to a scale. The others are matched as they are.
+_SCALED = ("pool",)
+#: Largest input whose mistakes' gradients are worked out by finite differences.
+_LARGEST_DIFFERENTIATED = 256
+
+
+def matching(stage, x, layout, output, expected, allowed):
+    """Causes of the deviations of `stage` that explain `output` and that the reference's own
+    output `expected` does not match (on a 1 x 1 input many mistakes coincide)."""
+    output, expected = _flat(output), _flat(expected)
+    up_to_scale = stage in _SCALED
+    causes = []
+    with np.errstate(all="ignore"):
+        for deviation in BY_STAGE[stage]:
+            candidate = _flat(deviation.forward(x, layout))
+            if candidate.shape != output.shape or not np.all(np.isfinite(candidate)):
+                continue
+            if explains(output, candidate, allowed, up_to_scale) and not explains(
+                expected, candidate, allowed, up_to_scale
+            ):
+                causes.append(deviation.cause)
+    return causes
+
+
+def matching_gradient(stage, x, layout, cotangent, gradient, expected, close):
+    """Causes of the deviations of `stage` whose gradient (by central differences in float64)
+    is `gradient`, where the reference's, `expected`, is not; `close(a, b)` judges."""
+    if stage == "head" or x.size > _LARGEST_DIFFERENTIATED:
+        return []
+    causes = []
+    with np.errstate(all="ignore"):
+        for deviation in BY_STAGE[stage]:
+            candidate = _vjp(lambda m, f=deviation.forward: f(m, layout), x, cotangent)
+            if candidate is None or not np.all(np.isfinite(candidate)):
+                continue
+            if close(gradient, candidate) and not close(expected, candidate):
+                causes.append(deviation.cause)
+    return causes
+
+
+def _vjp(f, x, cotangent):
+    """<cotangent, f(x)> differentiated by central differences, or None where shapes differ."""
+    output = f(x)
+    if output.size != cotangent.size:
+        return None
+    cotangent = cotangent.reshape(output.shape)
+    step = 1e-6 * max(np.abs(x).max(), 1e-3)
+    gradient = np.zeros(x.size)
+    for i in range(x.size):
+        shift = np.zeros(x.size)
+        shift[i] = step
+        shift = shift.reshape(x.shape)
+        gradient[i] = np.sum(cotangent * (f(x + shift) - f(x - shift))) / (2 * step)
+    return gradient.reshape(x.shape)
+
+
+def _flat(array):
+    return np.asarray(array, dtype=np.float64).reshape(-1)
+
+
+def explains(actual, candidate, allowed, up_to_scale=False):
+    """actual = candidate (or c * candidate, one scalar c within three decades of 1: a sum for a
+    mean, a missing 1/N) to max(10 * allowed, 1e-3) relative."""
+    norm = np.linalg.norm(candidate)
+    if norm == 0 or not np.all(np.isfinite(actual)):
+        return False
+    scale = float(actual @ candidate) / norm**2 if up_to_scale else 1.0
+    residual = np.linalg.norm(actual - scale * candidate) / max(np.linalg.norm(actual), 1e-300)
+    return 1e-3 <= abs(scale) <= 1e3 and residual <= max(10 * allowed, 1e-3)

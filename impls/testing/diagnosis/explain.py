@@ -1,0 +1,332 @@
+"""The likely cause of a failed property and its fix, in plain words. Each function gets what the
+property measured and returns the sentence a user reads."""
+
+import re
+
+import numpy as np
+import scipy.linalg
+
+from impls.testing.diagnosis import deviations
+from impls.testing.diagnosis.inputs import degeneracy, describe, native_shape
+from impls.testing.tolerances import relative_error
+
+AUTODIFF_THROUGH_EIGH = (
+    "autodiff through eigh/svd divides by differences of eigenvalues (s_i - s_j), which vanish "
+    "when eigenvalues repeat (dead channels, N < C); give the root its own backward, the Lyapunov "
+    "solution dA = U [(U^T dZ U)_ij / (s_i + s_j)] U^T (torch.autograd.Function, "
+    "tf.custom_gradient)"
+)
+NO_REGULARISER = (
+    "the signed square root has no regulariser: its slope 1 / (2 sqrt|z|) is infinite at z = 0, "
+    "where dead channels put exact zeros; use sign(z) * (sqrt(|z| + delta) - sqrt(delta)), "
+    "delta = 1e-5"
+)
+SINGULAR_ROOT = (
+    "the root's derivative is infinite at a zero eigenvalue (s_i + s_j = 0 in the Lyapunov "
+    "backward): keep eps * I in the pooled matrix, or floor that denominator"
+)
+ZERO_NORM = "a division by a zero norm: divide by max(||y||, 1e-12)"
+NO_GRADIENT = (
+    "no gradient reaches the input: the output is cut from the autodiff graph (.detach(), .data, "
+    "a NumPy round trip, tf.stop_gradient, tf.py_function without a gradient); if nothing below "
+    "this layer ever trains, pass --forward-only"
+)
+MIXING_HINTS = {
+    "pool": "a matmul or sum over the batch axis",
+    "sqrtm": "a decomposition or norm taken over the whole batch",
+    "signed-sqrt": "a quantity computed over the whole batch",
+    "l2": "a norm over the whole batch, e.g. tf.math.l2_normalize(x, axis=None)",
+    "head": "a matmul or sum over the batch axis in the pooling, or a norm over the whole batch",
+}
+_NON_FINITE_OUTPUT = {
+    "pool": "the pooling produces it from finite input: look for a division by a count that is 0",
+    "sqrtm": "the square root of slightly negative eigenvalues (round-off on a nearly singular "
+    "matrix): clamp the eigenvalues at 0 before the square root",
+    "signed-sqrt": "the square root of negative entries: take sign(z) * sqrt(|z|)",
+    "l2": ZERO_NORM,
+}
+_NUMBER = re.compile(r"\d+")
+
+
+def first_line(error, limit=300):
+    text = str(error).strip().splitlines()
+    text = text[0] if text else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def explain_exception(error, dtype):
+    text = f"raised {type(error).__name__}: {first_line(error)}"
+    message = str(error).lower()
+    if ("double" in message or "float64" in message) and (
+        "float" in message.replace("float64", "")
+    ):
+        text += (
+            f"; the function mixes dtypes (float32 constants with this {dtype} input?): build "
+            "constants with the input's dtype, or pass --dtype with the dtype your network uses"
+        )
+    return text
+
+
+def numbers_in(text):
+    return [int(n) for n in _NUMBER.findall(text)]
+
+
+def hard_coded_batch(working, failing):
+    return (
+        f"the layer works on a batch of {working} but not of {failing}: a batch size of "
+        f"{working} is hard-coded; take it from the input (x.shape[0] in PyTorch, "
+        "tf.shape(x)[0] in TensorFlow)"
+    )
+
+
+def explain_shape(spec, layout, input_shape, output_shape):
+    expected = spec.output_shape(input_shape)
+    native = native_shape(layout, len(input_shape) == 4, input_shape)
+    text = f"output shape {tuple(output_shape)} for an input of shape {native}; expected {expected}"
+    cause = _shape_cause(spec, layout, tuple(input_shape), tuple(output_shape), expected)
+    return f"{text}: {cause}" if cause else text
+
+
+def _shape_cause(spec, layout, input_shape, output_shape, expected):
+    batch = input_shape[0]
+    if output_shape == expected[1:]:
+        return (
+            "the output has no batch axis: the stage contracts the batch axis (a matmul over the "
+            "batch), so every sample gets the same result"
+        )
+    if len(output_shape) == len(expected) and output_shape[1:] == expected[1:]:
+        if output_shape[0] == 1:
+            return f"one output for a batch of {batch}: the stage sums over the batch axis"
+        return hard_coded_batch(output_shape[0], batch)
+    if len(input_shape) != 4 or len(output_shape) != 3:
+        return None
+    channels, height, width = input_shape[1:]
+    side = output_shape[1]
+    if output_shape[1:] == (height * width,) * 2:
+        return deviations.POOL[1].cause
+    if output_shape[1] == output_shape[2] and side in (height, width) and side != channels:
+        axes = "(B, C, H, W)" if layout == "channels_first" else "(B, H, W, C)"
+        return (
+            f"the pooling runs over the wrong axis: an axis of size {side} (not the {channels} "
+            f"channels) is taken as the channel axis; feature maps here are {layout} {axes}"
+        )
+    return None
+
+
+def explain_mixing(spec, sample, changed, change, allowed):
+    return (
+        f"output for sample {sample} changes when sample {changed} changes (relative change "
+        f"{change:.3g} > {allowed:.3g}): the stage mixes samples across the batch "
+        f"({MIXING_HINTS[spec.name]})"
+    )
+
+
+def explain_non_finite(spec, layout, x, where):
+    facts = degeneracy(spec.name, x)
+    stages = ("pool", "sqrtm", "signed-sqrt", "l2") if spec.name == "head" else (spec.name,)
+    if where == "output":
+        causes = [_NON_FINITE_OUTPUT[stage] for stage in stages]
+    else:
+        causes = []
+        if "sqrtm" in stages and facts.repeated_eigenvalues:
+            causes.append(AUTODIFF_THROUGH_EIGH)
+        if "signed-sqrt" in stages and (facts.zero_entries or facts.dead_channels):
+            causes.append(NO_REGULARISER)
+        if "sqrtm" in stages and (facts.rank_deficient or facts.condition > 1e12):
+            causes.append(SINGULAR_ROOT)
+        if "l2" in stages and (facts.zero_entries or facts.dead_channels):
+            causes.append(ZERO_NORM)
+    text = f"non-finite {where} (NaN or inf) on {describe(spec.name, layout, x)}"
+    return text + (": likely " + "; or ".join(causes) if causes else "")
+
+
+def _dead_rows(x, output):
+    """Mask of the off-diagonal entries in the rows of dead channels, or None where the output
+    is not a (B, C, C) pooled matrix of x."""
+    if x.ndim != 4 or output.ndim != 3 or output.shape[1:] != (x.shape[1],) * 2:
+        return None
+    dead = np.all(x.reshape(x.shape[0], x.shape[1], -1) == 0, axis=2)
+    return dead[:, :, None] & ~np.eye(x.shape[1], dtype=bool)[None]
+
+
+def dead_row_leak(spec, x, output, roundoff):
+    """How far the rows of dead channels of a pooled matrix are from zero off the diagonal (0 when
+    they are zero). They are exact zeros at any precision, so eps * ones shows there even where it
+    is below the round-off of the other entries."""
+    mask = _dead_rows(x, output) if spec.name == "pool" else None
+    if mask is None:
+        return 0.0
+    leak = float(np.abs(output[mask]).max(initial=0.0))
+    return leak if leak > 1e-3 * roundoff * np.abs(output).max(initial=0.0) else 0.0
+
+
+def _structure_cause(x, output, leak):
+    values = output[_dead_rows(x, output)]
+    eps_like = np.abs(values).max() <= 1e-2 * np.abs(output).max()
+    if eps_like and np.ptp(values) <= 1e-6 * np.abs(values).max():
+        return (
+            f"eps is added to every entry (eps * ones, here {values[0]:.2g}) instead of the "
+            "diagonal (eps * I): the rows of dead channels are not zero off the diagonal, and the "
+            "matrix of a rank-deficient map stays singular, so the square root's gradient blows up "
+            "there; add eps * eye(C)"
+        )
+    return (
+        f"the rows of dead channels are not zero off the diagonal (up to {leak:.2g}): the pooled "
+        "matrix holds more than X X^T / N + eps I"
+    )
+
+
+def explain_forward(spec, layout, x, output, expected, error, allowed, leak=0.0):
+    if error <= allowed:
+        text = f"forward agrees with the reference to {error:.3g}, but not in its structure"
+    else:
+        text = f"forward differs from the reference: relative error {error:.3g} > {allowed:.3g}"
+    if not np.all(np.isfinite(output)):
+        return f"{text}; {explain_non_finite(spec, layout, x, 'output')}"
+    causes = deviations.matching(spec.name, x, layout, output, expected, allowed)
+    if spec.name == "sqrtm":
+        causes += root_causes(x, output, allowed)
+    if leak:
+        structure = _structure_cause(x, output, leak)
+        causes = [structure, *causes] if structure.startswith("eps") or not causes else causes
+    if not causes:
+        scale = _scale(output, expected)
+        if scale is not None:
+            causes.append(
+                f"the output is the reference's times {scale:.4g}: a missing or extra factor"
+            )
+    text += ": " + "; also ".join(causes) if causes else ""
+    if spec.convention:
+        text += f" (compared up to the convention noted: {spec.convention})"
+    return text
+
+
+#: A scale within 10 % of 1 is an inaccuracy, not a missing factor (2, 1/N, -1).
+_LEAST_FACTOR = 0.1
+
+
+def _scale(actual, expected):
+    """c, a factor, with actual = c * expected to 1e-3, or None."""
+    actual, expected = actual.reshape(-1), expected.reshape(-1)
+    if not deviations.explains(actual, expected, 0.0, up_to_scale=True):
+        return None
+    scale = float(actual @ expected) / float(expected @ expected)
+    return scale if abs(scale - 1) > _LEAST_FACTOR else None
+
+
+def root_causes(a, z, allowed):
+    """What is wrong with a root Z of A beyond the known deviations."""
+    return [c for c in (asymmetric_root(z, allowed), _unconverged_root(a, z)) if c]
+
+
+def asymmetric_root(z, allowed):
+    asymmetry = relative_error(z, np.swapaxes(z, 1, 2))
+    if asymmetry <= allowed:
+        return None
+    return (
+        f"Z is not symmetric (relative asymmetry {asymmetry:.3g} > {allowed:.3g}): U diag(s) V^T "
+        "with V from another decomposition, or a transposed factor; use U diag(sqrt(s)) U^T from "
+        "eigh"
+    )
+
+
+def _unconverged_root(a, z):
+    """An iteration (Newton-Schulz) is a polynomial in A: it shares A's eigenvectors, and the small
+    eigenvalues, far below the scaling, converge last, from below."""
+    eigenvalues, u = np.linalg.eigh((a + np.swapaxes(a, 1, 2)) / 2)
+    in_eigenbasis = np.swapaxes(u, 1, 2) @ z @ u
+    diagonal = np.diagonal(in_eigenbasis, axis1=1, axis2=2)
+    off_diagonal = np.linalg.norm(in_eigenbasis - diagonal[:, :, None] * np.eye(a.shape[1]))
+    ratio = diagonal / np.sqrt(np.maximum(eigenvalues, np.finfo(float).tiny))
+    smallest, largest = ratio[:, 0], ratio[:, -1]
+    shortfall = np.abs(smallest - 1)
+    commutes = off_diagonal <= 1e-3 * np.linalg.norm(z)
+    if not commutes or not np.max(shortfall) > np.max(np.abs(largest - 1)):
+        return None
+    worst = int(np.argmax(shortfall))
+    condition = eigenvalues[worst, -1] / max(eigenvalues[worst, 0], np.finfo(float).tiny)
+    return (
+        f"Z shares A's eigenvectors but its root of the smallest eigenvalue is "
+        f"{smallest[worst]:.3g} of the true one (of the largest: {largest[worst]:.3g}): an "
+        "iterative root (Newton-Schulz) that has not converged on this covariance (condition "
+        f"number {condition:.2g}); use more iterations or an eigendecomposition"
+    )
+
+
+NEGATED_LYAPUNOV = (
+    "a Lyapunov solver with the opposite sign convention (MATLAB's lyap and the authors' "
+    "sqrt_svd_lyap solve Z X + X Z = -C, so they expect -dL/dZ); negate the upstream gradient "
+    "before the solve, or drop the minus"
+)
+
+
+def explain_gradient(spec, layout, x, cotangent, gradient, expected, floor, error, allowed):
+    text = f"gradient differs from the reference VJP: relative error {error:.3g} > {allowed:.3g}"
+    if not np.all(np.isfinite(gradient)):
+        return f"{text}; {explain_non_finite(spec, layout, x, 'gradient')}"
+    if not np.any(gradient) and np.any(expected):
+        return f"{text}: the gradient is zero where the reference's is not; {NO_GRADIENT}"
+    tolerance = max(10 * allowed, 1e-3)
+
+    def close(actual, candidate):
+        return relative_error(actual, candidate, floor=floor) <= tolerance
+
+    causes = [
+        f"it is the gradient of a stage where {cause}"
+        for cause in deviations.matching_gradient(
+            spec.name, x, layout, cotangent, gradient, expected, close
+        )
+    ]
+    causes += [
+        cause
+        for candidate, cause in _gradient_mistakes(spec, x, cotangent)
+        if close(gradient, candidate)
+    ]
+    scale = _fitted_scale(gradient, expected, close)
+    if not causes and scale is not None:
+        sign = NEGATED_LYAPUNOV if spec.name == "sqrtm" else "the backward has the wrong sign"
+        causes.append(
+            f"the gradient is the reference's times -1: {sign}"
+            if abs(scale + 1) < 0.05
+            else f"the gradient is the reference's times {scale:.4g}: a missing or extra factor"
+        )
+    facts = degeneracy(spec.name, x)
+    if not causes and spec.name in ("sqrtm", "head") and facts.repeated_eigenvalues:
+        causes.append(f"wrong on {describe(spec.name, layout, x)}: {AUTODIFF_THROUGH_EIGH}")
+    if not causes and spec.approximate and error < 0.5:
+        causes.append("an iterative backward that has not converged would give an error like this")
+    text += ": " + "; also ".join(causes) if causes else ""
+    if spec.convention:
+        text += f" (compared up to the convention noted: {spec.convention})"
+    return text
+
+
+def _fitted_scale(actual, expected, close):
+    """c, a factor, with actual = c * expected, or None."""
+    denominator = float(np.sum(expected * expected))
+    if denominator == 0:
+        return None
+    scale = float(np.sum(actual * expected)) / denominator
+    return scale if close(actual, scale * expected) and abs(scale - 1) > _LEAST_FACTOR else None
+
+
+def _gradient_mistakes(spec, x, g):
+    """(gradient a known mistaken backward gives, cause) for the stage."""
+    if spec.name == "l2":
+        norms = np.linalg.norm(x.reshape(len(x), -1), axis=1).reshape(-1, 1, 1)
+        yield (
+            g / np.maximum(norms, 1e-12),
+            (
+                "the backward only rescales (g / ||y||) and drops the projection: the Jacobian of "
+                "y / ||y|| is (I - v v^T) / ||y||, so subtract v (v . g) / ||y||"
+            ),
+        )
+    if spec.name == "sqrtm":
+        a = (x + np.swapaxes(x, 1, 2)) / 2
+        solved = np.stack(
+            [scipy.linalg.solve_continuous_lyapunov(m, gi) for m, gi in zip(a, g, strict=True)]
+        )
+        yield (
+            (solved + np.swapaxes(solved, 1, 2)) / 2,
+            ("the Lyapunov equation is solved with A instead of Z = A^(1/2): solve Z X + X Z = dZ"),
+        )
