@@ -5,7 +5,8 @@ One adapter class per registry entry, keyed by the backend's name; the suites it
 and look the adapter up, so a new backend needs an adapter here and nothing else.
 
 TensorFlow callables are `tf.function`s (graph mode, as Keras runs `fit`); each is traced by the
-warm-up call that precedes every timing, so tracing is never timed.
+warm-up call that precedes every timing, so tracing is never timed. Autograph is off: nothing here
+branches on tensors, and autograph re-reads source files, which breaks when they change mid-run.
 """
 
 import importlib
@@ -83,7 +84,8 @@ class TorchAdapter:
         return run
 
     def memory(self, run, inputs):
-        """What one call of `run` keeps for its backward; on CUDA also its peak allocation.
+        """Call `run` once; return its result and what it keeps for its backward (on CUDA also
+        its peak allocation).
 
         saved_tensor_bytes: the bytes of the distinct storages autograd saves during the forward
         for the backward (captured with saved_tensors_hooks: exact and deterministic, the same
@@ -103,14 +105,14 @@ class TorchAdapter:
                 self.torch.cuda.synchronize()
                 baseline = self.torch.cuda.memory_allocated()
                 self.torch.cuda.reset_peak_memory_stats()
-                run()
+                result = run()
                 peak = self.torch.cuda.max_memory_allocated() - baseline
             else:
-                run()
+                result = run()
         info = {"saved_tensor_bytes": sum(n for p, n in saved.items() if p not in input_storages)}
         if self.device.type == "cuda":
             info["cuda_peak_bytes_above_inputs"] = peak
-        return info
+        return result, info
 
     def _train_step(self, model, inputs, labels):
         torch = self.torch
@@ -135,11 +137,10 @@ class TorchAdapter:
 
         def run():
             leaf = features.detach().requires_grad_(True)
-            head.zero_grad(set_to_none=True)
             loss = torch.nn.functional.cross_entropy(head(leaf), labels)
-            (grad,) = torch.autograd.grad(loss, leaf)
+            grads = torch.autograd.grad(loss, [leaf, *head.parameters()])
             self.synchronize()
-            return grad
+            return grads
 
         return run
 
@@ -188,14 +189,14 @@ class TensorFlowAdapter:
         return tf.matmul(u * s[..., None, :], u, transpose_b=True)
 
     def forward(self, root, a):
-        compiled = self.tf.function(root)
+        compiled = self.tf.function(root, autograph=False)
         return lambda: compiled(a)
 
     def forward_backward(self, root, a, cotangent):
         """A callable returning (Z, dL/dA) for L = <cotangent, root(A)>."""
         tf = self.tf
 
-        @tf.function
+        @tf.function(autograph=False)
         def step(a, cotangent):
             with tf.GradientTape() as tape:
                 tape.watch(a)
@@ -205,8 +206,8 @@ class TensorFlowAdapter:
         return lambda: step(a, cotangent)
 
     def memory(self, run, inputs):
-        """TensorFlow exposes no allocation counter for the CPU: nothing is measured."""
-        return {}
+        """Call `run` once. TensorFlow has no allocation counter for the CPU: no measurement."""
+        return run(), {}
 
     def _train_step(self, model, inputs, labels):
         import keras
@@ -214,7 +215,7 @@ class TensorFlowAdapter:
         tf = self.tf
         optimizer = keras.optimizers.SGD(learning_rate=TRAIN_LEARNING_RATE)
 
-        @tf.function
+        @tf.function(autograph=False)
         def step(inputs, labels):
             with tf.GradientTape() as tape:
                 logits = model(inputs, training=True)
@@ -234,7 +235,7 @@ class TensorFlowAdapter:
         head.build(features.shape)
         labels = tf.zeros(features.shape[0], dtype=tf.int64)
 
-        @tf.function
+        @tf.function(autograph=False)
         def step(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)

@@ -164,22 +164,24 @@ def inputs():
 
 @pytest.fixture
 def measure(benchmark, suite):
-    """Time `run` with pytest-benchmark and return the result of one untimed call.
+    """Time `run` with pytest-benchmark and return the result of an untimed call.
 
     The first call warms up (TensorFlow traces its graph, allocators and caches fill) and sizes
     the number of rounds; when it is shorter than the profile's time per case it may be mostly
     tracing, so a second call is timed for that. Rounds: enough to fill the time per case, at
     least the profile's minimum (2 for calls slower than SLOW_CALL_SECONDS), at most MAX_ROUNDS.
+    `first_call`, if given, makes that first call and returns (result, more extra_info): a
+    measurement that needs one instrumented call (memory) costs no extra call.
     """
     profile = suite.profile
 
-    def timed(run):
+    def timed(call):
         start = time.perf_counter()
-        result = run()
+        result = call()
         return result, time.perf_counter() - start
 
-    def run_measurement(run, group, extra_info):
-        result, seconds = timed(run)
+    def run_measurement(run, group, extra_info, first_call=None):
+        (result, first_info), seconds = timed(first_call or (lambda: (run(), {})))
         if seconds < profile.time_per_case:
             result, seconds = timed(run)
         min_rounds = profile.min_rounds
@@ -188,7 +190,8 @@ def measure(benchmark, suite):
         rounds = math.ceil(profile.time_per_case / max(seconds, 1e-9))
         rounds = min(max(rounds, min_rounds), MAX_ROUNDS)
         benchmark.group = group
-        benchmark.extra_info.update(extra_info, device=suite.device, profile=profile.name)
+        benchmark.extra_info.update(extra_info, **first_info)
+        benchmark.extra_info.update(device=suite.device, profile=profile.name)
         benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
         return result
 

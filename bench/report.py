@@ -25,7 +25,9 @@ _MODES = {"forward": "forward", "forward_backward": "forward+backward"}
 @dataclasses.dataclass
 class Entry:
     info: dict
-    median: float
+    #: The fastest round: on a shared machine other work only ever adds time, so the minimum is
+    #: the least disturbed estimate of a method's own cost.
+    seconds: float
 
 
 class Results:
@@ -36,7 +38,7 @@ class Results:
         self.path = pathlib.Path(path)
         self.metadata = data["ibp_metadata"]
         self.not_run = data.get("not_run", [])
-        self.entries = [Entry(b["extra_info"], b["stats"]["median"]) for b in data["benchmarks"]]
+        self.entries = [Entry(b["extra_info"], b["stats"]["min"]) for b in data["benchmarks"]]
         self.device = self.metadata["device"]
         self.profile = get_profile(self.metadata["profile"], self.device)
         self.headline = self.profile.headline
@@ -50,9 +52,9 @@ class Results:
         matches = self.find(**criteria)
         return matches[0] if len(matches) == 1 else None
 
-    def median(self, **criteria):
+    def seconds(self, **criteria):
         entry = self.one(**criteria)
-        return None if entry is None else entry.median
+        return None if entry is None else entry.seconds
 
     def sqrtm(self, backend, mode, cell, variant):
         options = {"method": variant.method, "num_iters": variant.num_iters}
@@ -118,10 +120,12 @@ def target_rows(results):
     """(what, measured, target, verdict) for the project's CPU targets at the headline cell."""
     cell = results.headline
     rows = []
-    scipy_fb = results.median(kind="sqrtm", backend="scipy", mode="forward_backward", **cell.info())
+    scipy_fb = results.seconds(
+        kind="sqrtm", backend="scipy", mode="forward_backward", **cell.info()
+    )
     for backend in results.backends(kind="sqrtm", anchor=None):
         ours = results.sqrtm(backend, "forward_backward", cell, DEFAULT_VARIANT)
-        speedup = _ratio(scipy_fb, ours and ours.median)
+        speedup = _ratio(scipy_fb, ours and ours.seconds)
         rows.append(
             (
                 f"{backend} default ({DEFAULT_VARIANT.label}) forward+backward vs SciPy",
@@ -130,11 +134,11 @@ def target_rows(results):
                 _verdict(None if speedup is None else speedup >= TARGET_SPEEDUP_OVER_SCIPY),
             )
         )
-    tf_linalg = results.median(
+    tf_linalg = results.seconds(
         kind="sqrtm", backend="tf", method="tf.linalg.sqrtm", mode="forward", **cell.info()
     )
     tf_default = results.sqrtm("tf", "forward", cell, _forward_variant(DEFAULT_VARIANT))
-    speedup = _ratio(tf_linalg, tf_default and tf_default.median)
+    speedup = _ratio(tf_linalg, tf_default and tf_default.seconds)
     rows.append(
         (
             f"TF default ({DEFAULT_VARIANT.label}) forward vs tf.linalg.sqrtm forward",
@@ -176,7 +180,7 @@ def _forward_variant(variant):
 
 
 def tf_over_torch(results):
-    """{mode + method label: TF median / torch median} at the headline cell."""
+    """{mode + method label: TF time / torch time} at the headline cell."""
     cell = results.headline
     slowdowns = {}
     for mode in _MODES:
@@ -186,7 +190,7 @@ def tf_over_torch(results):
             variant = _variant_of(entry.info)
             tf_entry = results.sqrtm("tf", mode, cell, variant)
             if tf_entry is not None:
-                slowdowns[f"{_MODES[mode]} {variant.label}"] = tf_entry.median / entry.median
+                slowdowns[f"{_MODES[mode]} {variant.label}"] = tf_entry.seconds / entry.seconds
     return slowdowns
 
 
@@ -204,8 +208,8 @@ def auto_recommendation(results, backend):
     """The fastest time-to-accuracy entry that reaches the target, and all candidates."""
     candidates = results.find(kind="sqrtm_time_to_accuracy", backend=backend)
     reaching = [e for e in candidates if e.info.get("reaches_target")]
-    best = min(reaching, key=lambda e: e.median) if reaching else None
-    return best, sorted(candidates, key=lambda e: e.median)
+    best = min(reaching, key=lambda e: e.seconds) if reaching else None
+    return best, sorted(candidates, key=lambda e: e.seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +229,7 @@ def time_to_accuracy_table(results):
                     info.get("num_iters") or "-",
                     _format_error(info.get("forward_error")),
                     _format_error(info.get("backward_error")),
-                    _time_cell(results, entry.median, best and best.median),
+                    _time_cell(results, entry.seconds, best and best.seconds),
                     "yes" if info.get("reaches_target") else "no",
                 )
             )
@@ -260,7 +264,9 @@ def speed_accuracy_rows(results):
     is a GPU run), errors and saved bytes."""
     cell = results.headline
     baseline = {
-        mode: results.median(kind="sqrtm", backend="torch", mode=mode, method="eigh", **cell.info())
+        mode: results.seconds(
+            kind="sqrtm", backend="torch", mode=mode, method="eigh", **cell.info()
+        )
         for mode in _MODES
     }
     rows = []
@@ -280,11 +286,11 @@ def speed_accuracy_rows(results):
                 "method": info["method"],
                 "num_iters": info.get("num_iters"),
                 "backward": info.get("backward"),
-                "forward_time": forward and forward.median,
-                "forward_relative": _ratio(forward and forward.median, baseline["forward"]),
+                "forward_time": forward and forward.seconds,
+                "forward_relative": _ratio(forward and forward.seconds, baseline["forward"]),
                 "forward_error": info.get("forward_error"),
-                "time": entry.median,
-                "relative": _ratio(entry.median, baseline["forward_backward"]),
+                "time": entry.seconds,
+                "relative": _ratio(entry.seconds, baseline["forward_backward"]),
                 "backward_error": info.get("backward_error"),
                 "saved_bytes": info.get("saved_tensor_bytes"),
                 "cuda_peak_bytes": info.get("cuda_peak_bytes_above_inputs"),
@@ -329,7 +335,7 @@ def speed_accuracy_table(results):
 
 def grid_table(results, mode, dtype):
     """Rows: backend and method; columns: sizes. Ratios to torch eigh in the same cell (CPU), or
-    absolute medians (GPU)."""
+    absolute timings (GPU)."""
     entries = [
         e for e in results.find(kind="sqrtm", mode=mode, dtype=dtype) if "channels" in e.info
     ]
@@ -339,13 +345,13 @@ def grid_table(results, mode, dtype):
     rows = {}
     for entry in entries:
         key = (entry.info["backend"], _label(entry.info))
-        rows.setdefault(key, {})[(entry.info["channels"], entry.info["batch"])] = entry.median
+        rows.setdefault(key, {})[(entry.info["channels"], entry.info["batch"])] = entry.seconds
     baseline = rows.get(("torch", "eigh"), {})
     body = []
-    for (backend, label), medians in sorted(rows.items()):
+    for (backend, label), timings in sorted(rows.items()):
         values = []
         for cell in cells:
-            seconds = medians.get(cell)
+            seconds = timings.get(cell)
             if results.absolute:
                 values.append(_format_seconds(seconds))
             else:
@@ -359,7 +365,7 @@ def scipy_speedup_series(results):
     """{(backend, label): [(C, SciPy time / time)]} for forward+backward at the headline batch."""
     batch = results.headline.batch
     scipy = {
-        e.info["channels"]: e.median
+        e.info["channels"]: e.seconds
         for e in results.find(kind="sqrtm", backend="scipy", mode="forward_backward", batch=batch)
     }
     series = {}
@@ -368,7 +374,7 @@ def scipy_speedup_series(results):
         if entry.info["backend"] == "scipy" or channels not in scipy:
             continue
         key = (entry.info["backend"], _label(entry.info))
-        series.setdefault(key, []).append((channels, scipy[channels] / entry.median))
+        series.setdefault(key, []).append((channels, scipy[channels] / entry.seconds))
     return {key: sorted(points) for key, points in series.items()}
 
 
@@ -409,15 +415,15 @@ def head_table(results):
     entries = results.find(kind="head")
     if not entries:
         return None
-    baseline = results.median(kind="head", backend="torch", method="eigh")
+    baseline = results.seconds(kind="head", backend="torch", method="eigh")
     rows = {}
     for entry in entries:
-        rows.setdefault(_label(entry.info), {})[entry.info["backend"]] = entry.median
+        rows.setdefault(_label(entry.info), {})[entry.info["backend"]] = entry.seconds
     backends = sorted({e.info["backend"] for e in entries})
     body = []
-    for label, medians in sorted(rows.items()):
-        values = [_time_cell(results, medians.get(b), baseline) for b in backends]
-        tf_over_torch_value = _ratio(medians.get("tf"), medians.get("torch"))
+    for label, timings in sorted(rows.items()):
+        values = [_time_cell(results, timings.get(b), baseline) for b in backends]
+        tf_over_torch_value = _ratio(timings.get("tf"), timings.get("torch"))
         body.append((label, *values, _format_ratio(tf_over_torch_value)))
     unit = "" if results.absolute else " (time / torch eigh)"
     return _table(("method", *(f"{b}{unit}" for b in backends), "tf / torch"), body)
@@ -432,12 +438,12 @@ def train_step_table(results):
     for entry in entries:
         groups.setdefault((entry.info.get("model"), entry.info.get("image_side")), []).append(entry)
     for (model, side), members in sorted(groups.items(), key=str):
-        torch_median = next((e.median for e in members if e.info["backend"] == "torch"), None)
+        torch_seconds = next((e.seconds for e in members if e.info["backend"] == "torch"), None)
         for entry in sorted(members, key=lambda e: e.info["backend"]):
             time_cell = (
-                _format_seconds(entry.median)
+                _format_seconds(entry.seconds)
                 if results.absolute
-                else _format_ratio(_ratio(entry.median, torch_median)) + " of torch"
+                else _format_ratio(_ratio(entry.seconds, torch_seconds)) + " of torch"
             )
             body.append(
                 (
@@ -457,7 +463,7 @@ def matmul_floor_tables(results):
     body = []
     for entry in results.find(kind="matmul"):
         info = entry.info
-        rate = info["matmul_flops"] / entry.median
+        rate = info["matmul_flops"] / entry.seconds
         rates[(info["precision"], info["shape"])] = rate
         shape = f"{info['batch']} x ({info['channels']}^2 @ {info['channels']}^2)"
         body.append((info["precision"], shape, f"{rate / 1e12:.3g} TFLOP/s"))
@@ -480,8 +486,8 @@ def matmul_floor_tables(results):
                 _MODES[entry.info["mode"]],
                 f"C={entry.info['channels']} B={entry.info['batch']}",
                 f"{flops / 1e9:.3g} GFLOP",
-                _format_seconds(entry.median),
-                *(_format_ratio(_ratio(entry.median, floor)) for floor in floors),
+                _format_seconds(entry.seconds),
+                *(_format_ratio(_ratio(entry.seconds, floor)) for floor in floors),
             )
         )
     floor_table = _table(
@@ -564,7 +570,7 @@ def plot_pareto(results, path):
                     fontsize=7,
                     color=line.get_color(),
                 )
-    torch_eigh = results.median(
+    torch_eigh = results.seconds(
         kind="sqrtm",
         backend="torch",
         mode="forward_backward",
@@ -573,7 +579,7 @@ def plot_pareto(results, path):
         **results.headline.info(),
     )
     for entry in results.find(kind="sqrtm_time_to_accuracy"):
-        seconds = entry.median if results.absolute else _ratio(entry.median, torch_eigh)
+        seconds = entry.seconds if results.absolute else _ratio(entry.seconds, torch_eigh)
         if seconds is None:
             continue
         right.scatter(
@@ -666,7 +672,7 @@ def _environment(results):
             f"{meta['threads'].get('os_cpu_count')} CPUs (other work on the machine skews ratios)",
             f"- timing: at least {meta['min_rounds']} rounds (2 for calls over 2 s) or "
             f"{meta['time_per_case_s']} s of rounds per case, after one warm-up call; "
-            "medians are compared",
+            "timings are compared",
         ]
     )
 
@@ -686,7 +692,7 @@ def _recommendation_text(results):
             continue
         others = [e for e in candidates if e is not best and e.info.get("reaches_target")]
         margin = (
-            f", {_format_ratio(others[0].median / best.median)} faster than the next "
+            f", {_format_ratio(others[0].seconds / best.seconds)} faster than the next "
             f"({_label(others[0].info)})"
             if others
             else ""
@@ -699,7 +705,7 @@ def _recommendation_text(results):
         if fastest is not best:
             lines.append(
                 f"  Faster still but short of the target: {_label(fastest.info)} "
-                f"({_format_ratio(best.median / fastest.median)} faster; forward error "
+                f"({_format_ratio(best.seconds / fastest.seconds)} faster; forward error "
                 f"{_format_error(fastest.info.get('forward_error'))}, backward error "
                 f"{_format_error(fastest.info.get('backward_error'))})."
             )
@@ -783,7 +789,7 @@ def render(all_results, plots):
         for dtype in ("float32", "float64"):
             for mode, title in _MODES.items():
                 grid = grid_table(results, mode, dtype)
-                unit = "median time" if results.absolute else "time / torch eigh in the same column"
+                unit = "time" if results.absolute else "time / torch eigh in the same column"
                 _section(f"sqrtm {title}, {dtype} ({unit})", grid, lines)
         _section(
             f"Saved for backward, B={cell.batch}, float32 (torch)", memory_table(results), lines

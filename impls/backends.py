@@ -62,8 +62,10 @@ class TorchBackend(_Backend):
         return torch.as_tensor(np.ascontiguousarray(array)).to(getattr(torch, dtype))
 
     def numpy(self, tensor):
-        return tensor.detach().cpu().float().numpy() if tensor.dtype.itemsize < 4 else (
-            tensor.detach().cpu().numpy()
+        return (
+            tensor.detach().cpu().float().numpy()
+            if tensor.dtype.itemsize < 4
+            else (tensor.detach().cpu().numpy())
         )
 
     def value_and_vjp(self, fn, inputs, cotangent):
@@ -71,14 +73,17 @@ class TorchBackend(_Backend):
         torch = self.fw
         leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
         out = fn(*leaves)
+        if not out.requires_grad:  # detached, or computed outside autograd
+            return self.numpy(out), [None] * len(leaves)
         g = torch.as_tensor(np.asarray(cotangent), dtype=out.dtype)
         grads = torch.autograd.grad(out, leaves, g, allow_unused=True)
         return self.numpy(out), [None if d is None else self.numpy(d) for d in grads]
 
     def check_gradient(self, fn, x):
         """torch.autograd.gradcheck of fn at the float64 tensor x (raises on a mismatch)."""
-        self.fw.autograd.gradcheck(fn, (x.detach().clone().requires_grad_(True),), eps=1e-6,
-                                   atol=1e-6, rtol=1e-4)
+        self.fw.autograd.gradcheck(
+            fn, (x.detach().clone().requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-4
+        )
 
 
 class TensorFlowBackend(_Backend):

@@ -36,7 +36,8 @@ def check_square_batch(shape, name="matrix"):
     shape = tuple(shape)
     if len(shape) != 3:
         raise IBPInputError(
-            f"expected a batch of square matrices (B, C, C), got rank {len(shape)} with shape {shape}"
+            "expected a batch of square matrices (B, C, C), "
+            f"got rank {len(shape)} with shape {shape}"
         )
     if shape[1] is not None and shape[2] is not None and shape[1] != shape[2]:
         raise IBPInputError(f"{name} must be square, got shape {shape} ({shape[1]} x {shape[2]})")
@@ -44,7 +45,9 @@ def check_square_batch(shape, name="matrix"):
 
 def check_choice(value, choices, name):
     if value not in choices:
-        raise IBPInputError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+        raise IBPInputError(
+            f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}"
+        )
 
 
 NON_FINITE_MESSAGE = "{name} holds non-finite values (NaN or inf)"

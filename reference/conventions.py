@@ -3,11 +3,12 @@
 They are not physics: each is a choice that changes numbers, so it is made once, here.
 """
 
-#: eps * I added to the covariance; keeps the square root's gradient finite on rank-deficient input.
+#: eps * I added to the covariance: keeps the square root's gradient finite on rank-deficient
+#: input.
 DEFAULT_EPS = 1e-5
 
-#: delta in y = sign(z) * (sqrt(|z| + delta) - sqrt(delta)): the slope at z = 0 is 1 / (2 sqrt(delta))
-#: instead of infinity, and y stays continuous and odd (the authors' regulariser value).
+#: delta in y = sign(z) * (sqrt(|z| + delta) - sqrt(delta)): the slope at z = 0 is
+#: 1 / (2 sqrt(delta)) instead of infinity, and y stays continuous and odd (the authors' value).
 SIGNED_SQRT_DELTA = 1e-5
 
 #: Floor of the L2 norm: an all-zero vector maps to zero instead of NaN.
@@ -21,9 +22,9 @@ DEFAULT_NEWTON_SCHULZ_ITERATIONS = 20
 #: on covariances of 28x28 ReLU feature maps plus DEFAULT_EPS, C = 64 and 512 (a test holds it).
 NEWTON_SCHULZ_STATED_ACCURACY = 1e-4
 
-#: sqrtm is defined on the symmetric part (A + A^T) / 2 of its input, and its gradient is the symmetric
-#: part of the Lyapunov solution. Covariances are symmetric, so nothing changes for them, but every
-#: entry of the input then has a well-defined derivative that finite differences confirm.
+#: sqrtm is defined on the symmetric part (A + A^T) / 2 of its input, and its gradient is the
+#: symmetric part of the Lyapunov solution. Covariances are symmetric, so nothing changes for them,
+#: but every entry of the input then has a derivative that finite differences confirm.
 SQRTM_METHODS = ("auto", "eigh", "newton_schulz")
 #: "auto" is the fastest method measured to meet AUTO_STATED_ACCURACY on the device at hand
 #: (results/BENCHMARKS.md). CPU: eigh with the eigendecomposition in float64, since float32

@@ -7,8 +7,8 @@ Each `*_vjp(inputs..., g)` returns the gradient of <g, stage(inputs...)> with re
 import numpy as np
 import scipy.linalg
 
-from reference.conventions import DEFAULT_EPS, L2_NORM_FLOOR, SIGNED_SQRT_DELTA
 from reference.contracts import IBPInputError, check_feature_map, check_square_batch
+from reference.conventions import DEFAULT_EPS, L2_NORM_FLOOR, SIGNED_SQRT_DELTA
 
 
 def _float64(x, name):
@@ -54,14 +54,17 @@ def sqrtm_vjp(z, g):
     """Symmetric part of X solving Z X + X Z = G per sample (Z = sqrtm(A), the forward's output)."""
     z = np.asarray(z, dtype=np.float64)
     g = np.asarray(g, dtype=np.float64)
-    x = np.stack([scipy.linalg.solve_continuous_lyapunov(zi, gi) for zi, gi in zip(z, g)])
+    x = np.stack(
+        [scipy.linalg.solve_continuous_lyapunov(zi, gi) for zi, gi in zip(z, g, strict=True)]
+    )
     return _symmetric_part(x)
 
 
 def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
     """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)): continuous, odd, finite slope at 0."""
     z = np.asarray(z, dtype=np.float64)
-    return np.sign(z) * (np.sqrt(np.abs(z) + delta) - np.sqrt(delta))
+    # The same function spelled without cancellation: |z| << delta keeps every digit.
+    return z / (np.sqrt(np.abs(z) + delta) + np.sqrt(delta))
 
 
 def signed_sqrt_vjp(z, g, delta=SIGNED_SQRT_DELTA):

@@ -9,8 +9,9 @@ import reference
 def test_head_with_classifier_matches_reference(backend):
     rng = np.random.default_rng(0)
     x = rng.random((3, 4, 5, 5))
-    head = backend.impl.IBPHead(in_channels=4, num_classes=2, **(
-        {"dtype": "float64"} if backend.name == "tf" else {}))
+    head = backend.impl.IBPHead(
+        in_channels=4, num_classes=2, **({"dtype": "float64"} if backend.name == "tf" else {})
+    )
     if backend.name == "torch":
         head = head.double()
     logits = backend.numpy(head(backend.feature_map(x)))
@@ -44,22 +45,32 @@ def test_keras_model_trains_in_graph_mode_and_reloads(tmp_path, method):
     assert np.isfinite(history.history["loss"][0])
     after = [w.numpy() for w in model.trainable_weights]
     assert all(np.all(np.isfinite(w)) for w in after)
-    assert all(not np.array_equal(b, a) for b, a in zip(before, after)), "a weight did not train"
+    assert all(not np.array_equal(b, a) for b, a in zip(before, after, strict=True)), (
+        "a weight did not train"
+    )
 
     path = tmp_path / "ibp.keras"
     model.save(path)
     reloaded = keras.saving.load_model(path)
     assert reloaded.layers[-1].get_config() == model.layers[-1].get_config()
-    np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6
+    )
 
 
 def test_keras_head_config_round_trip():
     pytest.importorskip("tensorflow")
     import impls.tf as ibp_tf
 
-    head = ibp_tf.IBPHead(in_channels=5, num_classes=4, eps=1e-3, method="newton_schulz",
-                          num_iters=9, backward="autograd", delta=1e-4)
+    head = ibp_tf.IBPHead(
+        in_channels=5,
+        num_classes=4,
+        eps=1e-3,
+        method="newton_schulz",
+        num_iters=9,
+        backward="autograd",
+        delta=1e-4,
+    )
     clone = ibp_tf.IBPHead.from_config(head.get_config())
     assert clone.get_config() == head.get_config()
 

@@ -53,6 +53,9 @@ TORCH_SIGNED_SQRT = """
 
     def signed_sqrt_without_regulariser(z):
         return torch.sign(z) * torch.sqrt(z.abs())
+
+    def signed_sqrt_detached(z):
+        return signed_sqrt(z.detach())
 """
 
 
@@ -156,9 +159,12 @@ def test_json_report_schema(capsys):
     assert failed["error"] > failed["tolerance"] and len(failed["counterexample_shape"]) == 3
 
 
-def test_forward_only_skips_the_gradient(capsys):
-    target = "impls.testing.bug_catalogue.tf_correct:pool_einsum"
-    assert check.main(["pool", target, "--forward-only", "--json", *FAST_CLI]) == 0
+def test_a_detached_output_has_no_gradient_unless_forward_only(tmp_path, capsys):
+    target = f"{_write(tmp_path, TORCH_SIGNED_SQRT)}:signed_sqrt_detached"
+    assert check.main(["signed-sqrt", target, "--json", *FAST_CLI]) == 1
+    results = {r["name"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert "no gradient reaches the input" in results["gradient"]["diagnosis"]
+    assert check.main(["signed-sqrt", target, "--forward-only", "--json", *FAST_CLI]) == 0
     results = {r["name"]: r for r in json.loads(capsys.readouterr().out)["results"]}
     assert results["gradient"]["status"] == "SKIP"
 

@@ -34,9 +34,7 @@ def test_error_falls_with_iterations(backend, case, backward):
 
 @pytest.mark.parametrize("backward", BACKWARDS)
 def test_default_iterations_meet_stated_accuracy(backend, case, backward):
-    forward, backward_error = sqrtm_errors(
-        backend, case, method="newton_schulz", backward=backward
-    )
+    forward, backward_error = sqrtm_errors(backend, case, method="newton_schulz", backward=backward)
     assert forward <= NEWTON_SCHULZ_STATED_ACCURACY, (DEFAULT_NEWTON_SCHULZ_ITERATIONS, forward)
     assert backward_error <= NEWTON_SCHULZ_STATED_ACCURACY, backward_error
 

@@ -64,7 +64,11 @@ def test_head_vjp(x):
 
 def test_linear_vjp():
     rng = np.random.default_rng(1)
-    v, weight, bias = rng.standard_normal((3, 4, 4)), rng.standard_normal((5, 16)), rng.standard_normal(5)
+    v, weight, bias = (
+        rng.standard_normal((3, 4, 4)),
+        rng.standard_normal((5, 16)),
+        rng.standard_normal(5),
+    )
     g = rng.standard_normal((3, 5))
     dv, dweight, dbias = reference.linear_vjp(v, weight, g)
     np.testing.assert_allclose(
@@ -80,8 +84,11 @@ def test_linear_vjp():
 def test_pool_is_the_per_sample_covariance(x):
     b, c, h, w = x.shape
     expected = np.stack(
-        [sum(np.outer(x[s, :, i, j], x[s, :, i, j]) for i in range(h) for j in range(w)) / (h * w)
-         for s in range(b)]
+        [
+            sum(np.outer(x[s, :, i, j], x[s, :, i, j]) for i in range(h) for j in range(w))
+            / (h * w)
+            for s in range(b)
+        ]
     )
     np.testing.assert_allclose(reference.bilinear_pool(x, eps=0.0), expected, atol=1e-14)
 

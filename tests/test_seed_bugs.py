@@ -99,7 +99,9 @@ def covariance_batch():
 def test_batch_summed_pool_fails_independence(backend, feature_map):
     buggy = BUGGY["batch-summed pool"][backend.name]
     with pytest.raises(properties.PropertyViolation, match="mixes samples across the batch"):
-        properties.check_per_sample_independence(backend, STAGES["pool"], buggy, feature_map, "float64")
+        properties.check_per_sample_independence(
+            backend, STAGES["pool"], buggy, feature_map, "float64"
+        )
     with pytest.raises(properties.PropertyViolation, match="differs from the reference"):
         properties.check_reference_agreement(backend, STAGES["pool"], buggy, feature_map, "float64")
 

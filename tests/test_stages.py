@@ -75,7 +75,9 @@ def test_finite_on_degenerate_input(backend, stage, dtype, data):
 @given(a=spd_batches())
 def test_root_squares_to_input(backend, options, a):
     spec = STAGES["sqrtm"]
-    properties.check_square_root(backend, spec.implementation(backend, **options), a, "float64", spec)
+    properties.check_square_root(
+        backend, spec.implementation(backend, **options), a, "float64", spec
+    )
 
 
 @pytest.mark.parametrize("options", SQRTM_OPTIONS.values(), ids=SQRTM_OPTIONS)

@@ -1,1 +1,1 @@
-"""What tests, `ibp-check` and benchmarks share: input generators, strategies, tolerances, properties."""
+"""What tests, `ibp-check` and benchmarks share: inputs, strategies, tolerances, properties."""

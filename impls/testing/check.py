@@ -45,7 +45,8 @@ def _positive(kind):
 def parser():
     arguments = argparse.ArgumentParser(
         prog="ibp-check",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example: ibp-check sqrtm my_layers.py:matrix_sqrt --framework torch",
     )
     arguments.add_argument("stage", metavar="STAGE", choices=sorted(STAGES), help=", ".join(STAGES))

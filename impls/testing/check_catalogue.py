@@ -100,6 +100,8 @@ def markdown(summary, bugs, correct, settings, metadata):
         verdict = (
             "**false alarm**: " + ", ".join(o.failed_properties) if o.failed_properties else "pass"
         )
+        if o.notes:
+            verdict += ", with a note: " + "; ".join(o.notes).replace("|", "\\|")
         lines.append(f"| {o.name} | {o.stage} | {o.framework} | {verdict} |")
     return "\n".join(lines) + "\n"
 

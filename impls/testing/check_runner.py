@@ -23,8 +23,8 @@ from impls.testing.strategies import batch_sizes, register_check_profile
 from impls.testing.tolerances import APPROXIMATION_BUDGET
 
 #: Largest channel count drawn, and examples per property, when the user names none: a stage check
-#: stays under a minute on two CPU cores with TensorFlow eager (the slowest catalogued layer takes
-#: ~25 s, results/ibp_check.json).
+#: stays under a minute on two CPU cores with TensorFlow eager (the slowest catalogued layer took
+#: 9 s, and 25 s with the cores shared with other work: results/ibp_check.json).
 DEFAULT_MAX_CHANNELS = 8
 DEFAULT_MAX_EXAMPLES = 50
 #: Time a property may spend; past it, the search stops and a failure found so far is reported.

@@ -56,21 +56,13 @@ class Measurement(NamedTuple):
     allowed: float
 
 
-class _Disconnected(Exception):
-    """The output has no autodiff graph back to the input (a PyTorch tensor without grad_fn)."""
-
-    def __init__(self, output):
-        super().__init__()
-        self.output = output
-
-
 def to_native(backend, spec, x, dtype):
     if spec.input_kind == FEATURE_MAP:
         return backend.feature_map(x, dtype)
     return backend.tensor(x, dtype)
 
 
-def _checked(backend, spec, fn, x, dtype, differentiating):
+def _checked(backend, spec, fn, x):
     """fn with its output checked against the shape contract, as a tensor of (B, C*C) for a head."""
 
     def call(tensor):
@@ -87,8 +79,6 @@ def _checked(backend, spec, fn, x, dtype, differentiating):
             )
         if spec.flat_output:
             out = backend.fw.reshape(out, spec.output_shape(x.shape))
-        if differentiating and getattr(out, "requires_grad", True) is False:
-            raise _Disconnected(out)
         return out
 
     return call
@@ -97,15 +87,13 @@ def _checked(backend, spec, fn, x, dtype, differentiating):
 def run(backend, spec, fn, x, dtype, cotangent=None):
     """fn on x (NumPy, reference layout) -> (output, gradient of <cotangent, output> or None)."""
     native = to_native(backend, spec, x, dtype)
-    call = _checked(backend, spec, fn, x, dtype, cotangent is not None)
+    call = _checked(backend, spec, fn, x)
     try:
         if cotangent is None:
             return backend.numpy(call(native)), None
         out, (grad,) = backend.value_and_vjp(call, [native], cotangent)
     except PropertyViolation:
         raise
-    except _Disconnected as disconnected:
-        return backend.numpy(disconnected.output), None
     except Exception as error:
         raise PropertyViolation(
             functools.partial(explain.explain_exception, error, dtype)

@@ -34,6 +34,7 @@ def load_profile():
 seeds = st.integers(0, 2**32 - 1)
 batch_sizes = st.integers(1, 4)
 channel_counts = st.integers(1, 12)
+map_sides = st.integers(1, 5)
 
 #: Spectrum shapes the square root and its Lyapunov backward must survive.
 SPECTRUM_KINDS = ("log_uniform", "clustered", "repeated", "zeros_before_eps")
@@ -71,7 +72,7 @@ def spd_batches(
 
 
 @st.composite
-def feature_maps(draw, channels=channel_counts, batch=batch_sizes, sides=st.integers(1, 5)):
+def feature_maps(draw, channels=channel_counts, batch=batch_sizes, sides=map_sides):
     """Channels-first (B, C, H, W) ReLU feature maps, often with N = H*W < C and dead channels."""
     rng = np.random.default_rng(draw(seeds))
     c, b, h, w = draw(channels), draw(batch), draw(sides), draw(sides)
@@ -126,7 +127,6 @@ def realistic_feature_maps(draw, channels=channel_counts, batch=batch_sizes, sid
 
 #: Dead channels need a live one beside them.
 channel_counts_with_dead = st.integers(2, 12)
-map_sides = st.integers(1, 5)
 
 
 @st.composite

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from impls.tf.stages import bilinear_pool, compute_dtype, l2_normalize, signed_sqrt, sqrtm
+from reference.contracts import check_choice, check_feature_map
 from reference.conventions import (
     DEFAULT_EPS,
     DEFAULT_NEWTON_SCHULZ_BACKWARD,
@@ -13,7 +14,6 @@ from reference.conventions import (
     SIGNED_SQRT_DELTA,
     SQRTM_METHODS,
 )
-from reference.contracts import check_choice, check_feature_map
 
 
 @keras.saving.register_keras_serializable(package="ibp")

@@ -3,6 +3,13 @@
 import numpy as np
 import tensorflow as tf
 
+from reference.contracts import (
+    NON_FINITE_MESSAGE,
+    IBPInputError,
+    check_choice,
+    check_feature_map,
+    check_square_batch,
+)
 from reference.conventions import (
     DEFAULT_EPS,
     DEFAULT_NEWTON_SCHULZ_BACKWARD,
@@ -12,13 +19,6 @@ from reference.conventions import (
     NEWTON_SCHULZ_BACKWARDS,
     SIGNED_SQRT_DELTA,
     SQRTM_METHODS,
-)
-from reference.contracts import (
-    NON_FINITE_MESSAGE,
-    IBPInputError,
-    check_choice,
-    check_feature_map,
-    check_square_batch,
 )
 
 _HALF_DTYPES = (tf.float16, tf.bfloat16)
@@ -186,7 +186,8 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
         def grad(g):
             return g / (2 * tf.sqrt(tf.abs(z) + delta))
 
-        return tf.sign(z) * (tf.sqrt(tf.abs(z) + delta) - delta**0.5), grad
+        # sign(z) (sqrt(|z| + delta) - sqrt(delta)) spelled without cancellation for |z| << delta
+        return z / (tf.sqrt(tf.abs(z) + delta) + delta**0.5), grad
 
     return tf.cast(signed_root(tf.cast(z, _compute_dtype(z))), z.dtype)
 

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from impls.torch.stages import bilinear_pool, compute_dtype, l2_normalize, signed_sqrt, sqrtm
+from reference.contracts import IBPInputError, check_choice, check_feature_map
 from reference.conventions import (
     DEFAULT_EPS,
     DEFAULT_NEWTON_SCHULZ_BACKWARD,
@@ -13,7 +14,6 @@ from reference.conventions import (
     SIGNED_SQRT_DELTA,
     SQRTM_METHODS,
 )
-from reference.contracts import IBPInputError, check_choice, check_feature_map
 
 
 class IBPHead(nn.Module):
@@ -35,7 +35,9 @@ class IBPHead(nn.Module):
     ):
         super().__init__()
         if in_channels is None or in_channels < 1:
-            raise IBPInputError(f"in_channels must be a positive channel count, got {in_channels!r}")
+            raise IBPInputError(
+                f"in_channels must be a positive channel count, got {in_channels!r}"
+            )
         check_choice(method, SQRTM_METHODS, "sqrtm method")
         check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
         self.in_channels = in_channels

@@ -3,6 +3,13 @@
 import torch
 from torch.autograd.function import once_differentiable
 
+from reference.contracts import (
+    NON_FINITE_MESSAGE,
+    IBPInputError,
+    check_choice,
+    check_feature_map,
+    check_square_batch,
+)
 from reference.conventions import (
     DEFAULT_EPS,
     DEFAULT_NEWTON_SCHULZ_BACKWARD,
@@ -12,13 +19,6 @@ from reference.conventions import (
     NEWTON_SCHULZ_BACKWARDS,
     SIGNED_SQRT_DELTA,
     SQRTM_METHODS,
-)
-from reference.contracts import (
-    NON_FINITE_MESSAGE,
-    IBPInputError,
-    check_choice,
-    check_feature_map,
-    check_square_batch,
 )
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -167,7 +167,8 @@ class _SignedSqrt(torch.autograd.Function):
     def forward(ctx, z, delta):
         ctx.delta = delta
         ctx.save_for_backward(z)
-        return torch.sign(z) * (torch.sqrt(z.abs() + delta) - delta**0.5)
+        # sign(z) (sqrt(|z| + delta) - sqrt(delta)) spelled without cancellation for |z| << delta
+        return z / (torch.sqrt(z.abs() + delta) + delta**0.5)
 
     @staticmethod
     def backward(ctx, g):

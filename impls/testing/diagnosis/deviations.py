@@ -222,12 +222,19 @@ def _flat(array):
     return np.asarray(array, dtype=np.float64).reshape(-1)
 
 
+def match_threshold(allowed):
+    """How close an output must come to a mistake's to be explained by it: ten times the
+    tolerance, but never looser than 5 % (a user's --tolerance may be loose) nor tighter than 1e-3
+    (the float64 tolerance would demand that the user repeat the mistake to round-off)."""
+    return min(max(10 * allowed, 1e-3), 0.05)
+
+
 def explains(actual, candidate, allowed, up_to_scale=False):
     """actual = candidate (or c * candidate, one scalar c within three decades of 1: a sum for a
-    mean, a missing 1/N) to max(10 * allowed, 1e-3) relative."""
+    mean, a missing 1/N) to match_threshold(allowed) relative."""
     norm = np.linalg.norm(candidate)
     if norm == 0 or not np.all(np.isfinite(actual)):
         return False
     scale = float(actual @ candidate) / norm**2 if up_to_scale else 1.0
     residual = np.linalg.norm(actual - scale * candidate) / max(np.linalg.norm(actual), 1e-300)
-    return 1e-3 <= abs(scale) <= 1e3 and residual <= max(10 * allowed, 1e-3)
+    return 1e-3 <= abs(scale) <= 1e3 and residual <= match_threshold(allowed)

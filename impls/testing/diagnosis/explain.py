@@ -266,7 +266,7 @@ def explain_gradient(spec, layout, x, cotangent, gradient, expected, floor, erro
         return f"{text}; {explain_non_finite(spec, layout, x, 'gradient')}"
     if not np.any(gradient) and np.any(expected):
         return f"{text}: the gradient is zero where the reference's is not; {NO_GRADIENT}"
-    tolerance = max(10 * allowed, 1e-3)
+    tolerance = deviations.match_threshold(allowed)
 
     def close(actual, candidate):
         return relative_error(actual, candidate, floor=floor) <= tolerance
