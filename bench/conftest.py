@@ -8,10 +8,11 @@ import zlib
 import numpy as np
 import pytest
 
-from bench import cases, metadata
+from bench import cases
 from bench.adapters import adapter_for, benchmarked_backends
 from bench.errors import reference_root_and_gradient
 from impls.backends import get_backend
+from impls.testing import metadata
 from impls.testing.matrices import relu_covariances, relu_feature_maps
 
 #: A case whose single call takes longer than this gets 2 timed rounds, not the profile's minimum:

@@ -1,17 +1,7 @@
 """Accuracy of a sqrtm method against the float64 reference, and the fewest Newton-Schulz
 iterations that reach a target."""
 
-import numpy as np
-
 import reference
-
-
-def worst_relative_error(actual, expected):
-    """max over samples of ||actual - expected||_F / ||expected||_F."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    difference = np.linalg.norm(actual - expected, axis=(-2, -1))
-    return float(np.max(difference / np.linalg.norm(expected, axis=(-2, -1))))
 
 
 def reference_root_and_gradient(matrices, cotangent):

@@ -7,16 +7,12 @@ the CPU, in about 5 minutes on two cores.
 """
 
 import argparse
-import datetime
 import importlib
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from bench.accuracy import report
@@ -25,6 +21,7 @@ from bench.accuracy.data import EMBEDDED_DATASETS
 from bench.accuracy.image_folders import image_folder
 from bench.accuracy.training import FeatureCache, TrainingOptions, train
 from impls.backends import BACKENDS
+from impls.testing.metadata import collect
 from reference.conventions import DEFAULT_EPS, SIGNED_SQRT_DELTA
 
 DEFAULT_DATASETS = ("synthetic", "skimage-textures")
@@ -161,15 +158,6 @@ def make_runners(args):
     ]
 
 
-def _commit():
-    def git(*arguments):
-        result = subprocess.run(["git", *arguments], capture_output=True, text=True, check=False)
-        return result.stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + (" + uncommitted changes" if git("status", "--porcelain") else "")
-
-
 def model_options(args):
     return {
         "backbone": args.backbone,
@@ -181,17 +169,19 @@ def model_options(args):
 
 
 def metadata(args, runners, total_seconds, argv):
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    where = collect(device="cpu", profile="reproduce-accuracy")
+    commit = (where["git_commit"] or "unknown")[:12]
+    versions = {"python": where["python"], **where["versions"]}
     for runner in runners:
         versions.update(runner.versions())
     return {
         "command": shlex.join(["reproduce-accuracy", *argv]),
-        "commit": _commit(),
+        "commit": commit + (" + uncommitted changes" if where["git_dirty"] else ""),
         "versions": versions,
         "device": ", ".join(f"{r.name}: {r.describe_device()}" for r in runners),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": where["cpu_model"],
         "threads": {runner.name: runner.threads for runner in runners},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": where["date_utc"],
         "seed": args.seed,
         "epochs": args.epochs,
         "batch_size": args.batch_size,

@@ -12,6 +12,7 @@ versions, hardware, threads, date; and "not_run": what was skipped and why), the
 """
 
 import argparse
+import os
 import pathlib
 import subprocess
 import sys
@@ -100,7 +101,10 @@ def main(argv=None):
         )
     output.mkdir(parents=True, exist_ok=True)
     json_path = output / f"bench-{arguments.device}.json"
-    status = subprocess.call(pytest_command(arguments, json_path), cwd=REPOSITORY)
+    # A pytest-xdist worker's variables make pytest-benchmark think it is a worker too, and then
+    # it writes no JSON: the benchmark session is a process of its own.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    status = subprocess.call(pytest_command(arguments, json_path), cwd=REPOSITORY, env=environment)
     if not json_path.exists():
         print(f"no results written (pytest exit status {status})", file=sys.stderr)
         return status or 1

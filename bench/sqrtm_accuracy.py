@@ -11,9 +11,9 @@ import re
 
 from tqdm import tqdm
 
-from bench.metadata import collect
 from impls.backends import available_backends
 from impls.testing.accuracy import realistic_case, sqrtm_errors
+from impls.testing.metadata import collect
 from reference.conventions import DEFAULT_EPS
 
 METHODS = [("auto (the default)", {"method": "auto"}), ("eigh", {"method": "eigh"})] + [

@@ -11,8 +11,9 @@ import dataclasses
 import pytest
 
 from bench.cases import ACCURACY_TARGET, EIGH, MAX_SEARCHED_ITERATIONS, SqrtmVariant
-from bench.errors import fewest_iterations, worst_relative_error
+from bench.errors import fewest_iterations
 from bench.flops import newton_schulz_flops
+from impls.testing.tolerances import relative_error
 from reference.conventions import NEWTON_SCHULZ_BACKWARDS
 
 
@@ -46,7 +47,7 @@ def test_sqrtm_forward(backend_name, adapter, forward_case, inputs, measure, ben
     )
     if cell == suite.profile.headline:
         reference_root, _ = inputs.reference(cell)
-        error = worst_relative_error(adapter.to_numpy(z), reference_root)
+        error = relative_error(adapter.to_numpy(z), reference_root)
         benchmark.extra_info["forward_error"] = error
 
 
@@ -66,8 +67,8 @@ def test_sqrtm_forward_backward(
     if cell == suite.profile.headline:
         reference_root, reference_gradient = inputs.reference(cell)
         errors = benchmark.extra_info
-        errors["forward_error"] = worst_relative_error(adapter.to_numpy(z), reference_root)
-        errors["backward_error"] = worst_relative_error(adapter.to_numpy(grad), reference_gradient)
+        errors["forward_error"] = relative_error(adapter.to_numpy(z), reference_root)
+        errors["backward_error"] = relative_error(adapter.to_numpy(grad), reference_gradient)
 
 
 class _Accuracy:
@@ -82,7 +83,7 @@ class _Accuracy:
     def forward_error(self, variant):
         # Eager: a compiled (TensorFlow) forward would be traced anew for every count scanned.
         z = self.adapter.sqrtm_function(variant)(self.a)
-        return worst_relative_error(self.adapter.to_numpy(z), self.reference_root)
+        return relative_error(self.adapter.to_numpy(z), self.reference_root)
 
     def run(self, variant):
         root = self.adapter.sqrtm_function(variant)
@@ -91,8 +92,8 @@ class _Accuracy:
     def errors(self, variant):
         z, grad = self.run(variant)()
         return (
-            worst_relative_error(self.adapter.to_numpy(z), self.reference_root),
-            worst_relative_error(self.adapter.to_numpy(grad), self.reference_gradient),
+            relative_error(self.adapter.to_numpy(z), self.reference_root),
+            relative_error(self.adapter.to_numpy(grad), self.reference_gradient),
         )
 
 

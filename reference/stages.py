@@ -64,7 +64,9 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
     """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)): continuous, odd, finite slope at 0."""
     z = np.asarray(z, dtype=np.float64)
     # The same function spelled without cancellation: |z| << delta keeps every digit.
-    return z / (np.sqrt(np.abs(z) + delta) + np.sqrt(delta))
+    # (delta = 0 is allowed: the floor keeps 0 / 0 at z = 0 from turning into NaN.)
+    denominator = np.sqrt(np.abs(z) + delta) + np.sqrt(delta)
+    return z / np.maximum(denominator, np.finfo(np.float64).tiny)
 
 
 def signed_sqrt_vjp(z, g, delta=SIGNED_SQRT_DELTA):

@@ -11,7 +11,7 @@ import pytest
 
 from bench import report
 from bench.cases import get_profile
-from bench.metadata import REQUIRED_KEYS
+from impls.testing.metadata import REQUIRED_KEYS
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 

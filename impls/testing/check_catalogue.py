@@ -125,7 +125,7 @@ def main(argv=None):
             alarm = "FALSE ALARM" if correct[-1].failed_properties else "pass"
             print(f"{layer.name} [{framework}]: {alarm}")
     # bench.metadata is the project's one description of where a result was made.
-    from bench.metadata import collect
+    from impls.testing.metadata import collect
 
     metadata = collect(device="cpu", profile=f"ibp-check {settings}")
     summary = score(bugs, correct)

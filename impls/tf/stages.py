@@ -187,7 +187,9 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
             return g / (2 * tf.sqrt(tf.abs(z) + delta))
 
         # sign(z) (sqrt(|z| + delta) - sqrt(delta)) spelled without cancellation for |z| << delta
-        return z / (tf.sqrt(tf.abs(z) + delta) + delta**0.5), grad
+        # (delta = 0 is allowed: the floor keeps 0 / 0 at z = 0 from turning into NaN.)
+        denominator = tf.sqrt(tf.abs(z) + delta) + delta**0.5
+        return z / tf.maximum(denominator, _finfo(z.dtype).tiny), grad
 
     return tf.cast(signed_root(tf.cast(z, _compute_dtype(z))), z.dtype)
 

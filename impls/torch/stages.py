@@ -168,7 +168,9 @@ class _SignedSqrt(torch.autograd.Function):
         ctx.delta = delta
         ctx.save_for_backward(z)
         # sign(z) (sqrt(|z| + delta) - sqrt(delta)) spelled without cancellation for |z| << delta
-        return z / (torch.sqrt(z.abs() + delta) + delta**0.5)
+        # (delta = 0 is allowed: the floor keeps 0 / 0 at z = 0 from turning into NaN.)
+        denominator = torch.sqrt(z.abs() + delta) + delta**0.5
+        return z / denominator.clamp_min(torch.finfo(z.dtype).tiny)
 
     @staticmethod
     def backward(ctx, g):
