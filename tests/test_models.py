@@ -49,12 +49,16 @@ def torch_forward(module, x):
 
 @contextlib.contextmanager
 def keras_floatx(dtype):
-    previous = keras.config.floatx()
+    # Keras fixes its global dtype policy when the first layer is made: floatx alone is not
+    # enough once any other test has built a layer in this process.
+    previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
     try:
         yield
     finally:
-        keras.config.set_floatx(previous)
+        keras.config.set_floatx(previous_floatx)
+        keras.config.set_dtype_policy(previous_policy)
 
 
 def randomise_torch(model, seed=1):
