@@ -12,6 +12,7 @@ import json
 import pathlib
 
 from bench.cases import ACCURACY_TARGET, DEFAULT_VARIANT, EIGH, get_profile
+from impls.testing.metadata import replace_block
 from reference.conventions import DEFAULT_SQRTM_METHOD
 
 #: The targets the project set itself (CPU, headline size, float32).
@@ -839,8 +840,9 @@ def render(all_results, plots):
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(results_dir):
-    """Regenerate BENCHMARKS.md and the plots from every bench-<device>.json in results_dir."""
+def write_report(results_dir, readme=None):
+    """Regenerate BENCHMARKS.md and the plots from every bench-<device>.json in results_dir, and
+    the CPU targets table of `readme` (a Path) when given."""
     results_dir = pathlib.Path(results_dir)
     all_results = {}
     for device in ("cpu", "cuda"):
@@ -856,14 +858,26 @@ def write_report(results_dir):
         )
     markdown = results_dir / "BENCHMARKS.md"
     markdown.write_text(render(all_results, plots))
+    if readme is not None and "cpu" in all_results:
+        cpu = all_results["cpu"]
+        commit = (cpu.metadata["git_commit"] or "unknown")[:12]
+        replace_block(
+            readme,
+            "bench-targets",
+            _table(("what", "measured", "target", "verdict"), target_rows(cpu)),
+            f"`python -m bench.run` at {commit}, {cpu.metadata['date_utc']}",
+        )
     return markdown
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
     parser.add_argument("--results", type=pathlib.Path, default=pathlib.Path("results"))
+    parser.add_argument(
+        "--readme", type=pathlib.Path, default=None, help="README whose targets table to rewrite"
+    )
     arguments = parser.parse_args(argv)
-    print(write_report(arguments.results))
+    print(write_report(arguments.results, arguments.readme))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,9 @@ def main(argv=None):
         return status or 1
     print(f"results: {json_path}")
     if not arguments.no_report:
-        markdown = report.write_report(output)
+        # The README quotes the committed results only, never a run written elsewhere.
+        committed = output.resolve() == (REPOSITORY / "results").resolve()
+        markdown = report.write_report(output, REPOSITORY / "README.md" if committed else None)
         print(f"report:  {markdown}")
     return status
 

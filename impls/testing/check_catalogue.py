@@ -8,6 +8,7 @@ metadata to results/ibp_check.json and results/ibp_check.md.
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from impls.backends import get_backend
 from impls.testing.bug_catalogue import BUGS, CORRECT, FRAMEWORKS
 from impls.testing.check_runner import DEFAULT_MAX_CHANNELS, DEFAULT_MAX_EXAMPLES, check
 from impls.testing.check_target import load
+from impls.testing.metadata import collect, replace_block
 
 
 @dataclasses.dataclass
@@ -106,12 +108,39 @@ def markdown(summary, bugs, correct, settings, metadata):
     return "\n".join(lines) + "\n"
 
 
+#: The founding question's own layers (examples/seed_question_tf.py) through ibp-check.
+WORKED_EXAMPLE = (
+    ("pool", "examples/seed_question_tf.py:BILINEAR_POOLING"),
+    ("sqrtm", "examples/seed_question_tf.py:Sqrt_Root_SVD_Lyapunov"),
+)
+
+
+def worked_example():
+    """The README's ibp-check example: each command and its real output, as one code block."""
+    parts = []
+    for stage, target in WORKED_EXAMPLE:
+        completed = subprocess.run(
+            [sys.executable, "-m", "impls.testing.check", stage, target],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        parts.append(f"{completed.stdout.rstrip()}\n(exit code {completed.returncode})")
+    return "```\n" + "\n\n".join(parts) + "\n```"
+
+
 def main(argv=None):
     arguments = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arguments.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES)
     arguments.add_argument("--size", type=int, default=DEFAULT_MAX_CHANNELS)
     arguments.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     arguments.add_argument("--output-dir", type=Path, default=Path("results"))
+    arguments.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also run the README's worked example and rewrite its output block there",
+    )
     args = arguments.parse_args(argv)
     settings = {"max_examples": args.max_examples, "max_channels": args.size}
     frameworks = args.frameworks.split(",")
@@ -124,9 +153,6 @@ def main(argv=None):
             correct.append(run_correct(layer, framework, **settings))
             alarm = "FALSE ALARM" if correct[-1].failed_properties else "pass"
             print(f"{layer.name} [{framework}]: {alarm}")
-    # bench.metadata is the project's one description of where a result was made.
-    from impls.testing.metadata import collect
-
     metadata = collect(device="cpu", profile=f"ibp-check {settings}")
     summary = score(bugs, correct)
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +168,10 @@ def main(argv=None):
         markdown(summary, bugs, correct, settings, metadata)
     )
     print(json.dumps(summary))
+    if args.readme is not None:
+        commit = (metadata["git_commit"] or "unknown")[:12]
+        provenance = f"`python -m impls.testing.check_catalogue --readme` at {commit}"
+        replace_block(args.readme, "ibp-check-example", worked_example(), provenance)
     return 0 if summary["caught"] == summary["bugs"] and not summary["false_alarms"] else 1
 
 
