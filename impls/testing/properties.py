@@ -18,7 +18,7 @@ from impls.testing.tolerances import (
     APPROXIMATION_BUDGET,
     UNIT_ROUNDOFF,
     condition_number,
-    per_sample_norms,
+    jacobian_scale,
     relative_error,
     tolerance,
 )
@@ -167,15 +167,7 @@ def check_gradient(backend, spec, fn, x, dtype, include_forward=False):
     if spec.symmetric_gradient:
         grad = _symmetric_part(grad)
     expected = spec.vjp(x, g)
-    # A gradient can vanish where the Jacobian does not (L2 of one entry): measure it against
-    # ||g|| ||f(x)|| / ||x||, the Jacobian's scale for the homogeneous maps the stages are.
-    input_norms = per_sample_norms(x)
-    typical = np.divide(
-        per_sample_norms(g) * per_sample_norms(expected_out),
-        input_norms,
-        out=np.zeros_like(input_norms),
-        where=input_norms > 0,
-    )
+    typical = jacobian_scale(x, g, expected_out)
     error = relative_error(grad, expected, floor=typical)
     allowed = stage_tolerance(spec, "backward", dtype, x)
     if error <= allowed:
