@@ -22,7 +22,10 @@ class _Backend:
     impl_module: str
 
     def is_available(self):
-        return importlib.util.find_spec(self.package) is not None
+        try:
+            return importlib.util.find_spec(self.package) is not None
+        except ValueError:  # sys.modules holds None for it: imports of it are blocked
+            return False
 
     @property
     def impl(self):

@@ -59,6 +59,12 @@ TORCH_SIGNED_SQRT = """
 """
 
 
+@pytest.fixture
+def torch_installed():
+    """The command-line tests check PyTorch targets: without torch they have nothing to run."""
+    pytest.importorskip("torch")
+
+
 @pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
 def test_catalogued_bug_fails_with_its_diagnosis(backend, bug):
     outcome = run_bug(bug, backend.name, **FAST)
@@ -86,6 +92,7 @@ def _write(tmp_path, source, name="layer.py"):
     return path
 
 
+@pytest.mark.usefixtures("torch_installed")
 def test_cli_passes_a_correct_file_target(tmp_path, capsys):
     path = _write(tmp_path, TORCH_SIGNED_SQRT)
     assert check.main(["signed-sqrt", f"{path}:signed_sqrt", *FAST_CLI]) == 0
@@ -93,6 +100,7 @@ def test_cli_passes_a_correct_file_target(tmp_path, capsys):
     assert "framework torch" in out and "FAIL" not in out and "all properties hold" in out
 
 
+@pytest.mark.usefixtures("torch_installed")
 def test_cli_fails_a_buggy_file_target_with_its_diagnosis(tmp_path, capsys):
     path = _write(tmp_path, TORCH_SIGNED_SQRT)
     target = f"{path}:signed_sqrt_without_regulariser"
@@ -102,6 +110,7 @@ def test_cli_fails_a_buggy_file_target_with_its_diagnosis(tmp_path, capsys):
     assert "counterexample:" in out
 
 
+@pytest.mark.usefixtures("torch_installed")
 @pytest.mark.parametrize(
     "argv_tail, message",
     [
@@ -124,12 +133,14 @@ def test_a_framework_that_cannot_be_told_asks_for_framework(tmp_path, capsys):
     assert "--framework torch" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("torch_installed")
 def test_an_import_error_in_the_target_exits_2(tmp_path, capsys):
     path = _write(tmp_path, "import torch\nraise RuntimeError('broken on import')\n")
     assert check.main(["pool", f"{path}:pool"]) == 2
     assert "broken on import" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("torch_installed")
 def test_a_wrong_stage_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         check.main(["covariance", "impls.testing.bug_catalogue.torch_correct:pool_einsum"])
@@ -137,6 +148,7 @@ def test_a_wrong_stage_exits_2(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("torch_installed")
 def test_json_report_schema(capsys):
     target = "impls.testing.bug_catalogue.torch_bugs:l2_backward_rescale_only"
     assert check.main(["l2", target, "--json", *FAST_CLI]) == 1
@@ -159,6 +171,7 @@ def test_json_report_schema(capsys):
     assert failed["error"] > failed["tolerance"] and len(failed["counterexample_shape"]) == 3
 
 
+@pytest.mark.usefixtures("torch_installed")
 def test_a_detached_output_has_no_gradient_unless_forward_only(tmp_path, capsys):
     target = f"{_write(tmp_path, TORCH_SIGNED_SQRT)}:signed_sqrt_detached"
     assert check.main(["signed-sqrt", target, "--json", *FAST_CLI]) == 1
@@ -169,6 +182,7 @@ def test_a_detached_output_has_no_gradient_unless_forward_only(tmp_path, capsys)
     assert results["gradient"]["status"] == "SKIP"
 
 
+@pytest.mark.usefixtures("torch_installed")
 def test_module_entry_point_exit_codes():
     """`python -m impls.testing.check` is the command the console script runs."""
     command = [sys.executable, "-m", "impls.testing.check", "sqrtm", *FAST_CLI]

@@ -14,7 +14,10 @@ from impls.testing.tolerances import jacobian_scale, relative_error
 from .conftest import REQUIRED
 
 FRAMEWORKS = [BACKENDS["torch"], BACKENDS["tf"]]
-if not all(b.is_available() for b in FRAMEWORKS) and not REQUIRED:
+_missing = [b.package for b in FRAMEWORKS if not b.is_available()]
+if _missing and {b.name for b in FRAMEWORKS} <= REQUIRED:
+    pytest.fail(f"parity needs {', '.join(_missing)} (IBP_REQUIRE_BACKENDS)", pytrace=False)
+if _missing:
     pytest.skip("parity needs both torch and tensorflow", allow_module_level=True)
 
 CASES = {

@@ -66,12 +66,11 @@ def _thread_counts():
     }
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         threads[variable] = os.environ.get(variable)
-    if "torch" in sys.modules:
-        torch = sys.modules["torch"]
+    torch, tf = sys.modules.get("torch"), sys.modules.get("tensorflow")
+    if torch is not None:
         threads["torch_intra_op"] = torch.get_num_threads()
         threads["torch_inter_op"] = torch.get_num_interop_threads()
-    if "tensorflow" in sys.modules:
-        tf = sys.modules["tensorflow"]
+    if tf is not None:
         # 0 means "TensorFlow picks", which is one thread per core.
         threads["tf_intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
         threads["tf_inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
