@@ -21,6 +21,7 @@ from bench.accuracy.data import EMBEDDED_DATASETS
 from bench.accuracy.image_folders import image_folder
 from bench.accuracy.training import FeatureCache, TrainingOptions, train
 from impls.backends import BACKENDS
+from impls.testing.check import positive
 from impls.testing.metadata import collect
 from reference.conventions import DEFAULT_EPS, SIGNED_SQRT_DELTA
 
@@ -30,13 +31,6 @@ FULL_SIZES, QUICK_SIZES = (160, 64), (32, 16)
 FULL_EPOCHS, QUICK_EPOCHS = 10, 4
 #: The authors' Newton-Schulz iteration count, used with their iterative backward (--recipe paper).
 PAPER_NEWTON_SCHULZ_ITERATIONS = 5
-
-
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _parser():
@@ -68,14 +62,19 @@ def _parser():
         help=f"{', '.join(CONFIGURATIONS)} (default: all on embedded data, ibp on an image folder)",
     )
     parser.add_argument(
-        "--epochs", type=_positive, help=f"epochs per configuration (default {FULL_EPOCHS})"
+        "--epochs",
+        type=positive(int),
+        help=f"epochs per configuration (default {FULL_EPOCHS})",
     )
     parser.add_argument(
-        "--batch-size", type=_positive, default=16, help="(the question's set-up always uses 16)"
+        "--batch-size",
+        type=positive(int),
+        default=16,
+        help="(the question's set-up always uses 16)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     parser.add_argument(
-        "--threads", type=_positive, default=1, help="CPU threads per framework (default 1)"
+        "--threads", type=positive(int), default=1, help="CPU threads per framework (default 1)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=Path("results"))

@@ -12,8 +12,8 @@
 import numpy as np
 
 from bench.adapters import adapter_for
+from bench.errors import record_errors
 from impls.backends import get_backend
-from impls.testing.tolerances import relative_error
 from reference import sqrtm as reference_sqrtm
 from reference import sqrtm_vjp as reference_sqrtm_vjp
 
@@ -115,7 +115,9 @@ def test_naive_eigh_autograd(backend_name, adapter, anchor_cell, inputs, measure
         first_call=lambda: adapter.memory(run, [a, cotangent]),
     )
     if anchor_cell == suite.profile.headline:
-        reference_root, reference_gradient = inputs.reference(anchor_cell)
-        errors = benchmark.extra_info
-        errors["forward_error"] = relative_error(adapter.to_numpy(z), reference_root)
-        errors["backward_error"] = relative_error(adapter.to_numpy(grad), reference_gradient)
+        record_errors(
+            benchmark.extra_info,
+            adapter.to_numpy(z),
+            adapter.to_numpy(grad),
+            *inputs.reference(anchor_cell),
+        )

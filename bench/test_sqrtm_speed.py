@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from bench.cases import ACCURACY_TARGET, EIGH, MAX_SEARCHED_ITERATIONS, SqrtmVariant
-from bench.errors import fewest_iterations
+from bench.errors import fewest_iterations, record_errors
 from bench.flops import newton_schulz_flops
 from impls.testing.tolerances import relative_error
 from reference.conventions import NEWTON_SCHULZ_BACKWARDS
@@ -65,10 +65,12 @@ def test_sqrtm_forward_backward(
         first_call=lambda: adapter.memory(run, [a, cotangent]),
     )
     if cell == suite.profile.headline:
-        reference_root, reference_gradient = inputs.reference(cell)
-        errors = benchmark.extra_info
-        errors["forward_error"] = relative_error(adapter.to_numpy(z), reference_root)
-        errors["backward_error"] = relative_error(adapter.to_numpy(grad), reference_gradient)
+        record_errors(
+            benchmark.extra_info,
+            adapter.to_numpy(z),
+            adapter.to_numpy(grad),
+            *inputs.reference(cell),
+        )
 
 
 class _Accuracy:

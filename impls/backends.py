@@ -12,7 +12,8 @@ import os
 import numpy as np
 
 if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's C++ start-up chatter hides test output
+    # Hides TensorFlow's C++ notices (CPU instruction sets, ...); its oneDNN line comes regardless.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
 
 class _Backend:
@@ -65,11 +66,9 @@ class TorchBackend(_Backend):
         return torch.as_tensor(np.ascontiguousarray(array)).to(getattr(torch, dtype))
 
     def numpy(self, tensor):
-        return (
-            tensor.detach().cpu().float().numpy()
-            if tensor.dtype.itemsize < 4
-            else (tensor.detach().cpu().numpy())
-        )
+        tensor = tensor.detach().cpu()
+        # NumPy has no bfloat16: half precision comes back widened to float32, as in TensorFlow.
+        return (tensor.float() if tensor.dtype.itemsize < 4 else tensor).numpy()
 
     def value_and_vjp(self, fn, inputs, cotangent):
         """fn(*inputs) and the gradient of <cotangent, fn(*inputs)> with respect to each input."""

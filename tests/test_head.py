@@ -80,11 +80,19 @@ def test_torch_head_under_autocast_stays_float32_inside():
     import impls.torch as ibp_torch
 
     x = torch.rand(2, 6, 5, 5)
+    features = ibp_torch.IBPHead(in_channels=6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = features(x)
+    # Pool, root, signed sqrt and L2 ignore autocast: float32, and the same numbers as without it.
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, features(x), rtol=1e-6, atol=1e-7)
+
     head = ibp_torch.IBPHead(in_channels=6, num_classes=3)
     expected = head(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = head(x)
-    # Only the classifier runs in bfloat16 under autocast: the normalised vector is float32.
+    # The classifier is autocast's to run in bfloat16 (8-bit mantissa: each operand rounded by up
+    # to 2^-8 relative), so the logits may move by a few 1e-3 of the vector's unit norm.
     assert logits.dtype == torch.bfloat16
     torch.testing.assert_close(logits.float(), expected, atol=2e-2, rtol=2e-2)
     logits.float().sum().backward()

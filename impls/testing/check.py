@@ -32,7 +32,9 @@ _LAYOUTS = {"torch": "channels-first (B, C, H, W)", "tf": "channels-last (B, H, 
 _WIDTH = 100
 
 
-def _positive(kind):
+def positive(kind):
+    """An argparse type: `kind` (int, float) of the text, refused unless > 0."""
+
     def parse(text):
         value = kind(text)
         if value <= 0:
@@ -58,14 +60,14 @@ def parser():
     )
     arguments.add_argument(
         "--size",
-        type=_positive(int),
+        type=positive(int),
         default=DEFAULT_MAX_CHANNELS,
         metavar="C",
         help=f"largest channel count drawn (default {DEFAULT_MAX_CHANNELS}; at least 2)",
     )
     arguments.add_argument(
         "--tolerance",
-        type=_positive(float),
+        type=positive(float),
         metavar="REL",
         help="accept relative errors up to REL instead of the suite's tolerance table",
     )
@@ -77,7 +79,7 @@ def parser():
     )
     arguments.add_argument(
         "--max-examples",
-        type=_positive(int),
+        type=positive(int),
         default=int(os.environ.get(MAX_EXAMPLES_VARIABLE, DEFAULT_MAX_EXAMPLES)),
         metavar="N",
         help=f"hypothesis examples per property (default {DEFAULT_MAX_EXAMPLES}, "

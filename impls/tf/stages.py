@@ -33,7 +33,7 @@ def _check_finite(x, name):
     return tf.debugging.assert_all_finite(x, message)
 
 
-def _compute_dtype(x):
+def compute_dtype(x):
     """Half precision is too coarse for a covariance or an eigendecomposition: work in float32."""
     return tf.float32 if x.dtype in _HALF_DTYPES else x.dtype
 
@@ -64,7 +64,7 @@ def bilinear_pool(x, eps=DEFAULT_EPS):
     x = tf.convert_to_tensor(x)
     check_feature_map(x.shape, "channels_last")
     x = _check_finite(x, "feature map")
-    compute = tf.cast(x, _compute_dtype(x))
+    compute = tf.cast(x, compute_dtype(x))
     shape = tf.shape(compute)
     features = tf.reshape(compute, (shape[0], shape[1] * shape[2], shape[3]))
     n = tf.cast(shape[1] * shape[2], compute.dtype)
@@ -165,7 +165,7 @@ def sqrtm(
     check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
     a = _check_finite(a, "matrix")
     method, backward, eigh_dtype = _resolve_auto(method, backward)
-    symmetric = _symmetric_part(tf.cast(a, _compute_dtype(a)))
+    symmetric = _symmetric_part(tf.cast(a, compute_dtype(a)))
     if method == "eigh" and eigh_dtype is not None:
         z = tf.cast(_eigh_sqrtm(tf.cast(symmetric, eigh_dtype)), symmetric.dtype)
     elif method == "eigh":
@@ -191,19 +191,14 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
         denominator = tf.sqrt(tf.abs(z) + delta) + delta**0.5
         return z / tf.maximum(denominator, _finfo(z.dtype).tiny), grad
 
-    return tf.cast(signed_root(tf.cast(z, _compute_dtype(z))), z.dtype)
+    return tf.cast(signed_root(tf.cast(z, compute_dtype(z))), z.dtype)
 
 
 def l2_normalize(y):
     """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
     y = tf.convert_to_tensor(y)
-    wide = tf.cast(y, _compute_dtype(y))
+    wide = tf.cast(y, compute_dtype(y))
     flat = tf.reshape(wide, (tf.shape(wide)[0], -1))
     norms = tf.maximum(tf.norm(flat, axis=1), L2_NORM_FLOOR)
     v = wide / tf.reshape(norms, tf.concat([[-1], tf.ones([tf.rank(wide) - 1], tf.int32)], 0))
     return tf.cast(v, y.dtype)
-
-
-def compute_dtype(x):
-    """The dtype the stages compute in for input x (float32 for half precision input)."""
-    return _compute_dtype(x)

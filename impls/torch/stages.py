@@ -30,7 +30,7 @@ def _check_finite(x, name):
         raise IBPInputError(NON_FINITE_MESSAGE.format(name=name))
 
 
-def _compute_dtype(x):
+def compute_dtype(x):
     """Half precision is too coarse for a covariance or an eigendecomposition: work in float32."""
     return torch.float32 if x.dtype in _HALF_DTYPES else x.dtype
 
@@ -44,7 +44,7 @@ def bilinear_pool(x, eps=DEFAULT_EPS):
     check_feature_map(x.shape, "channels_first")
     _check_finite(x, "feature map")
     with torch.autocast(x.device.type, enabled=False):
-        features = x.flatten(2).to(_compute_dtype(x))
+        features = x.flatten(2).to(compute_dtype(x))
         n = features.shape[-1]
         eye = torch.eye(features.shape[1], dtype=features.dtype, device=features.device)
         a = features @ features.mT / n + eps * eye
@@ -150,7 +150,7 @@ def sqrtm(
     _check_finite(a, "matrix")
     method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type)
     with torch.autocast(a.device.type, enabled=False):
-        symmetric = _symmetric_part(a.to(_compute_dtype(a)))
+        symmetric = _symmetric_part(a.to(compute_dtype(a)))
         if method == "eigh" and eigh_dtype is not None:
             z = _EighSqrtm.apply(symmetric.to(eigh_dtype)).to(symmetric.dtype)
         elif method == "eigh":
@@ -181,19 +181,14 @@ class _SignedSqrt(torch.autograd.Function):
 def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
     """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)), elementwise."""
     with torch.autocast(z.device.type, enabled=False):
-        y = _SignedSqrt.apply(z.to(_compute_dtype(z)), delta)
+        y = _SignedSqrt.apply(z.to(compute_dtype(z)), delta)
     return y.to(z.dtype)
 
 
 def l2_normalize(y):
     """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
     with torch.autocast(y.device.type, enabled=False):
-        wide = y.to(_compute_dtype(y))
+        wide = y.to(compute_dtype(y))
         norms = wide.flatten(1).norm(dim=1).clamp_min(L2_NORM_FLOOR)
         v = wide / norms.reshape((-1,) + (1,) * (y.dim() - 1))
     return v.to(y.dtype)
-
-
-def compute_dtype(x):
-    """The dtype the stages compute in for input x (float32 for half precision input)."""
-    return _compute_dtype(x)
