@@ -1,6 +1,7 @@
-"""The seed question's TensorFlow layers (shared/seed/, 2019), in TF2 spellings: tf.svd is now
+"""The founding question's TensorFlow layers (2019), in TF2 spellings: tf.svd is now
 tf.linalg.svd, tf.diag tf.linalg.diag, tf.div tf.math.divide. Nothing else is changed, bugs
-included, so that ibp-check can show what it finds:
+included (impls.testing.founding_question numbers them), so that ibp-check can show what it
+finds:
 
     ibp-check pool examples/seed_question_tf.py:BILINEAR_POOLING
     ibp-check sqrtm examples/seed_question_tf.py:Sqrt_Root_SVD_Lyapunov

@@ -1,6 +1,6 @@
-"""The founding question's bugs 1-3 (DESIGN.md), as the small buggy layers a user would write
-(kept once, in ibp-check's bug catalogue), must each fail the property suite that our own layers
-pass."""
+"""The founding question's layer bugs (numbered in impls.testing.founding_question), as the small
+buggy layers a user would write (kept once, in ibp-check's bug catalogue), must each fail the
+property suite that our own layers pass."""
 
 import importlib
 
@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 
 from impls.testing import bug_catalogue as catalogue
-from impls.testing import properties
+from impls.testing import founding_question, properties
 from impls.testing.matrices import relu_feature_maps, spd_with_spectrum
 from impls.testing.stage_specs import STAGES
 from impls.testing.strategies import spectrum
 
-#: The question's layers hard-code its batch size of 16 (bug 3): the checks run at that size.
-SEED_BATCH_SIZE = 16
+#: The question's layers hard-code its batch size (bug 3): the checks run at that size.
+SEED_BATCH_SIZE = founding_question.BATCH_SIZE
 
 
-def buggy_layer(backend, name):
-    """The layer as the question wrote it, from ibp-check's catalogue (one copy of each bug)."""
-    return getattr(importlib.import_module(f"{catalogue.__name__}.{backend.name}_bugs"), name)
+def buggy_layer(backend, key):
+    """The layer of the question's bug `key`, from ibp-check's catalogue (one copy of each bug)."""
+    module = importlib.import_module(f"{catalogue.__name__}.{backend.name}_bugs")
+    return getattr(module, founding_question.BY_KEY[key].function)
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def covariance_batch():
 
 
 def test_batch_summed_pool_fails_independence(backend, feature_map):
-    buggy = buggy_layer(backend, "pool_summed_over_batch")
+    buggy = buggy_layer(backend, "batch_sum")
     with pytest.raises(properties.PropertyViolation, match="mixes samples across the batch"):
         properties.check_per_sample_independence(
             backend, STAGES["pool"], buggy, feature_map, "float64"
@@ -54,7 +55,7 @@ def test_fourth_root_fails_square_root_property(backend, covariance_batch):
 
 
 def test_fixed_batch_size_fails_other_batch_sizes(backend, feature_map):
-    buggy = buggy_layer(backend, "pool_fixed_batch_size")
+    buggy = buggy_layer(backend, "fixed_batch_size")
     # At the batch size it was written for, the layer is right: only other sizes expose it.
     properties.check_reference_agreement(backend, STAGES["pool"], buggy, feature_map, "float64")
     with pytest.raises(properties.PropertyViolation, match="fails on batch size 1"):

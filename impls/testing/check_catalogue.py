@@ -87,14 +87,15 @@ def markdown(summary, bugs, correct, settings, metadata):
         f"({summary['mutation_score']:.0%})**; false alarms on correct layers: "
         f"**{summary['false_alarms']} / {summary['correct_layers']}**.",
         "",
-        "| bug | DESIGN.md | stage | framework | expected diagnosis | caught by | other failures |",
+        "| bug | question bug | stage | framework | expected diagnosis | caught by "
+        "| other failures |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    design = {bug.name: bug.design_bug for bug in BUGS}
+    number = {bug.name: bug.question_bug for bug in BUGS}
     for o in bugs:
         others = [p for p in o.failed_properties if p not in o.caught_by]
         lines.append(
-            f'| {o.name} | {design[o.name] or ""} | {o.stage} | {o.framework} | "{o.expected}" | '
+            f'| {o.name} | {number[o.name] or ""} | {o.stage} | {o.framework} | "{o.expected}" | '
             f"{', '.join(o.caught_by) or '**missed**'} | {', '.join(others)} |"
         )
     lines += ["", "| correct layer | stage | framework | verdict |", "| --- | --- | --- | --- |"]

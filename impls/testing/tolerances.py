@@ -39,8 +39,8 @@ TABLE = {
 #: exact method from an iteration that has converged to 1e-3, and need not. Reason for 1e-3: a
 #: converged iteration sits at round-off (Newton-Schulz, C = 8: 2e-7 forward, 1e-6 backward in
 #: float32 from 10 iterations on), an unconverged one at the percent level (5 iterations: 4e-2
-#: forward, 0.25 backward at C = 8; 39 % forward at C = 512, DESIGN.md), so 1e-3 sits more than a
-#: decade from both.
+#: forward, 0.25 backward at C = 8; 39 % forward on ReLU covariances at C = 512), so 1e-3 sits
+#: more than a decade from both.
 APPROXIMATION_BUDGET = {
     "sqrtm": {"forward": 1e-3, "backward": 1e-3},
     "head": {"forward": 1e-3, "backward": 1e-3},

@@ -7,6 +7,8 @@ Targets use ibp-check's own syntax, `package.module:function`.
 
 from dataclasses import dataclass
 
+from impls.testing import founding_question
+
 FRAMEWORKS = ("torch", "tf")
 
 
@@ -17,7 +19,8 @@ class Bug:
     function: str  # the same name in torch_bugs and tf_bugs
     expected: str  # a phrase ibp-check's diagnosis must contain
     description: str
-    design_bug: int = None  # the number in DESIGN.md's catalogue of the seed question's bugs
+    #: the bug's number in the founding question's table (`impls.testing.founding_question`)
+    question_bug: int | None = None
 
     def target(self, framework):
         return f"{__name__}.{framework}_bugs:{self.function}"
@@ -39,53 +42,17 @@ class CorrectLayer:
 
 
 BUGS = (
-    Bug(
-        "pool-summed-over-batch",
-        "pool",
-        "pool_summed_over_batch",
-        "mixes samples across the batch",
-        "outer product (C x B)(B x C) at each location: one matrix for the whole batch",
-        design_bug=1,
-    ),
-    Bug(
-        "fourth-root",
-        "sqrtm",
-        "fourth_root",
-        "square root is applied twice",
-        "sqrt of the singular values taken twice: A^(1/4)",
-        design_bug=2,
-    ),
-    Bug(
-        "fixed-batch-size",
-        "pool",
-        "pool_fixed_batch_size",
-        "is hard-coded",
-        "batch size 16 written into zeros/reshape",
-        design_bug=3,
-    ),
-    Bug(
-        "eps-times-ones",
-        "pool",
-        "pool_eps_times_ones",
-        "eps * ones",
-        "eps (1e-7) added to every entry instead of the diagonal",
-        design_bug=4,
-    ),
-    Bug(
-        "autodiff-through-svd",
-        "sqrtm",
-        "sqrtm_autodiff_through_svd",
-        "autodiff through eigh/svd",
-        "SVD root differentiated by autograd / GradientTape",
-        design_bug=6,
-    ),
-    Bug(
-        "negated-lyapunov-gradient",
-        "sqrtm",
-        "sqrtm_negated_lyapunov_gradient",
-        "opposite sign convention",
-        "the authors' sqrt_svd_lyap backward (Z X + X Z = -C) fed +dL/dZ",
-        design_bug=7,
+    *(
+        Bug(
+            bug.key.replace("_", "-"),
+            bug.stage,
+            bug.function,
+            bug.expected_diagnosis,
+            bug.description,
+            question_bug=bug.number,
+        )
+        for bug in founding_question.BUGS
+        if bug.function is not None
     ),
     Bug(
         "l2-backward-rescale-only",
@@ -93,13 +60,6 @@ BUGS = (
         "l2_backward_rescale_only",
         "only rescales",
         "hand-written L2 backward g / ||y|| without the projection",
-    ),
-    Bug(
-        "l2-over-whole-batch",
-        "l2",
-        "l2_over_whole_batch",
-        "whole batch",
-        "the seed's tf.math.l2_normalize(x, axis=None): one norm for the batch",
     ),
     Bug(
         "signed-sqrt-without-regulariser",

@@ -1,14 +1,13 @@
 """Buggy IBP layers in TensorFlow, written the way users write them (channels-last), most in the
-seed question's own spellings. Each is a function of one tensor; `impls.testing.bug_catalogue.BUGS`
-says what ibp-check must say of it."""
+founding question's own spellings ("Bug N" is its number in impls.testing.founding_question).
+Each is a function of one tensor; `impls.testing.bug_catalogue.BUGS` says what ibp-check must say
+of it."""
 
 import tensorflow as tf
 
+from impls.testing.founding_question import BATCH_SIZE, KERAS_EPSILON, SINGULAR_VALUE_CUT
+
 EPS = 1e-5
-#: The batch size the seed question's code hard-codes.
-BATCH_SIZE = 16
-#: tf.keras.backend.epsilon(), the seed question's eps.
-KERAS_EPSILON = 1e-7
 
 
 def _transpose(m):
@@ -16,7 +15,7 @@ def _transpose(m):
 
 
 def pool_summed_over_batch(x):
-    """Bug 1: matmul(F[:, i, j, :], F[:, i, j, :], transpose_a=True) is (C x B) times (B x C)."""
+    """Bug 1: matmul(F[:, i, j, :], F[:, i, j, :], transpose_a=True) is (C x B)(B x C)."""
     b, h, w, c = x.shape
     a = tf.zeros((c, c), x.dtype)
     for i in range(h):
@@ -26,14 +25,14 @@ def pool_summed_over_batch(x):
 
 
 def fourth_root(a):
-    """Bug 2: the seed's Sqrt_Root_SVD_Lyapunov, square-rooting the singular values twice."""
+    """Bug 2: the question's Sqrt_Root_SVD_Lyapunov, square-rooting the singular values twice."""
     s, u, v = tf.linalg.svd(a)
-    s = tf.where(s < 1e-10, s, tf.sqrt(s))
+    s = tf.where(s < SINGULAR_VALUE_CUT, s, tf.sqrt(s))
     return u @ tf.linalg.diag(tf.sqrt(s)) @ _transpose(v)
 
 
 def pool_fixed_batch_size(x):
-    """Bug 3: the seed's BILINEAR_POOLING with Batch_Size = 16 in its zeros and reshapes."""
+    """Bug 3: the question's BILINEAR_POOLING with Batch_Size in its zeros and reshapes."""
     h, w, c = x.shape[1:]
     a = tf.zeros((BATCH_SIZE, c, c), x.dtype)
     for i in range(h):
@@ -44,7 +43,7 @@ def pool_fixed_batch_size(x):
 
 
 def pool_eps_times_ones(x):
-    """Bug 4: the seed's eps * ones([C, C]) instead of eps * I."""
+    """Bug 4: the question's eps * ones([C, C]) instead of eps * I."""
     b, h, w, c = x.shape
     features = tf.reshape(x, (-1, h * w, c))
     a = tf.matmul(features, features, transpose_a=True) / (h * w)
@@ -59,8 +58,8 @@ def sqrtm_autodiff_through_svd(a):
 
 @tf.custom_gradient
 def sqrtm_negated_lyapunov_gradient(a):
-    """Bug 7: the authors' sqrt_svd_lyap backward (MATLAB's lyap convention, Z X + X Z = -C) as a
-    custom gradient fed +dL/dZ."""
+    """Bug 7: the authors' sqrt_svd_lyap backward (MATLAB's lyap convention, Z X + X Z = -C)
+    as a custom gradient fed +dL/dZ."""
     s, u, v = tf.linalg.svd(a)
     root = tf.sqrt(s)
 
@@ -83,12 +82,12 @@ def l2_backward_rescale_only(y):
 
 
 def l2_over_whole_batch(y):
-    """The seed's tf.math.l2_normalize(x, axis=None)."""
+    """The question's tf.math.l2_normalize(x, axis=None)."""
     return tf.math.l2_normalize(y, axis=None, epsilon=1e-12)
 
 
 def signed_sqrt_without_regulariser(z):
-    """The seed's tf.sign(x) * tf.sqrt(tf.abs(x))."""
+    """The question's tf.sign(x) * tf.sqrt(tf.abs(x))."""
     return tf.sign(z) * tf.sqrt(tf.abs(z))
 
 

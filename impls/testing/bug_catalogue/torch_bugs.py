@@ -1,11 +1,12 @@
 """Buggy IBP layers in PyTorch, written the way users write them (channels-first). Each is a
-function of one tensor; `impls.testing.bug_catalogue.BUGS` says what ibp-check must say of it."""
+function of one tensor; `impls.testing.bug_catalogue.BUGS` says what ibp-check must say of it.
+"Bug N" is the bug's number in impls.testing.founding_question."""
 
 import torch
 
+from impls.testing.founding_question import BATCH_SIZE, KERAS_EPSILON, SINGULAR_VALUE_CUT
+
 EPS = 1e-5
-#: The batch size the seed question's code hard-codes.
-BATCH_SIZE = 16
 
 
 def _eye(c, like):
@@ -26,7 +27,7 @@ def pool_summed_over_batch(x):
 def fourth_root(a):
     """Bug 2: the singular values are square-rooted, then square-rooted again inside diag."""
     u, s, vh = torch.linalg.svd(a)
-    s = torch.where(s < 1e-10, s, torch.sqrt(s))
+    s = torch.where(s < SINGULAR_VALUE_CUT, s, torch.sqrt(s))
     return u @ torch.diag_embed(torch.sqrt(s)) @ vh
 
 
@@ -41,7 +42,8 @@ def pool_eps_times_ones(x):
     """Bug 4: eps (Keras's 1e-7) added to every entry instead of the diagonal."""
     features = x.flatten(2)
     c = x.shape[1]
-    return features @ features.mT / features.shape[-1] + 1e-7 * torch.ones(c, c, dtype=x.dtype)
+    ones = torch.ones(c, c, dtype=x.dtype)
+    return features @ features.mT / features.shape[-1] + KERAS_EPSILON * ones
 
 
 def sqrtm_autodiff_through_svd(a):
@@ -51,8 +53,8 @@ def sqrtm_autodiff_through_svd(a):
 
 
 class _SqrtSvdLyap(torch.autograd.Function):
-    """Bug 7: the authors' sqrt_svd_lyap, whose backward solves Z X + X Z = -C (MATLAB's lyap),
-    wired in with +dL/dZ."""
+    """Bug 7: the authors' sqrt_svd_lyap, whose backward solves Z X + X Z = -C (MATLAB's
+    lyap), wired in with +dL/dZ."""
 
     @staticmethod
     def forward(ctx, a):
@@ -90,7 +92,7 @@ def l2_backward_rescale_only(y):
 
 
 def l2_over_whole_batch(y):
-    """The seed's tf.math.l2_normalize(x, axis=None), in PyTorch."""
+    """The question's tf.math.l2_normalize(x, axis=None), in PyTorch."""
     return y / y.norm()
 
 
