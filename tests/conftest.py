@@ -2,7 +2,9 @@
 of how many tests ran on each framework."""
 
 import collections
+import importlib
 import os
+from types import ModuleType
 
 import pytest
 
@@ -18,13 +20,28 @@ REQUIRED = {name for name in os.environ.get("IBP_REQUIRE_BACKENDS", "").split(",
 _outcomes = collections.defaultdict(collections.Counter)
 
 
+_BACKEND_OF_PACKAGE = {"tensorflow": "tf", "keras": "tf", "torch": "torch"}
+
+
+def import_framework(package: str) -> ModuleType:
+    """The framework module `package` ("torch", "tensorflow" or "keras"), or a skip when it is
+    missing, or a failure when IBP_REQUIRE_BACKENDS names it: the one way tests ask for a framework,
+    so that a broken install can never pass as a run of skips. Usable at module level."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as error:
+        if _BACKEND_OF_PACKAGE.get(package) in REQUIRED:
+            pytest.fail(
+                f"{package} is required (IBP_REQUIRE_BACKENDS) but cannot be imported: {error}",
+                pytrace=False,
+            )
+        pytest.skip(f"{package} is not installed", allow_module_level=True)
+
+
 @pytest.fixture(params=sorted(BACKENDS), ids=str, scope="session")
 def backend(request):
     chosen = BACKENDS[request.param]
-    if not chosen.is_available():
-        if chosen.name in REQUIRED:
-            pytest.fail(f"{chosen.package} is required (IBP_REQUIRE_BACKENDS) but not installed")
-        pytest.skip(f"{chosen.package} is not installed")
+    import_framework(chosen.package)
     return chosen
 
 
