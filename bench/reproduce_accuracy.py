@@ -7,6 +7,7 @@ the CPU, in about 5 minutes on two cores.
 """
 
 import argparse
+import datetime
 import importlib
 import shlex
 import sys
@@ -20,9 +21,11 @@ from bench.accuracy.configurations import CONFIGURATIONS
 from bench.accuracy.data import EMBEDDED_DATASETS
 from bench.accuracy.image_folders import image_folder
 from bench.accuracy.training import FeatureCache, TrainingOptions, train
+from impls.architectures import BACKBONES
 from impls.backends import BACKENDS
 from impls.testing.check import positive
 from impls.testing.metadata import collect
+from reference.contracts import IBPInputError
 from reference.conventions import DEFAULT_EPS, SIGNED_SQRT_DELTA
 
 DEFAULT_DATASETS = ("synthetic", "skimage-textures")
@@ -31,12 +34,31 @@ FULL_SIZES, QUICK_SIZES = (160, 64), (32, 16)
 FULL_EPOCHS, QUICK_EPOCHS = 10, 4
 #: The authors' Newton-Schulz iteration count, used with their iterative backward (--recipe paper).
 PAPER_NEWTON_SCHULZ_ITERATIONS = 5
+#: Where the embedded data sets' results go; runs on an image folder get a fresh folder under
+#: RUNS_DIR instead, so that a user's run never overwrites the committed results.
+RESULTS_DIR, RUNS_DIR = Path("results"), Path("runs")
+
+EXIT_STATUS = """exit status:
+  0  trained and wrote accuracy.json, .md and .png
+  1  the results could not be written (the previous set in the output folder is kept whole)
+  2  a usage or data error: bad arguments, an output folder that cannot be written, an image
+     folder with fewer than 2 classes or different classes in train and test, an unreadable
+     image (named with its path). All are checked before training, except an image whose
+     header reads but whose pixels do not decode; either way one line on stderr, nothing written
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line on stderr and exit status 2: the usage text would bury the message."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reproduce-accuracy",
         description=__doc__,
+        epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -76,19 +98,30 @@ def _parser():
     parser.add_argument(
         "--threads", type=positive(int), default=1, help="CPU threads per framework (default 1)"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", type=Path, default=Path("results"))
+    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help=f"where accuracy.* go (default: {RESULTS_DIR}/ for the embedded data sets, a new "
+        f"{RUNS_DIR}/<data set>-<time>/ for an image folder)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny data and few epochs, for tests")
     parser.add_argument("--data-dir", type=Path, help="image folder for --dataset imagefolder")
     parser.add_argument(
-        "--backbone", default="small", help="small, vgg16, resnet50 (default small)"
+        "--backbone",
+        default="small",
+        choices=BACKBONES,
+        metavar="NAME",
+        help=f"{', '.join(BACKBONES)} (default small)",
     )
     parser.add_argument("--weights", help="backbone weights: imagenet or a file (default random)")
     parser.add_argument(
-        "--reduce-dim", type=int, help="1x1 conv to this many channels before the head"
+        "--reduce-dim", type=positive(int), help="1x1 conv to this many channels before the head"
     )
     parser.add_argument(
-        "--image-size", type=int, help="image side (default 32 embedded, 448 image folder)"
+        "--image-size",
+        type=positive(int),
+        help="image side (default 32 embedded, 448 image folder)",
     )
     parser.add_argument(
         "--recipe",
@@ -106,15 +139,37 @@ def _parser():
     return parser
 
 
-def parse_args(argv=None):
-    parser = _parser()
+def parse_args(argv=None, parser=None):
+    """The arguments, checked one by one; what needs the data or the file system is checked by
+    `prepare`."""
+    parser = parser or _parser()
     args = parser.parse_args(argv)
     args.dataset = args.dataset or list(DEFAULT_DATASETS)
     if "imagefolder" in args.dataset and args.data_dir is None:
         parser.error("--dataset imagefolder needs --data-dir")
-    args.framework = args.framework or [b.name for b in BACKENDS.values() if b.is_available()]
+    if args.data_dir is not None and "imagefolder" not in args.dataset:
+        parser.error("--data-dir is read only with --dataset imagefolder")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    available = [b.name for b in BACKENDS.values() if b.is_available()]
+    missing = [name for name in args.framework or [] if name not in available]
+    if missing or not available:
+        parser.error(
+            f"{', '.join(missing) or 'no framework'} is not installed (installed: "
+            f"{', '.join(available) or 'none'}; pip install -e '.[torch]' or '.[tf-cpu]')"
+        )
+    args.framework = args.framework or available
     args.epochs = args.epochs or (QUICK_EPOCHS if args.quick else FULL_EPOCHS)
+    if args.output_dir is None:
+        args.output_dir = default_output_dir(args)
     return args
+
+
+def default_output_dir(args):
+    if "imagefolder" not in args.dataset:
+        return RESULTS_DIR
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return RUNS_DIR / f"{Path(args.data_dir).resolve().name}-{stamp}"
 
 
 def head_options(recipe):
@@ -134,12 +189,16 @@ def load_datasets(args):
     for name in args.dataset:
         if name == "imagefolder":
             datasets.append(image_folder(args.data_dir, args.image_size or 448))
-        else:
-            datasets.append(
-                EMBEDDED_DATASETS[name](
-                    args.seed, train_per_class, test_per_class, args.image_size or 32
-                )
+            continue
+        try:
+            dataset = EMBEDDED_DATASETS[name](
+                args.seed, train_per_class, test_per_class, args.image_size or 32
             )
+        except ImportError as error:
+            raise IBPInputError(
+                f"--dataset {name} needs {error.name} (pip install -e '.[data]')"
+            ) from None
+        datasets.append(dataset)
     return datasets
 
 
@@ -190,11 +249,64 @@ def metadata(args, runners, total_seconds, argv):
     }
 
 
-def run(args):
-    """Train every (data set, framework, configuration); return the run records."""
-    started = time.perf_counter()
-    runners = make_runners(args)
+def _check_full_batches(dataset, configurations, batch_size):
+    """The question's layers run on full batches of 16 only: a split with fewer samples would
+    give it nothing to train or evaluate on."""
+    for configuration in configurations:
+        if not configuration.needs_full_batches:
+            continue
+        needed = configuration.batch_size(batch_size)
+        for split_name in ("train", "test"):
+            count = len(getattr(dataset, split_name))
+            if count < needed:
+                raise IBPInputError(
+                    f"--config {configuration.name} runs on full batches of {needed} only (the "
+                    f"question's layers hard-code it), but {dataset.name} has {count} {split_name} "
+                    "images"
+                )
+
+
+def _check_models(runners, datasets, args):
+    """Build each framework's first model once, so that bad --weights (a missing file, ImageNet
+    weights that a framework does not offer) fail now, not after the other framework trained."""
+    for runner in runners:
+        for dataset in datasets:
+            configuration = configurations_for(dataset, args)[0]
+            try:
+                runner.build_model(configuration, dataset, model_options(args))
+            except (ValueError, OSError) as error:
+                raise IBPInputError(
+                    f"cannot build the {args.backbone} model in {runner.name}: {error}"
+                ) from None
+
+
+def prepare(args):
+    """Everything checked before any training: (runners, data sets). Raises IBPInputError."""
+    if args.weights not in (None, "imagenet") and not Path(args.weights).is_file():
+        raise IBPInputError(f"--weights {args.weights}: no such file (or use imagenet)")
     datasets = load_datasets(args)
+    for dataset in datasets:
+        _check_full_batches(dataset, configurations_for(dataset, args), args.batch_size)
+    created = not args.output_dir.exists()
+    try:
+        report.check_writable(args.output_dir)
+    except OSError as error:
+        raise IBPInputError(
+            f"--output-dir {args.output_dir}: cannot write there ({error.strerror or error})"
+        ) from None
+    try:
+        runners = make_runners(args)
+        _check_models(runners, datasets, args)
+    except IBPInputError:
+        if created:
+            args.output_dir.rmdir()  # leave no empty run folder behind
+        raise
+    return runners, datasets
+
+
+def run(args, runners, datasets):
+    """Train every (data set, framework, configuration); return the run records and seconds."""
+    started = time.perf_counter()
     options = TrainingOptions(args.epochs, args.batch_size, args.seed, not args.no_progress)
     jobs = [
         (dataset, runner, configuration)
@@ -207,19 +319,29 @@ def run(args):
         jobs, desc="runs", unit="run", disable=args.no_progress
     ):
         runs.append(train(runner, configuration, dataset, options, model_options(args), cache))
-    return runners, datasets, runs, time.perf_counter() - started
+    return runs, time.perf_counter() - started
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    runners, datasets, runs, seconds = run(args)
+    parser = _parser()
+    args = parse_args(argv, parser)
+    try:
+        runners, datasets = prepare(args)
+        runs, seconds = run(args, runners, datasets)
+    except IBPInputError as error:
+        parser.error(str(error))
     info = metadata(args, runners, seconds, argv)
-    report.write(args.output_dir, info, runs, datasets, args.paper_dataset)
+    try:
+        report.write(args.output_dir, info, runs, datasets, args.paper_dataset)
+    except OSError as error:
+        print(
+            f"{parser.prog}: cannot write the results to {args.output_dir}: {error}",
+            file=sys.stderr,
+        )
+        return 1
     print(report.console_table(runs, args.paper_dataset))
-    written = ", ".join(
-        str(args.output_dir / f"accuracy.{suffix}") for suffix in ("json", "md", "png")
-    )
+    written = ", ".join(str(args.output_dir / name) for name in report.RESULT_FILES)
     print(f"{len(runs)} runs in {seconds / 60:.1f} min; wrote {written}")
     return 0
 

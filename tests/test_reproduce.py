@@ -4,6 +4,7 @@ model, determinism, and the image-folder path. Nothing here downloads anything."
 import importlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,13 @@ import pytest
 from PIL import Image
 
 from bench import reproduce_accuracy
+from bench.accuracy import report
 from bench.accuracy.configurations import SEED_BUGS
 from bench.accuracy.data import SYNTHETIC_MEAN, SYNTHETIC_NUM_CLASSES, SYNTHETIC_STD, synthetic
 from bench.accuracy.image_folders import image_folder
-from impls.backends import BACKENDS
+from impls.architectures import BACKBONES
+from impls.backends import BACKENDS, available_backends
+from reference.contracts import IBPInputError
 
 
 @pytest.fixture(autouse=True)
@@ -301,3 +305,175 @@ def test_image_folder_trains_one_step(backend, tmp_path, layout, request):
     assert run["epochs"] == 1 and run["diverged_at_epoch"] is None
     assert run["test_samples"] == 2 and run["chance_rate"] == 0.5
     assert np.isfinite(run["history"][0]["train_loss"])
+
+
+# Bad input and usage: one line on stderr, exit 2, before any training -------------------------
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if a run gets as far as training."""
+
+    def refuse(*arguments, **keywords):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(reproduce_accuracy, "train", refuse)
+
+
+def _usage_error(capsys, *arguments):
+    """Run reproduce-accuracy, expect exit status 2; return its one line of stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce_accuracy.main(["--no-progress", *arguments])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("reproduce-accuracy: error: "), error
+    assert "Traceback" not in error
+    return error
+
+
+def _folder_run(data_dir, tmp_path, *arguments):
+    return [
+        "--dataset", "imagefolder", "--data-dir", str(data_dir), "--output-dir",
+        str(tmp_path / "out"), "--framework", available_backends()[0].name, "--image-size", "16",
+        *arguments,
+    ]  # fmt: skip
+
+
+def _class_folders_with(root, counts):
+    """Class folders under root with the given number of images each."""
+    rng = np.random.default_rng(0)
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            _write_png(root / name / f"{index:03d}.png", (100, 100, 100), rng)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--image-size", "-8"], "--image-size: must be positive"),
+        (["--image-size", "0"], "--image-size: must be positive"),
+        (["--reduce-dim", "0"], "--reduce-dim: must be positive"),
+        (["--backbone", "vgg19"], "invalid choice: 'vgg19'"),
+        (["--dataset", "imagefolder"], "--dataset imagefolder needs --data-dir"),
+        (["--data-dir", "somewhere"], "--data-dir is read only with --dataset imagefolder"),
+        (["--epochs", "0"], "--epochs: must be positive"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_bad_arguments_are_usage_errors(capsys, no_training, arguments, message):
+    assert message in _usage_error(capsys, *arguments)
+
+
+def test_help_lists_every_backbone(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce_accuracy.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for name in BACKBONES:
+        assert name in help_text
+    assert "exit status" in help_text
+
+
+def test_an_unwritable_output_folder_is_found_before_training(capsys, no_training, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    arguments = ["--quick", "--dataset", "synthetic", "--output-dir", str(blocker / "results")]
+    error = _usage_error(capsys, *arguments)
+    assert f"--output-dir {blocker / 'results'}: cannot write there" in error
+
+
+def test_a_missing_data_folder_is_named(capsys, no_training, tmp_path):
+    error = _usage_error(capsys, *_folder_run(tmp_path / "nowhere", tmp_path))
+    assert f"--data-dir {tmp_path / 'nowhere'}: no such folder" in error
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ({}, "found no class folders; a classifier needs at least 2 classes"),
+        ({"only": 6}, "found 1 class (only); a classifier needs at least 2 classes"),
+        ({"cats": 6, "dogs": 6, "empty": 0}, "no training images for class empty"),
+        # Four images: all for training (every fifth is a test image), none left for testing.
+        ({"cats": 6, "dogs": 4}, "no test images for class dogs"),
+    ],
+    ids=["empty folder", "one class", "empty class folder", "class without test images"],
+)
+def test_image_folders_without_two_usable_classes_are_rejected(
+    capsys, no_training, tmp_path, counts, message
+):
+    data_dir = _class_folders_with(tmp_path / "data", counts)
+    data_dir.mkdir(exist_ok=True)
+    assert message in _usage_error(capsys, *_folder_run(data_dir, tmp_path))
+
+
+def test_train_and_test_folders_with_different_classes_name_the_difference(
+    capsys, no_training, tmp_path
+):
+    data_dir = tmp_path / "data"
+    _class_folders_with(data_dir / "train", {"cats": 2, "dogs": 2})
+    _class_folders_with(data_dir / "test", {"cats": 1, "dogs": 1, "owls": 1})
+    error = _usage_error(capsys, *_folder_run(data_dir, tmp_path))
+    assert "has class folders that" in error and "lacks: owls" in error
+    (data_dir / "test" / "owls" / "000.png").unlink()
+    (data_dir / "test" / "owls").rmdir()
+    (data_dir / "test" / "dogs" / "000.png").unlink()
+    assert "no test images for class dogs" in _usage_error(capsys, *_folder_run(data_dir, tmp_path))
+
+
+def test_a_cub_table_with_a_missing_line_is_named(capsys, no_training, tmp_path, cub_layout):
+    labels = cub_layout / "image_class_labels.txt"
+    labels.write_text("\n".join(labels.read_text().splitlines()[:-1]) + "\n")
+    error = _usage_error(capsys, *_folder_run(cub_layout, tmp_path))
+    assert f"{labels} has no line for image id 6" in error
+
+
+def test_a_file_that_is_not_an_image_is_named_before_training(
+    capsys, no_training, tmp_path, class_folders
+):
+    broken = class_folders / "red_bird" / "002.png"
+    broken.write_bytes(b"not a png")
+    error = _usage_error(capsys, *_folder_run(class_folders, tmp_path))
+    assert f"cannot read image {broken}" in error
+
+
+def test_an_image_that_fails_to_decode_is_named(class_folders):
+    dataset = image_folder(class_folders, image_size=16)
+    broken = dataset.train.paths[0]
+    broken.write_bytes(broken.read_bytes()[:60])  # the header reads, the pixels do not
+    with pytest.raises(IBPInputError, match=f"cannot read image {re.escape(str(broken))}"):
+        dataset.train.load(np.arange(2))
+
+
+def test_question_set_up_with_fewer_test_images_than_its_batch_is_rejected(
+    capsys, no_training, tmp_path, class_folders
+):
+    error = _usage_error(capsys, *_folder_run(class_folders, tmp_path, "--config", "seed"))
+    assert "--config seed runs on full batches of 16 only" in error
+    assert "has 8 train images" in error
+
+
+def test_user_data_goes_to_a_fresh_run_folder(tmp_path, class_folders):
+    args = reproduce_accuracy.parse_args(
+        ["--dataset", "imagefolder", "--data-dir", str(class_folders)]
+    )
+    assert args.output_dir.parent == reproduce_accuracy.RUNS_DIR
+    assert args.output_dir.name.startswith(f"{class_folders.name}-")
+    assert reproduce_accuracy.parse_args([]).output_dir == reproduce_accuracy.RESULTS_DIR
+
+
+def test_a_failure_while_writing_keeps_the_previous_results_whole(monkeypatch, tmp_path):
+    old = {name: f"old {name}" for name in report.RESULT_FILES}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+
+    def broken_plot(runs, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "markdown", lambda *arguments: "new md")
+    monkeypatch.setattr(report, "plot", broken_plot)
+    with pytest.raises(OSError, match="disk full"):
+        report.write(tmp_path, {}, [], [])
+    assert {path.name: path.read_text() for path in tmp_path.iterdir()} == old

@@ -1,5 +1,6 @@
 """The configurations trained side by side: the correct IBP model, the founding question's set-up
-(shared/seed/) with all its bugs, that set-up with one bug fixed at a time, and baselines.
+(examples/seed_question_tf.py) with all its bugs, that set-up with one bug fixed at a time, and
+baselines.
 
 A configuration names a head and a training schedule; the framework runners build both. Every
 configuration starts from the same seeded backbone initialisation, so they differ only in what

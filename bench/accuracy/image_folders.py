@@ -11,6 +11,11 @@ Layouts, tried in this order:
 Images are read when a batch asks for them: the training split resizes the shorter side to the
 image size, takes a random square crop and flips half of the images (the authors' 448 crops with
 flips); the test split takes the centre crop.
+
+Everything a run needs from the folder is checked before training (`image_folder` raises
+`IBPInputError` naming the problem): at least two classes, no class without images, the same
+classes in the training and the test split, and every file's image header readable. A file that
+passes the header check but fails to decode later is named with its path too.
 """
 
 import os
@@ -22,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from bench.accuracy.data import Dataset
+from reference.contracts import IBPInputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _TEST_SPLIT_NAMES = ("test", "val")
@@ -30,8 +36,11 @@ _TEST_EVERY = 5
 
 
 def _load_image(path, image_size, crop_rng, flip):
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise IBPInputError(f"cannot read image {path}: {error}") from None
     scale = image_size / min(image.size)
     width, height = (max(image_size, round(side * scale)) for side in image.size)
     image = image.resize((width, height), Image.BILINEAR)
@@ -80,14 +89,35 @@ def _class_folders(root):
 
 def _read_table(path):
     """{first column: rest of the line} of a CUB metadata file."""
+    if not path.is_file():
+        raise IBPInputError(f"{path.parent} looks like CUB-200-2011 but has no {path.name}")
+    table = {}
     with open(path) as lines:
-        return dict(line.strip().split(" ", 1) for line in lines if line.strip())
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                key, separator, value = line.strip().partition(" ")
+                if not separator:
+                    raise IBPInputError(f"{path}, line {number}: expected 'id value', got {line!r}")
+                table[key] = value.strip()
+    return table
 
 
 def _cub_layout(root):
     images = _read_table(root / "images.txt")
     is_training = _read_table(root / "train_test_split.txt")
     class_ids = _read_table(root / "image_class_labels.txt")
+    for table, name in (
+        (is_training, "train_test_split.txt"),
+        (class_ids, "image_class_labels.txt"),
+    ):
+        missing = sorted(set(images) - set(table))
+        if missing:
+            raise IBPInputError(f"{root / name} has no line for image id {missing[0]}")
+    unknown = sorted({flag for flag in is_training.values()} - {"0", "1"})
+    if unknown:
+        raise IBPInputError(
+            f"{root / 'train_test_split.txt'}: split flag {unknown[0]!r} is not 0 or 1"
+        )
     ordered_class_ids = sorted({int(c) for c in class_ids.values()})
     names_file = root / "classes.txt"
     names = _read_table(names_file) if names_file.exists() else {}
@@ -95,7 +125,7 @@ def _cub_layout(root):
     label_of = {c: label for label, c in enumerate(ordered_class_ids)}
     splits = {"1": ([], []), "0": ([], [])}
     for image_id, relative_path in sorted(images.items(), key=lambda item: int(item[0])):
-        paths, labels = splits[is_training[image_id].strip()]
+        paths, labels = splits[is_training[image_id]]
         paths.append(root / "images" / relative_path)
         labels.append(label_of[int(class_ids[image_id])])
     return class_names, splits["1"], splits["0"]
@@ -103,6 +133,11 @@ def _cub_layout(root):
 
 def _split_folder_layout(train_root, test_root):
     class_names = [folder.name for folder in _class_folders(train_root)]
+    only_in_test = sorted({f.name for f in _class_folders(test_root)} - set(class_names))
+    if only_in_test:
+        raise IBPInputError(
+            f"{test_root} has class folders that {train_root} lacks: {', '.join(only_in_test)}"
+        )
     splits = []
     for root in (train_root, test_root):
         paths, labels = [], []
@@ -125,11 +160,38 @@ def _class_folder_layout(root):
     return class_names, train, test
 
 
+def _check_classes(where, class_names, train_labels, test_labels):
+    """At least two classes, each with training and test images: a class missing from one split
+    would silently change what the accuracy measures."""
+    if len(class_names) < 2:
+        found = f"1 class ({class_names[0]})" if class_names else "no class folders"
+        raise IBPInputError(f"{where}: found {found}; a classifier needs at least 2 classes")
+    for split, labels in (("training", train_labels), ("test", test_labels)):
+        present = set(labels)
+        missing = [name for label, name in enumerate(class_names) if label not in present]
+        if missing:
+            raise IBPInputError(
+                f"{where}: no {split} images for class{'es' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)}; every class needs training and test images"
+            )
+
+
+def _check_headers(paths):
+    """Open every file's header (cheap: no pixels are decoded) so that a file that is not an image
+    is named before training, not an hour into it."""
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError) as error:
+            raise IBPInputError(f"cannot read image {path}: {error}") from None
+
+
 def image_folder(data_dir, image_size):
     """The data set under `data_dir` in one of the layouts of this module's docstring."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
+        raise IBPInputError(f"--data-dir {data_dir}: no such folder")
     test_roots = [root / name for name in _TEST_SPLIT_NAMES if (root / name).is_dir()]
     if (root / "images.txt").exists():
         layout = "CUB-200-2011"
@@ -140,8 +202,8 @@ def image_folder(data_dir, image_size):
     else:
         layout = f"class folders, every {_TEST_EVERY}th image a test image"
         class_names, train, test = _class_folder_layout(root)
-    if not train[0] or not test[0]:
-        raise ValueError(f"{data_dir} ({layout}): found no training or no test images")
+    _check_classes(f"{data_dir} ({layout})", class_names, train[1], test[1])
+    _check_headers(train[0] + test[0])
     train_split = FileSplit(train[0], np.array(train[1]), image_size, augment=True)
     test_split = FileSplit(test[0], np.array(test[1]), image_size, augment=False)
     description = (

@@ -6,6 +6,9 @@ explanations stay true when the numbers change.
 """
 
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -23,8 +26,8 @@ from bench.accuracy.data import SYNTHETIC_MEAN, SYNTHETIC_STD
 #: A test accuracy within this many points of the chance rate counts as "at chance".
 AT_CHANCE_POINTS = 5.0
 
-#: The paper's numbers (VGG-16, 448x448; DESIGN.md), in %: improved B-CNN (the IBP head), the
-#: original B-CNN (bilinear, no matrix root) and iSQRT-COV (VGG-D).
+#: The papers' numbers (VGG-16, 448x448; Lin & Maji, BMVC 2017; Li et al., CVPR 2018), in %:
+#: improved B-CNN (the IBP head), the original B-CNN (bilinear, no matrix root) and iSQRT-COV.
 PAPER_ACCURACY = {
     "cub": {"ibp": 85.8, "bilinear_no_sqrtm": 84.0, "isqrt-cov": 87.2},
     "cars": {"ibp": 92.0, "bilinear_no_sqrtm": 90.6, "isqrt-cov": 92.5},
@@ -43,7 +46,8 @@ MECHANISMS = {
     "cross-channel correlations, so a frozen random backbone is a fair stand-in for the question's "
     "frozen VGG: this is what the question's set-up can reach once its head and learning rate are "
     "right.",
-    "seed": "The question's set-up (shared/seed/, `bench/accuracy/seed_model_*.py`). Bug 1 sums "
+    "seed": "The question's set-up (`examples/seed_question_tf.py`, trained as "
+    "`bench/accuracy/seed_model_*.py`). Bug 1 sums "
     "the outer products over the batch, so all 16 samples of a batch get the same feature vector: "
     "per batch the classifier can only give one answer, at best the batch's most frequent class "
     "(the batch-majority ceiling below), and SGD at lr 0.001 on unit-norm features barely moves "
@@ -359,13 +363,41 @@ def plot(runs, path):
         legend.values(), legend.keys(), loc="lower center", ncol=4, fontsize=8, frameon=False
     )
     figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
+
+
+RESULT_FILES = ("accuracy.json", "accuracy.md", "accuracy.png")
+
+
+def check_writable(output_dir):
+    """Create `output_dir` and write a probe file there, so that a folder that cannot take the
+    results is found before hours of training, not after. Raises OSError."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".probe-"):
+        pass
 
 
 def write(output_dir, metadata, runs, datasets, paper_key=None):
+    """Write RESULT_FILES all or nothing: each goes to a temporary file beside its final name,
+    and only once all three are complete do they replace the old set (a rename within one folder
+    is atomic), so a failure leaves the previous results whole."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / "accuracy.json", "w") as file:
-        json.dump({"metadata": metadata, "runs": runs}, file, indent=1)
-        file.write("\n")
-    (output_dir / "accuracy.md").write_text(markdown(metadata, runs, datasets, paper_key))
-    plot(runs, output_dir / "accuracy.png")
+    writers = {
+        "accuracy.json": lambda path: path.write_text(
+            json.dumps({"metadata": metadata, "runs": runs}, indent=1) + "\n"
+        ),
+        "accuracy.md": lambda path: path.write_text(markdown(metadata, runs, datasets, paper_key)),
+        "accuracy.png": lambda path: plot(runs, path),
+    }
+    temporary = {}
+    try:
+        for name in RESULT_FILES:
+            handle, path = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.", suffix=".tmp")
+            os.close(handle)
+            temporary[name] = Path(path)
+            writers[name](temporary[name])
+        for name in RESULT_FILES:
+            os.replace(temporary[name], output_dir / name)
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)

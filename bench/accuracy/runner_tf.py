@@ -12,6 +12,7 @@ from bench.accuracy.configurations import QUESTION_LEARNING_RATE
 from bench.accuracy.seed_model_tf import SeedHead
 from impls.backends import get_backend
 from impls.tf.models import BACKBONE_LAYER, HEAD_LAYER
+from reference.contracts import IBPInputError
 
 IMPL = get_backend("tf").impl
 
@@ -75,7 +76,7 @@ class Runner:
     def __init__(self, device="cpu", threads=None):
         gpus = tf.config.list_physical_devices("GPU")
         if device == "gpu" and not gpus:
-            raise RuntimeError("--device gpu: TensorFlow sees no GPU")
+            raise IBPInputError("--device gpu: TensorFlow sees no GPU")
         self.device = "/GPU:0" if gpus and device in ("gpu", "auto") else "/CPU:0"
         self.threads = _configure_threads(threads)
         self._evaluators = {}  # (model name, from features) -> (model, compiled evaluation)

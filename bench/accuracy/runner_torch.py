@@ -12,6 +12,7 @@ from bench.accuracy.configurations import QUESTION_LEARNING_RATE
 from bench.accuracy.seed_model_torch import SeedHead
 from impls.backends import get_backend
 from impls.torch.models import IBPModel
+from reference.contracts import IBPInputError
 
 IMPL = get_backend("torch").impl
 
@@ -59,7 +60,7 @@ class Runner:
         self.threads = torch.get_num_threads()
         want_gpu = device in ("gpu", "auto") and torch.cuda.is_available()
         if device == "gpu" and not want_gpu:
-            raise RuntimeError("--device gpu: torch sees no CUDA device")
+            raise IBPInputError("--device gpu: torch sees no CUDA device")
         self.device = torch.device("cuda" if want_gpu else "cpu")
         if want_gpu:
             # cuBLAS needs this workspace setting to be deterministic.

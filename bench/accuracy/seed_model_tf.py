@@ -1,5 +1,5 @@
-"""The founding question's head (shared/seed/) in TensorFlow/Keras, as it wrote it. DELIBERATELY
-WRONG.
+"""The founding question's head (examples/seed_question_tf.py) in TensorFlow/Keras, as it wrote
+it. DELIBERATELY WRONG.
 
 This reproduces the question's Lambda layers so that the suite can show what each of their bugs
 costs; do not use it as an IBP layer (that is `impls.tf.IBPHead`). Each bug can be switched off

@@ -1,4 +1,5 @@
-"""The founding question's head (shared/seed/), transliterated to PyTorch. DELIBERATELY WRONG.
+"""The founding question's head (examples/seed_question_tf.py), transliterated to PyTorch.
+DELIBERATELY WRONG.
 
 This reproduces the question's Keras Lambda layers so that the suite can show what each of their
 bugs costs; do not use it as an IBP layer (that is `impls.torch.IBPHead`). Each bug can be
