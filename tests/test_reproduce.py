@@ -18,6 +18,7 @@ from bench.accuracy.data import SYNTHETIC_MEAN, SYNTHETIC_NUM_CLASSES, SYNTHETIC
 from bench.accuracy.image_folders import image_folder
 from impls.architectures import BACKBONES
 from impls.backends import BACKENDS, available_backends
+from impls.testing import founding_question
 from reference.contracts import IBPInputError
 
 
@@ -133,7 +134,7 @@ def test_question_head_with_every_bug_fixed_is_the_ibp_head(backend):
     x = _feature_maps()
     tensor = backend.feature_map(x, "float32")
     fixed = _seed_vectors(backend, tensor, bugs=frozenset())
-    head = backend.impl.IBPHead(x.shape[1], eps=_seed_model(backend).KERAS_EPSILON, delta=0.0)
+    head = backend.impl.IBPHead(x.shape[1], eps=founding_question.KERAS_EPSILON, delta=0.0)
     ours = backend.numpy(head(tensor)).reshape(fixed.shape)
     np.testing.assert_allclose(fixed, ours, rtol=1e-3, atol=1e-4)
 

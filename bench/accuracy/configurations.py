@@ -9,27 +9,13 @@ the name says.
 
 from dataclasses import dataclass, field
 
-#: The question's batch size, hard-coded into its layers (bug 3): its set-up runs only on full
-#: batches of this size.
-QUESTION_BATCH_SIZE = 16
-#: The question's classifier: a 7-way softmax.
-QUESTION_NUM_CLASSES = 7
-#: The question's optimizer: Keras SGD, lr 0.001, no momentum, on the classifier alone.
-QUESTION_LEARNING_RATE = 1e-3
+from impls.testing import founding_question as question
 
 #: The bugs of the question's set-up that change what it learns, each of which one ablation fixes
-#: alone. DESIGN.md numbers the catalogue; "batch_l2" is in the question's code but not there.
+#: alone, described by the question's own table.
 SEED_BUGS = {
-    "batch_sum": "bug 1: the outer product sums over the batch, so every sample of a batch gets "
-    "the same matrix",
-    "fourth_root": "bug 2: sqrt is taken of the singular values twice, A^(1/4) instead of A^(1/2)",
-    "eps_ones": "bug 4: eps is added to every entry (eps * ones) instead of the diagonal (eps * I)",
-    "batch_l2": "tf.math.l2_normalize(x, axis=None) normalises the whole batch as one vector, "
-    "not each sample",
-    "low_lr": "bug 5: SGD at lr 0.001 on the classifier; the authors' classifier stage uses "
-    "SGD lr 1.0 (momentum 0.9)",
-    "frozen_backbone": "bug 5: only the classifier trains; with this fixed everything trains, "
-    "still at lr 0.001, through the question's SVD gradient (bug 6)",
+    key: f"bug {question.BY_KEY[key].number}: {question.BY_KEY[key].description}"
+    for key in question.ABLATIONS
 }
 
 
@@ -68,7 +54,7 @@ class Configuration:
         return self.head == "seed"
 
     def batch_size(self, requested):
-        return QUESTION_BATCH_SIZE if self.needs_full_batches else requested
+        return question.BATCH_SIZE if self.needs_full_batches else requested
 
     def stages(self, epochs):
         """The training stages of a run of `epochs` epochs in all."""

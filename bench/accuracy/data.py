@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.accuracy.configurations import QUESTION_NUM_CLASSES
+from impls.testing import founding_question as question
 
 #: As many classes as the founding question's softmax has.
-SYNTHETIC_NUM_CLASSES = QUESTION_NUM_CLASSES
+SYNTHETIC_NUM_CLASSES = question.NUM_CLASSES
 #: Every synthetic image has exactly this per-channel mean and standard deviation (before the clip
 #: to [0, 1], which touches pixels beyond 5 standard deviations only).
 SYNTHETIC_MEAN, SYNTHETIC_STD = 0.5, 0.1

@@ -15,13 +15,9 @@ import numpy as np
 from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure state
 from matplotlib.ticker import MaxNLocator
 
-from bench.accuracy.configurations import (
-    CONFIGURATIONS,
-    QUESTION_BATCH_SIZE,
-    QUESTION_NUM_CLASSES,
-    SEED_BUGS,
-)
+from bench.accuracy.configurations import CONFIGURATIONS, SEED_BUGS
 from bench.accuracy.data import SYNTHETIC_MEAN, SYNTHETIC_STD
+from impls.testing import founding_question as question
 
 #: A test accuracy within this many points of the chance rate counts as "at chance".
 AT_CHANCE_POINTS = 5.0
@@ -86,14 +82,14 @@ def _percent(value):
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def batch_majority_ceiling(labels, batch_size=QUESTION_BATCH_SIZE):
+def batch_majority_ceiling(labels, batch_size=question.BATCH_SIZE):
     """Best accuracy of a model that gives one answer per batch of consecutive test samples."""
     full = len(labels) - len(labels) % batch_size
     batches = np.asarray(labels[:full]).reshape(-1, batch_size)
     return float(np.mean([np.bincount(batch).max() / batch_size for batch in batches]))
 
 
-def expected_batch_majority(num_classes, batch_size=QUESTION_BATCH_SIZE, draws=100_000, seed=0):
+def expected_batch_majority(num_classes, batch_size=question.BATCH_SIZE, draws=100_000, seed=0):
     """Mean share of the most frequent class in batches drawn from balanced classes."""
     counts = np.random.default_rng(seed).multinomial(
         batch_size, [1 / num_classes] * num_classes, draws
@@ -255,9 +251,9 @@ def _plateau_paragraph(runs, datasets):
     lines = [
         "With the batch-summed outer product every sample of a batch of 16 gets the same "
         "features, so a model can at best answer each batch's most frequent class. For "
-        f"{QUESTION_NUM_CLASSES} balanced classes that class holds "
-        f"{_percent(expected_batch_majority(QUESTION_NUM_CLASSES))} of a batch of 16 on average: "
-        f"the question's {QUESTION_NUM_CLASSES}-way model stuck at about 30 % is what this ceiling "
+        f"{question.NUM_CLASSES} balanced classes that class holds "
+        f"{_percent(expected_batch_majority(question.NUM_CLASSES))} of a batch of 16 on average: "
+        f"the question's {question.NUM_CLASSES}-way model stuck at about 30 % is what this ceiling "
         "predicts (on an unbalanced set, the majority-class rate would do the same).",
     ]
     for dataset in datasets:
@@ -290,7 +286,7 @@ def markdown(metadata, runs, datasets, paper_key=None):
         f"{metadata['commit']}), {metadata['device']}, CPU threads {threads}, backbone "
         f"`{model['backbone']}` with {weights} weights, recipe `{model['recipe']}`, seed "
         f"{metadata['seed']}, {metadata['epochs']} epochs per configuration, batch "
-        f"{metadata['batch_size']} ({QUESTION_BATCH_SIZE} for the question's set-up, which "
+        f"{metadata['batch_size']} ({question.BATCH_SIZE} for the question's set-up, which "
         "hard-codes it). "
         f"Total time {metadata['total_seconds'] / 60:.1f} min. Test accuracy after the last "
         f'epoch; "at chance" means within {AT_CHANCE_POINTS:.0f} points of the chance rate (the '

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench.accuracy.configurations import QUESTION_LEARNING_RATE
 from bench.accuracy.seed_model_tf import SeedHead
 from impls.backends import get_backend
+from impls.testing import founding_question as question
 from impls.tf.models import BACKBONE_LAYER, HEAD_LAYER
 from reference.contracts import IBPInputError
 
@@ -114,7 +114,7 @@ class Runner:
     def optimizer(self, model, stage):
         if stage.optimizer == "question":
             IMPL.freeze_backbone(model, stage.frozen)
-            optimizer = keras.optimizers.SGD(learning_rate=QUESTION_LEARNING_RATE)
+            optimizer = keras.optimizers.SGD(learning_rate=question.LEARNING_RATE)
         else:
             optimizer = IMPL.recipe_optimizer(model, int(stage.optimizer[-1]))
         optimizer.build(model.trainable_variables)

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.accuracy.configurations import QUESTION_LEARNING_RATE
 from bench.accuracy.seed_model_torch import SeedHead
 from impls.backends import get_backend
+from impls.testing import founding_question as question
 from impls.torch.models import IBPModel
 from reference.contracts import IBPInputError
 
@@ -94,7 +94,7 @@ class Runner:
         if stage.optimizer == "question":
             IMPL.freeze_backbone(model, stage.frozen)
             trained = model.head if stage.frozen else model
-            return torch.optim.SGD(trained.parameters(), lr=QUESTION_LEARNING_RATE)
+            return torch.optim.SGD(trained.parameters(), lr=question.LEARNING_RATE)
         return IMPL.recipe_optimizer(model, int(stage.optimizer[-1]))
 
     def images(self, images):

@@ -11,12 +11,8 @@ Channels-last: (B, H, W, C).
 import keras
 import tensorflow as tf
 
-from bench.accuracy.configurations import QUESTION_BATCH_SIZE, SEED_BUGS
-
-#: tf.keras.backend.epsilon(), the question's eps.
-KERAS_EPSILON = 1e-7
-#: Singular values below this stay unrooted in the question's tf.where.
-_SMALL_SINGULAR_VALUE = 1e-10
+from bench.accuracy.configurations import SEED_BUGS
+from impls.testing import founding_question as question
 
 
 def seed_bilinear_pool(x, bugs=frozenset(SEED_BUGS)):
@@ -33,8 +29,8 @@ def seed_bilinear_pool(x, bugs=frozenset(SEED_BUGS)):
     else:
         outer = tf.einsum("bhwc,bhwd->bcd", x, x)
     ones_or_eye = tf.ones([channels, channels]) if "eps_ones" in bugs else tf.eye(channels)
-    epsilon = tf.scalar_mul(KERAS_EPSILON, ones_or_eye)
-    a = tf.zeros([QUESTION_BATCH_SIZE, channels, channels], tf.float32) + outer
+    epsilon = tf.scalar_mul(question.KERAS_EPSILON, ones_or_eye)
+    a = tf.zeros([question.BATCH_SIZE, channels, channels], tf.float32) + outer
     return a / locations + epsilon
 
 
@@ -46,10 +42,10 @@ def seed_sqrtm(a, bugs=frozenset(SEED_BUGS)):
     TensorFlow's through the SVD, which divides by differences of singular values (bug 6).
     """
     roots = []
-    for i in range(QUESTION_BATCH_SIZE):
+    for i in range(question.BATCH_SIZE):
         s, u, v = tf.linalg.svd(a[i, :, :], compute_uv=True)
         if "fourth_root" in bugs:
-            s = tf.where(tf.less(s, _SMALL_SINGULAR_VALUE), s, tf.sqrt(s))
+            s = tf.where(tf.less(s, question.SINGULAR_VALUE_CUT), s, tf.sqrt(s))
         roots.append(tf.matmul(u, tf.matmul(tf.linalg.diag(tf.sqrt(s)), v, transpose_b=True)))
     return tf.stack(roots)
 
@@ -57,7 +53,8 @@ def seed_sqrtm(a, bugs=frozenset(SEED_BUGS)):
 def seed_l2_normalize(y, bugs=frozenset(SEED_BUGS)):
     """tf.math.l2_normalize(y, axis=None): with "batch_l2", one norm for the whole batch (wrong on
     purpose: a sample's features then depend on the rest of its batch)."""
-    return tf.math.l2_normalize(y, axis=None if "batch_l2" in bugs else [1, 2], epsilon=1e-12)
+    axis = None if "batch_l2" in bugs else [1, 2]
+    return tf.math.l2_normalize(y, axis=axis, epsilon=question.L2_EPSILON)
 
 
 class SeedHead(keras.layers.Layer):

@@ -11,14 +11,8 @@ regulariser. Channels-first: (B, C, H, W).
 import torch
 from torch import nn
 
-from bench.accuracy.configurations import QUESTION_BATCH_SIZE, SEED_BUGS
-
-#: tf.keras.backend.epsilon(), the question's eps.
-KERAS_EPSILON = 1e-7
-#: Singular values below this stay unrooted in the question's tf.where.
-_SMALL_SINGULAR_VALUE = 1e-10
-#: tf.math.l2_normalize's default floor of the squared norm.
-_L2_EPSILON = 1e-12
+from bench.accuracy.configurations import SEED_BUGS
+from impls.testing import founding_question as question
 
 
 def seed_bilinear_pool(x, bugs=frozenset(SEED_BUGS)):
@@ -34,9 +28,9 @@ def seed_bilinear_pool(x, bugs=frozenset(SEED_BUGS)):
     else:
         outer = torch.einsum("bchw,bdhw->bcd", x, x)
     ones_or_eye = torch.ones(channels, channels) if "eps_ones" in bugs else torch.eye(channels)
-    epsilon = KERAS_EPSILON * ones_or_eye.to(x)
+    epsilon = question.KERAS_EPSILON * ones_or_eye.to(x)
     return (
-        torch.zeros(QUESTION_BATCH_SIZE, channels, channels).to(x)
+        torch.zeros(question.BATCH_SIZE, channels, channels).to(x)
         + outer / (height * width)
         + epsilon
     )
@@ -50,10 +44,10 @@ def seed_sqrtm(a, bugs=frozenset(SEED_BUGS)):
     autograd's through the SVD, which divides by differences of singular values (bug 6).
     """
     roots = []
-    for i in range(QUESTION_BATCH_SIZE):
+    for i in range(question.BATCH_SIZE):
         u, s, vh = torch.linalg.svd(a[i], full_matrices=False)
         if "fourth_root" in bugs:
-            s = torch.where(s < _SMALL_SINGULAR_VALUE, s, torch.sqrt(s))
+            s = torch.where(s < question.SINGULAR_VALUE_CUT, s, torch.sqrt(s))
         roots.append(u @ torch.diag(torch.sqrt(s)) @ vh)
     return torch.stack(roots)
 
@@ -63,7 +57,7 @@ def seed_l2_normalize(y, bugs=frozenset(SEED_BUGS)):
     purpose: a sample's features then depend on the rest of its batch)."""
     axes = tuple(range(y.dim())) if "batch_l2" in bugs else tuple(range(1, y.dim()))
     squared_norm = (y * y).sum(dim=axes, keepdim=True)
-    return y * torch.rsqrt(squared_norm.clamp_min(_L2_EPSILON))
+    return y * torch.rsqrt(squared_norm.clamp_min(question.L2_EPSILON))
 
 
 class SeedHead(nn.Module):
