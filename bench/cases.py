@@ -13,6 +13,7 @@ took 6 on 2 idle cores, and other work on a shared machine can double that):
 """
 
 import dataclasses
+import shlex
 
 from reference.conventions import (
     DEFAULT_NEWTON_SCHULZ_ITERATIONS,
@@ -256,3 +257,10 @@ def get_profile(name, device):
     else:
         raise ValueError(f"unknown profile {name!r}; choose one of {PROFILES}")
     return Profile(name=name, float64_sizes="headline", **settings, **_FULL_SIZE)
+
+
+def run_command(profile: str, device: str) -> str:
+    """The command that runs profile `profile` on `device` and writes results/."""
+    flags = [] if profile == "default" else [f"--{profile}"]
+    device_flags = [] if device == "cpu" else ["--device", device]
+    return shlex.join(["python", "-m", "bench.run", *device_flags, *flags])

@@ -3,24 +3,19 @@
 
 import math
 import time
-import zlib
 
-import numpy as np
 import pytest
 
 from bench import cases
 from bench.adapters import adapter_for, benchmarked_backends
-from bench.errors import reference_root_and_gradient
+from bench.inputs import Inputs
 from impls.backends import get_backend
 from impls.testing import metadata
-from impls.testing.matrices import relu_covariances, relu_feature_maps
 
 #: A case whose single call takes longer than this gets 2 timed rounds, not the profile's minimum:
 #: the spread of a multi-second call on an idle machine is small, and the CPU budget is not.
 SLOW_CALL_SECONDS = 2.0
 MAX_ROUNDS = 500
-#: The seed of every generated input, so all methods and backends see the same matrices.
-SEED = 20170721
 
 
 def pytest_addoption(parser):
@@ -104,58 +99,6 @@ def suite(request):
 @pytest.fixture
 def adapter(suite, backend_name):
     return suite.adapter(backend_name)
-
-
-class Inputs:
-    """Seeded inputs, generated once per size: realistic ReLU covariances, cotangents, features."""
-
-    def __init__(self):
-        self._cache = {}
-
-    def _cached(self, key, make):
-        if key not in self._cache:
-            # crc32 of the key, not hash(): str hashes change from one process to the next.
-            stream = zlib.crc32(repr(key).encode())
-            self._cache[key] = make(np.random.default_rng([SEED, stream]))
-        return self._cache[key]
-
-    def covariances(self, cell):
-        """relu_covariances rounded to the cell's dtype and back, so the float64 reference sees
-        exactly what the benchmarked method sees."""
-
-        def make(rng):
-            matrices = relu_covariances(rng, cell.batch, cell.channels)
-            return matrices.astype(cell.dtype).astype(np.float64)
-
-        return self._cached(("covariances", cell), make)
-
-    def cotangent(self, cell):
-        def make(rng):
-            g = rng.standard_normal((cell.batch, cell.channels, cell.channels))
-            return g.astype(cell.dtype).astype(np.float64)
-
-        return self._cached(("cotangent", cell), make)
-
-    def reference(self, cell):
-        """The float64 root and gradient for `covariances(cell)` and `cotangent(cell)`."""
-        return self._cached(
-            ("reference", cell),
-            lambda rng: reference_root_and_gradient(self.covariances(cell), self.cotangent(cell)),
-        )
-
-    def feature_maps(self, batch, channels, side):
-        return self._cached(
-            ("features", batch, channels, side),
-            lambda rng: relu_feature_maps(rng, batch, channels, side, side),
-        )
-
-    def images(self, batch, side):
-        return self._cached(("images", batch, side), lambda rng: rng.random((batch, 3, side, side)))
-
-    def labels(self, batch, num_classes):
-        return self._cached(
-            ("labels", batch, num_classes), lambda rng: rng.integers(0, num_classes, batch)
-        )
 
 
 @pytest.fixture(scope="session")

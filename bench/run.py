@@ -1,27 +1,38 @@
 """Run the benchmark suites and regenerate the report.
 
-    python -m bench.run                     # CPU, default profile (about 15 min on 2 cores)
+    python -m bench.run                     # CPU, default profile (its run time: BENCHMARKS.md)
     python -m bench.run --quick             # headline size only (a few minutes)
     python -m bench.run --full              # every size, float64 everywhere (hours on a CPU)
     python -m bench.run --dry-run           # tiny sizes, every code path, seconds
     python -m bench.run --device cuda       # the GPU suite (torch only); bench/gpu.sh wraps it
 
-Writes <output>/bench-<device>.json (pytest-benchmark's JSON plus "ibp_metadata": commit,
-versions, hardware, threads, date; and "not_run": what was skipped and why), then regenerates
-<output>/BENCHMARKS.md and the plots from every bench-*.json in <output>.
+Writes <output>/bench-<device>.json (pytest-benchmark's JSON plus the results envelope
+"ibp_metadata": command, run time, commit, versions, hardware, threads, date; and "not_run": what
+was skipped and why), then regenerates <output>/BENCHMARKS.md and the plots from every
+bench-*.json in <output>. <output> is ./results unless given: never inside the installed package.
+With the default output, a README.md in the current directory that has the headline block gets
+it rewritten too.
 """
 
 import argparse
+import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 
 from bench import report
+from impls.testing.metadata import ENVELOPE_KEY
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
-REPOSITORY = BENCH_DIR.parent
+#: The folder that holds the bench package: the suites' subprocess imports it from there, whether
+#: that is a checkout or site-packages. Nothing is written there.
+PACKAGE_ROOT = BENCH_DIR.parent
+DEFAULT_OUTPUT = pathlib.Path("results")
 SUITES = (
     "test_sqrtm_speed.py",
     "test_anchors_speed.py",
@@ -30,7 +41,7 @@ SUITES = (
 )
 
 
-def parse_arguments(argv):
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.split("\n\n")[0]
     )
@@ -46,7 +57,7 @@ def parse_arguments(argv):
     parser.add_argument(
         "--output",
         type=pathlib.Path,
-        help="results folder (default: results/, or a new temporary folder for --dry-run)",
+        help="results folder (default: ./results, or a new temporary folder for --dry-run)",
     )
     parser.add_argument("-k", dest="keyword", help="pytest -k expression selecting benchmarks")
     parser.add_argument(
@@ -59,7 +70,7 @@ def parse_arguments(argv):
     return parser.parse_args(argv)
 
 
-def profile_name(arguments):
+def profile_name(arguments: argparse.Namespace) -> str:
     if arguments.dry_run:
         return "dry-run"
     if arguments.quick:
@@ -67,7 +78,7 @@ def profile_name(arguments):
     return "full" if arguments.full else "default"
 
 
-def pytest_command(arguments, json_path):
+def pytest_command(arguments: argparse.Namespace, json_path: pathlib.Path) -> list[str]:
     command = [
         sys.executable,
         "-m",
@@ -76,7 +87,7 @@ def pytest_command(arguments, json_path):
         "-v",
         "-p",
         "no:cacheprovider",
-        f"--rootdir={REPOSITORY}",
+        f"--rootdir={PACKAGE_ROOT}",
         f"--bench-profile={profile_name(arguments)}",
         f"--bench-device={arguments.device}",
         f"--bench-memory-limit-gib={arguments.memory_limit_gib}",
@@ -90,29 +101,48 @@ def pytest_command(arguments, json_path):
     return command
 
 
-def main(argv=None):
+def _record_run(json_path: pathlib.Path, argv: Sequence[str], seconds: float) -> None:
+    """Complete the envelope with what only this process knows: its command and run time."""
+    results = json.loads(json_path.read_text())
+    results[ENVELOPE_KEY]["command"] = shlex.join(["python", "-m", "bench.run", *argv])
+    results[ENVELOPE_KEY]["wall_seconds"] = round(seconds, 1)
+    json_path.write_text(json.dumps(results, indent=4) + "\n")
+
+
+def _readme_to_update(output: pathlib.Path) -> pathlib.Path | None:
+    """./README.md when the run wrote the default ./results and that README quotes them."""
+    readme = pathlib.Path("README.md")
+    if output.resolve() != DEFAULT_OUTPUT.resolve() or not readme.exists():
+        return None
+    return readme if report.TARGETS_BLOCK in readme.read_text() else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     arguments = parse_arguments(argv)
     output = arguments.output
     if output is None:
         output = (
             pathlib.Path(tempfile.mkdtemp(prefix="ibp-bench-dry-run-"))
             if arguments.dry_run
-            else REPOSITORY / "results"
+            else DEFAULT_OUTPUT
         )
     output.mkdir(parents=True, exist_ok=True)
-    json_path = output / f"bench-{arguments.device}.json"
+    json_path = (output / f"bench-{arguments.device}.json").resolve()
     # A pytest-xdist worker's variables make pytest-benchmark think it is a worker too, and then
     # it writes no JSON: the benchmark session is a process of its own.
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
-    status = subprocess.call(pytest_command(arguments, json_path), cwd=REPOSITORY, env=environment)
+    start = time.monotonic()
+    status = subprocess.call(
+        pytest_command(arguments, json_path), cwd=PACKAGE_ROOT, env=environment
+    )
     if not json_path.exists():
         print(f"no results written (pytest exit status {status})", file=sys.stderr)
         return status or 1
+    _record_run(json_path, argv, time.monotonic() - start)
     print(f"results: {json_path}")
     if not arguments.no_report:
-        # The README quotes the committed results only, never a run written elsewhere.
-        committed = output.resolve() == (REPOSITORY / "results").resolve()
-        markdown = report.write_report(output, REPOSITORY / "README.md" if committed else None)
+        markdown = report.write_report(output, _readme_to_update(output))
         print(f"report:  {markdown}")
     return status
 

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from bench.cases import ACCURACY_TARGET, EIGH, MAX_SEARCHED_ITERATIONS, SqrtmVariant
-from bench.errors import fewest_iterations, record_errors
+from bench.errors import SqrtmErrors, fewest_iterations, record_errors
 from bench.flops import newton_schulz_flops
 from impls.testing.tolerances import relative_error
 from reference.conventions import NEWTON_SCHULZ_BACKWARDS
@@ -73,32 +73,6 @@ def test_sqrtm_forward_backward(
         )
 
 
-class _Accuracy:
-    """Errors of one backend's methods on the headline covariances, at any iteration count."""
-
-    def __init__(self, adapter, inputs, cell):
-        self.adapter, self.cell = adapter, cell
-        self.a = adapter.matrices(inputs.covariances(cell), cell.dtype)
-        self.cotangent = adapter.matrices(inputs.cotangent(cell), cell.dtype)
-        self.reference_root, self.reference_gradient = inputs.reference(cell)
-
-    def forward_error(self, variant):
-        # Eager: a compiled (TensorFlow) forward would be traced anew for every count scanned.
-        z = self.adapter.sqrtm_function(variant)(self.a)
-        return relative_error(self.adapter.to_numpy(z), self.reference_root)
-
-    def run(self, variant):
-        root = self.adapter.sqrtm_function(variant)
-        return self.adapter.forward_backward(root, self.a, self.cotangent)
-
-    def errors(self, variant):
-        z, grad = self.run(variant)()
-        return (
-            relative_error(self.adapter.to_numpy(z), self.reference_root),
-            relative_error(self.adapter.to_numpy(grad), self.reference_gradient),
-        )
-
-
 @pytest.fixture(scope="session")
 def fewest_forward_iterations():
     """{backend name: fewest Newton-Schulz iterations whose forward reaches the target}: the
@@ -117,7 +91,7 @@ def test_sqrtm_time_to_accuracy(
 ):
     """Forward+backward at the cheapest setting with both errors <= ACCURACY_TARGET."""
     cell = suite.profile.headline
-    accuracy = _Accuracy(adapter, inputs, cell)
+    accuracy = SqrtmErrors(adapter, inputs, cell)
     group = f"sqrtm time to error <= {ACCURACY_TARGET:g}, {cell.label}"
     info = {"kind": "sqrtm_time_to_accuracy", "backend": backend_name, "target": ACCURACY_TARGET}
     info.update(cell.info())

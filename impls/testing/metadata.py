@@ -1,22 +1,36 @@
-"""Where and with what a benchmark ran: stored in every results JSON beside pytest-benchmark's own
-machine_info, so a number can always be traced to a commit, library versions and hardware."""
+"""The one envelope of every results JSON: where, when and with what a result was produced, so a
+number can always be traced to a command, a commit, library versions and hardware.
+
+Every JSON in results/ is an object whose ENVELOPE_KEY entry is `collect()`'s dictionary (plus
+whatever the writer adds through `collect(**details)`); the rest of the object is the payload.
+Writers call `write_results`, readers `read_results`.
+"""
 
 import datetime
 import importlib.metadata
+import json
 import os
+import pathlib
 import platform
-import re
 import subprocess
 import sys
+from collections.abc import Mapping
+from typing import Any
+
+#: The key of the envelope in every results JSON. Not "metadata": pytest-benchmark's own JSON,
+#: which the benchmark results extend, has "machine_info" and "commit_info" of its own.
+ENVELOPE_KEY = "ibp_metadata"
 
 #: Distributions whose versions change the numbers.
 VERSIONED = ("numpy", "scipy", "torch", "tensorflow", "tensorflow-cpu", "keras", "pytest-benchmark")
 
-#: Keys every results JSON's "ibp_metadata" holds (the harness test checks them).
+#: Keys every envelope holds (the harness and README-drift tests check them).
 REQUIRED_KEYS = (
+    "command",
     "git_commit",
     "git_dirty",
     "date_utc",
+    "wall_seconds",
     "python",
     "versions",
     "cpu_model",
@@ -27,7 +41,7 @@ REQUIRED_KEYS = (
 )
 
 
-def _git(*args):
+def _git(*args: str) -> str | None:
     try:
         return subprocess.run(
             ["git", *args], capture_output=True, text=True, check=True, timeout=30
@@ -36,7 +50,7 @@ def _git(*args):
         return None
 
 
-def _versions():
+def _versions() -> dict[str, str]:
     versions = {}
     for name in VERSIONED:
         try:
@@ -46,7 +60,7 @@ def _versions():
     return versions
 
 
-def _cpu_model():
+def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -57,10 +71,10 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
-def _thread_counts():
+def _thread_counts() -> dict[str, Any]:
     """Threads each library would use; only libraries this process already imported are asked,
     so the GPU run never imports TensorFlow just to describe it."""
-    threads = {
+    threads: dict[str, Any] = {
         "os_cpu_count": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }
@@ -77,7 +91,7 @@ def _thread_counts():
     return threads
 
 
-def _gpu():
+def _gpu() -> tuple[str | None, dict[str, Any] | None]:
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
         return None, None
@@ -92,19 +106,33 @@ def _gpu():
     return properties.name, details
 
 
-def load_average():
+def load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages: other work on a shared machine skews every ratio."""
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-def collect(device, profile, simulated_device=False):
-    """Everything REQUIRED_KEYS names, and a little more."""
+def collect(
+    device: str,
+    profile: str,
+    *,
+    command: str | None = None,
+    wall_seconds: float | None = None,
+    simulated_device: bool = False,
+    **details: Any,
+) -> dict[str, Any]:
+    """The envelope: everything REQUIRED_KEYS names, a little more, and the writer's `details`.
+
+    `command` is the command line that reproduces the file, exactly as a user types it (the
+    README's provenance lines quote it); `wall_seconds` is how long that command ran.
+    """
     gpu_name, gpu_details = _gpu()
     status = _git("status", "--porcelain")
     return {
+        "command": command,
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "versions": _versions(),
@@ -117,16 +145,53 @@ def collect(device, profile, simulated_device=False):
         # A dry run of the GPU suite on a machine without one runs its code paths on the CPU.
         "simulated_device": simulated_device,
         "profile": profile,
+        **details,
     }
 
 
-def replace_block(readme, name, body, provenance):
-    """Put `body` (Markdown) between `<!-- NAME:start -->` and `<!-- NAME:end -->` in `readme` (a
-    Path): the README quotes a result only through the command that measured it."""
+def write_results(path: pathlib.Path, metadata: Mapping[str, Any], **payload: Any) -> None:
+    """Write `payload` with its envelope to `path` (JSON)."""
+    document = {ENVELOPE_KEY: dict(metadata), **payload}
+    pathlib.Path(path).write_text(json.dumps(document, indent=1) + "\n")
+
+
+def read_results(path: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(envelope, whole document) of a results JSON."""
+    document = json.loads(pathlib.Path(path).read_text())
+    if ENVELOPE_KEY not in document:
+        raise ValueError(f"{path} has no {ENVELOPE_KEY!r} envelope: not written by this suite")
+    return document[ENVELOPE_KEY], document
+
+
+def short_commit(metadata: Mapping[str, Any]) -> str:
+    """The commit in 12 characters, marked when the tree had uncommitted changes."""
+    commit = (metadata.get("git_commit") or "unknown")[:12]
+    return commit + (" (uncommitted changes)" if metadata.get("git_dirty") else "")
+
+
+def hardware(metadata: Mapping[str, Any]) -> str:
+    """What ran the code, in words: the GPU and its host CPU, or the CPU alone."""
+    cpu = f"CPU {metadata['cpu_model']}, {metadata['threads'].get('os_cpu_count')} cores"
+    if metadata.get("simulated_device"):
+        return f"{cpu} (GPU suite simulated on the CPU: dry run)"
+    if metadata.get("gpu_name"):
+        return f"GPU {metadata['gpu_name']} (host {cpu})"
+    return cpu
+
+
+def run_time(metadata: Mapping[str, Any]) -> str:
+    """How long the producing command ran, in words; files older than the field say so."""
+    seconds = metadata.get("wall_seconds")
+    if seconds is None:
+        return "not recorded (this file predates the field)"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def replace_block(readme: pathlib.Path, name: str, body: str, provenance: str) -> None:
+    """The earlier spelling of `readme_blocks.write(readme, name, readme_blocks.render(...))`,
+    kept only until impls/testing/check_catalogue.py moves to that API; remove it then."""
+    from impls.testing import readme_blocks
+
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = readme.read_text()
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
-    if not pattern.search(text):
-        raise SystemExit(f"{readme} has no {start} ... {end} markers")
     block = f"{start}\n<!-- generated by {provenance}; do not edit -->\n{body}\n{end}"
-    readme.write_text(pattern.sub(lambda _: block, text))
+    readme_blocks.write(readme, name, block)

@@ -1,0 +1,5 @@
+import sys
+
+from bench.report.document import main
+
+sys.exit(main())
