@@ -1,16 +1,53 @@
-"""Shape contracts, checked on plain shape tuples so that every framework raises the same errors."""
+"""The input contract of every public function and constructor, checked on plain Python values
+(shape tuples, dtype names, numbers) so that every framework raises the same errors.
+
+Frameworks only extract those values; data-dependent checks (finiteness) run in the framework,
+with the messages defined here, so that eager code and graph assertion ops say the same words.
+"""
+
+import math
+import numbers
 
 LAYOUT_AXES = {"channels_first": "(B, C, H, W)", "channels_last": "(B, H, W, C)"}
+
+#: dtypes the stages compute in; half precision is widened to float32 inside.
+FLOATING_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+NON_FINITE_MESSAGE = "{name} holds non-finite values (NaN or inf)"
+#: A finite map whose covariance does not fit the dtype: X X^T squares the entries, so a map
+#: with entries near sqrt(max) of its dtype (1e19 in float32) overflows. Static text: graph-mode
+#: assertion ops carry it too.
+OVERFLOW_MESSAGE = (
+    "overflow: the covariance X X^T / N of the finite feature map exceeds the range of its dtype; "
+    "scale the feature map down"
+)
 
 
 class IBPInputError(ValueError):
     """An input that the IBP stages cannot give a meaningful answer for."""
 
 
+def check_dtype(dtype_name, name):
+    """Floating point only: integer maps would be pooled in integer arithmetic (7 // 2 = 3),
+    bool has no covariance, and complex inputs have no real square root."""
+    if dtype_name not in FLOATING_DTYPES:
+        raise IBPInputError(
+            f"{name} must be a floating-point tensor ({', '.join(FLOATING_DTYPES)}), "
+            f"got dtype {dtype_name}; cast it to a float dtype first"
+        )
+
+
+def _known(shape):
+    """`shape` as a tuple, or None when even its rank is unknown (a traced TensorFlow input)."""
+    return None if shape is None else tuple(shape)
+
+
 def check_feature_map(shape, layout, channels=None):
     """Raise IBPInputError unless `shape` is a batch of feature maps in `layout`."""
+    shape = _known(shape)
+    if shape is None:
+        return
     expected = LAYOUT_AXES[layout]
-    shape = tuple(shape)
     if len(shape) != 4:
         raise IBPInputError(
             f"expected a batch of feature maps {expected} ({layout}), got a tensor of rank "
@@ -27,13 +64,19 @@ def check_feature_map(shape, layout, channels=None):
             f"expected {channels} channels on axis {channel_axis} of {expected} ({layout}), "
             f"got shape {shape}{hint}"
         )
+    _check_not_empty(shape, "feature map")
+
+
+def _check_not_empty(shape, name):
     if any(d == 0 for d in shape):
-        raise IBPInputError(f"feature map has an empty axis: shape {shape}")
+        raise IBPInputError(f"{name} has an empty axis: shape {shape}")
 
 
 def check_square_batch(shape, name="matrix"):
-    """Raise IBPInputError unless `shape` is a batch of square matrices (B, C, C)."""
-    shape = tuple(shape)
+    """Raise IBPInputError unless `shape` is a batch of non-empty square matrices (B, C, C)."""
+    shape = _known(shape)
+    if shape is None:
+        return
     if len(shape) != 3:
         raise IBPInputError(
             "expected a batch of square matrices (B, C, C), "
@@ -41,6 +84,20 @@ def check_square_batch(shape, name="matrix"):
         )
     if shape[1] is not None and shape[2] is not None and shape[1] != shape[2]:
         raise IBPInputError(f"{name} must be square, got shape {shape} ({shape[1]} x {shape[2]})")
+    _check_not_empty(shape, name)
+
+
+def check_sample_batch(shape, name):
+    """A batch (B, ...) of samples with at least one entry each: rank 2 or more."""
+    shape = _known(shape)
+    if shape is None:
+        return
+    if len(shape) < 2:
+        raise IBPInputError(
+            f"expected a batch of samples (B, ...) of rank 2 or more for {name}, "
+            f"got rank {len(shape)} with shape {shape}"
+        )
+    _check_not_empty(shape, name)
 
 
 def check_choice(value, choices, name):
@@ -50,4 +107,49 @@ def check_choice(value, choices, name):
         )
 
 
-NON_FINITE_MESSAGE = "{name} holds non-finite values (NaN or inf)"
+def check_non_negative(value, name):
+    """eps and delta: finite real numbers >= 0 (a negative one makes the square roots complex)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise IBPInputError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_positive_int(value, name, allow_none=False):
+    """Counts (num_iters, in_channels, num_classes): an int >= 1, not a float or a string."""
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        accepted = "an int >= 1" + (" or None" if allow_none else "")
+        raise IBPInputError(f"{name} must be {accepted}, got {value!r}")
+
+
+def check_images(shape, dtype_name, layout, min_side):
+    """What a model's first layer takes: RGB images scaled to [0, 1] floats, at least `min_side`
+    pixels per side (the backbone's total stride: smaller images leave no feature map)."""
+    if dtype_name not in FLOATING_DTYPES:
+        hint = "; scale to [0, 1] floats (x / 255 for 8-bit images)"
+        raise IBPInputError(f"images must be floating point, got dtype {dtype_name}{hint}")
+    shape = _known(shape)
+    if shape is None:
+        return
+    expected = LAYOUT_AXES[layout].replace("C", "3")
+    if len(shape) != 4:
+        raise IBPInputError(
+            f"expected a batch of RGB images {expected} ({layout}), got rank {len(shape)} with "
+            f"shape {shape}"
+        )
+    channel_axis, spatial = (1, shape[2:]) if layout == "channels_first" else (3, shape[1:3])
+    if shape[channel_axis] is not None and shape[channel_axis] != 3:
+        raise IBPInputError(
+            f"expected 3 (RGB) channels on axis {channel_axis} of {expected} ({layout}), got "
+            f"shape {shape}; repeat a grey channel 3 times if that is what you mean"
+        )
+    if any(side is not None and side < min_side for side in spatial):
+        raise IBPInputError(
+            f"images of {spatial[0]} x {spatial[1]} pixels are too small for this backbone: it "
+            f"needs at least {min_side} x {min_side} (its total stride)"
+        )

@@ -25,6 +25,17 @@ NEWTON_SCHULZ_STATED_ACCURACY = 1e-4
 #: sqrtm is defined on the symmetric part (A + A^T) / 2 of its input, and its gradient is the
 #: symmetric part of the Lyapunov solution. Covariances are symmetric, so nothing changes for them,
 #: but every entry of the input then has a derivative that finite differences confirm.
+#: Negative eigenvalues of that symmetric part count as 0: sqrtm(A) = U sqrt(max(lambda, 0)) U^T,
+#: the root of A's projection onto the positive semi-definite cone, for every method. Covariances
+#: are PSD; a negative eigenvalue is round-off (eps = 0 on rank-deficient input) or a matrix that
+#: is no covariance, and clamping is the nearest PSD answer. eigh clamps directly; Newton-Schulz
+#: diverges on negative eigenvalues (the iterate of eigenvalue a < 0 grows by 9/4 per step), so
+#: the samples whose iterates blow up are recomputed by eigh; its NaN is never returned.
+#: Backward: the Lyapunov denominators s_i + s_j are floored at 2 max(u s_max, sqrt(tiny)) (u the
+#: unit round-off, tiny the smallest normal number of the dtype): relative, since roots below
+#: round-off of the largest are noise, and absolute, since the all-zero matrix has s_max = 0 and
+#: eigenvalues below tiny have no digits left. Gradients are then finite for every finite input
+#: and every eps >= 0, and huge (not infinite) where the true one is infinite.
 SQRTM_METHODS = ("auto", "eigh", "newton_schulz")
 #: "auto" is the fastest method measured to meet AUTO_STATED_ACCURACY on the device at hand
 #: (results/BENCHMARKS.md). CPU: eigh with the eigendecomposition in float64, since float32

@@ -3,16 +3,29 @@
 import torch
 from torch import nn
 
-from impls.torch.stages import bilinear_pool, compute_dtype, l2_normalize, signed_sqrt, sqrtm
-from reference.contracts import IBPInputError, check_choice, check_feature_map
+from impls.torch.stages import (
+    _l2_normalize,
+    _pool,
+    _root,
+    _signed_sqrt,
+    check_sqrtm_options,
+    compute_dtype,
+    dtype_name,
+)
+from reference.contracts import (
+    NON_FINITE_MESSAGE,
+    OVERFLOW_MESSAGE,
+    check_dtype,
+    check_feature_map,
+    check_non_negative,
+    check_positive_int,
+)
 from reference.conventions import (
     DEFAULT_EPS,
     DEFAULT_NEWTON_SCHULZ_BACKWARD,
     DEFAULT_NEWTON_SCHULZ_ITERATIONS,
     DEFAULT_SQRTM_METHOD,
-    NEWTON_SCHULZ_BACKWARDS,
     SIGNED_SQRT_DELTA,
-    SQRTM_METHODS,
 )
 
 
@@ -34,28 +47,27 @@ class IBPHead(nn.Module):
         delta=SIGNED_SQRT_DELTA,
     ):
         super().__init__()
-        if in_channels is None or in_channels < 1:
-            raise IBPInputError(
-                f"in_channels must be a positive channel count, got {in_channels!r}"
-            )
-        check_choice(method, SQRTM_METHODS, "sqrtm method")
-        check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(num_classes, "num_classes", allow_none=True)
+        check_non_negative(eps, "eps")
+        check_non_negative(delta, "delta")
+        check_sqrtm_options(method, num_iters, backward)
         self.in_channels = in_channels
         self.eps, self.method, self.num_iters = eps, method, num_iters
         self.backward_method, self.delta = backward, delta
-        self.classifier = nn.Linear(in_channels**2, num_classes) if num_classes else None
+        self.classifier = None if num_classes is None else nn.Linear(in_channels**2, num_classes)
 
     def forward(self, x):
+        check_dtype(dtype_name(x), "feature map")
         check_feature_map(x.shape, "channels_first", self.in_channels)
         # One rounding at the end instead of one per stage for half precision input.
         wide = x.to(compute_dtype(x))
-        z = sqrtm(
-            bilinear_pool(wide, self.eps),
-            method=self.method,
-            num_iters=self.num_iters,
-            backward=self.backward_method,
-        )
-        v = torch.flatten(l2_normalize(signed_sqrt(z, self.delta)), 1).to(x.dtype)
+        a = _pool(wide, self.eps)
+        # One finiteness check per call (one host read, on a GPU too), after the root: NaN or
+        # inf in the map, or an overflow of its covariance, shows up there.
+        checks = [(x, NON_FINITE_MESSAGE.format(name="feature map")), (a, OVERFLOW_MESSAGE)]
+        z = _root(a, self.method, self.num_iters, self.backward_method, checks)
+        v = torch.flatten(_l2_normalize(_signed_sqrt(z, self.delta)), 1).to(x.dtype)
         return v if self.classifier is None else self.classifier(v)
 
     def extra_repr(self):

@@ -5,9 +5,14 @@ from torch.autograd.function import once_differentiable
 
 from reference.contracts import (
     NON_FINITE_MESSAGE,
+    OVERFLOW_MESSAGE,
     IBPInputError,
     check_choice,
+    check_dtype,
     check_feature_map,
+    check_non_negative,
+    check_positive_int,
+    check_sample_batch,
     check_square_batch,
 )
 from reference.conventions import (
@@ -24,10 +29,26 @@ from reference.conventions import (
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _check_finite(x, name):
-    # A data-dependent check would break the graph under torch.compile; eager calls are checked.
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
-        raise IBPInputError(NON_FINITE_MESSAGE.format(name=name))
+def dtype_name(x: torch.Tensor) -> str:
+    return str(x.dtype).removeprefix("torch.")
+
+
+def check_all_finite(checks):
+    """Raise the message of the first (tensor, message) pair whose tensor holds NaN or inf.
+
+    Eager: one host read for the common case (everything finite), more only to name the culprit.
+    Under torch.compile a branch on data would break the graph: an assertion op with the same
+    message checks each tensor instead (it raises a RuntimeError, not IBPInputError).
+    """
+    if torch.compiler.is_compiling():
+        for tensor, message in checks:
+            torch._assert_async(torch.isfinite(tensor).all(), message)
+        return
+    if bool(torch.isfinite(checks[-1][0]).all()):
+        return
+    for tensor, message in checks:
+        if not bool(torch.isfinite(tensor).all()):
+            raise IBPInputError(message)
 
 
 def compute_dtype(x):
@@ -39,10 +60,7 @@ def _symmetric_part(m):
     return (m + m.mT) / 2
 
 
-def bilinear_pool(x, eps=DEFAULT_EPS):
-    """A = X X^T / N + eps I per sample, x of shape (B, C, H, W) -> (B, C, C)."""
-    check_feature_map(x.shape, "channels_first")
-    _check_finite(x, "feature map")
+def _pool(x, eps):
     with torch.autocast(x.device.type, enabled=False):
         features = x.flatten(2).to(compute_dtype(x))
         n = features.shape[-1]
@@ -51,32 +69,81 @@ def bilinear_pool(x, eps=DEFAULT_EPS):
     return a.to(x.dtype)
 
 
-def _lyapunov_in_eigenbasis(u, s, g):
+def bilinear_pool(x, eps=DEFAULT_EPS):
+    """A = X X^T / N + eps I per sample, x of shape (B, C, H, W) -> (B, C, C)."""
+    check_dtype(dtype_name(x), "feature map")
+    check_feature_map(x.shape, "channels_first")
+    check_non_negative(eps, "eps")
+    a = _pool(x, eps)
+    check_all_finite([(x, NON_FINITE_MESSAGE.format(name="feature map")), (a, OVERFLOW_MESSAGE)])
+    return a
+
+
+def _root_floor(s, dtype=None):
+    """Smallest root the Lyapunov denominators s_i + s_j are allowed to see, per matrix.
+
+    Relative: roots below round-off of the largest are noise. Absolute: sqrt(tiny), the root of
+    the smallest normal number; an eigenvalue below it has no significant digits left, and the
+    relative floor is 0 for the all-zero matrix (eps = 0 on a dead map). The true gradient there
+    is infinite; this floor makes it finite, and large: 1 / (2 sqrt(tiny)) is 5e18 in float32,
+    small enough that the pooling's backward (times X / N) stays finite for any unit cotangent.
+    `dtype`: the one the gradient is returned in, when the roots were computed wider.
+    """
+    info = torch.finfo(dtype or s.dtype)
+    return (info.eps * s.amax(-1, keepdim=True).unsqueeze(-1)).clamp_min(info.tiny**0.5)
+
+
+def _lyapunov_in_eigenbasis(u, s, g, result_dtype=None):
     """Symmetric part of X solving Z X + X Z = G, Z = U diag(s) U^T with s >= 0."""
     denominator = s.unsqueeze(-1) + s.unsqueeze(-2)
-    # Two zero eigenvalues (eps = 0 on rank-deficient input) make the true gradient infinite;
-    # a floor at round-off of the largest root keeps it finite and large.
-    floor = torch.finfo(s.dtype).eps * s.amax(-1, keepdim=True).unsqueeze(-1)
-    denominator = torch.maximum(denominator, floor.clamp_min(torch.finfo(s.dtype).tiny))
+    # Two zero eigenvalues (eps = 0 on rank-deficient input) make the true gradient infinite.
+    denominator = torch.maximum(denominator, 2 * _root_floor(s, result_dtype))
     x = u @ ((u.mT @ _symmetric_part(g) @ u) / denominator) @ u.mT
     return x
+
+
+def _eigh(a):
+    """torch.linalg.eigh that survives LAPACK's convergence failures on finite input (clusters of
+    repeated eigenvalues, as dead channels give): retry in float64, then with a jitter of a few
+    units of round-off that splits the clusters. Non-finite input is the caller's to report."""
+    try:
+        return torch.linalg.eigh(a)
+    except torch.linalg.LinAlgError:
+        if not bool(torch.isfinite(a).all()):
+            raise
+    wide = a.double()
+    try:
+        eigenvalues, u = torch.linalg.eigh(wide)
+    except torch.linalg.LinAlgError:
+        scale = torch.linalg.matrix_norm(wide).clamp_min(torch.finfo(wide.dtype).tiny)
+        steps = torch.arange(a.shape[-1], dtype=wide.dtype, device=a.device) / a.shape[-1]
+        jitter = torch.finfo(a.dtype).eps * scale[..., None, None] * torch.diag_embed(steps)
+        eigenvalues, u = torch.linalg.eigh(wide + jitter)
+    return eigenvalues.to(a.dtype), u.to(a.dtype)
+
+
+def _eigh_root(a):
+    """U sqrt(max(lambda, 0)) U^T: negative eigenvalues are clamped at 0 (README, "sqrtm")."""
+    eigenvalues, u = _eigh(a)
+    s = eigenvalues.clamp_min(0).sqrt()
+    return (u * s.unsqueeze(-2)) @ u.mT, u, s
 
 
 class _EighSqrtm(torch.autograd.Function):
     """Exact root by eigendecomposition; backward by the closed-form Lyapunov solution."""
 
     @staticmethod
-    def forward(ctx, a):
-        eigenvalues, u = torch.linalg.eigh(a)
-        s = eigenvalues.clamp_min(0).sqrt()
+    def forward(ctx, a, result_dtype=None):
+        z, u, s = _eigh_root(a)
+        ctx.result_dtype = result_dtype
         ctx.save_for_backward(u, s)
-        return (u * s.unsqueeze(-2)) @ u.mT
+        return z
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         u, s = ctx.saved_tensors
-        return _lyapunov_in_eigenbasis(u, s, g)
+        return _lyapunov_in_eigenbasis(u, s, g, ctx.result_dtype), None
 
 
 def _newton_schulz_root(a, num_iters):
@@ -91,15 +158,28 @@ def _newton_schulz_root(a, num_iters):
 
 
 def _newton_schulz_lyapunov(z, g, num_iters):
-    """Coupled Newton-Schulz sign iteration on [[Z, G], [0, -Z]] / ||Z||_F; its corner is 2X."""
-    norm = torch.linalg.matrix_norm(z).clamp_min(torch.finfo(z.dtype).tiny)[..., None, None]
+    """Coupled Newton-Schulz sign iteration on [[Z, G], [0, -Z]] / ||Z||_F; its corner is 2X.
+
+    Z is shifted by the same floor as the eigenbasis solver's roots: Z = 0 (eps = 0 on a dead map)
+    would leave the sign iteration nothing to converge to and grow G by 3/2 per step."""
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device).expand_as(z)
-    p, q = z / norm, g / norm
+    info = torch.finfo(z.dtype)
+    floor = (info.eps * torch.linalg.matrix_norm(z)).clamp_min(info.tiny**0.5)[..., None, None]
+    shifted = z + floor * eye
+    norm = torch.linalg.matrix_norm(shifted)[..., None, None]
+    p, q = shifted / norm, g / norm
     for _ in range(num_iters):
         p_squared = p @ p
         q = (q @ (3 * eye - p_squared) - p @ (p @ q - q @ p)) / 2
         p = p @ (3 * eye - p_squared) / 2
     return _symmetric_part(q / 2)
+
+
+def _diverged(z):
+    """Samples whose Newton-Schulz iterates blew up: the iteration converges on eigenvalues in
+    (0, 1] of A / ||A||_F and diverges on negative ones (non-PSD input, or round-off below zero
+    with eps = 0 and many iterations)."""
+    return ~torch.isfinite(z).flatten(1).all(1)[:, None, None]
 
 
 class _NewtonSchulzSqrtm(torch.autograd.Function):
@@ -108,6 +188,8 @@ class _NewtonSchulzSqrtm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, num_iters, backward):
         z = _newton_schulz_root(a, num_iters)
+        if not torch.compiler.is_compiling() and bool(_diverged(z).any()):
+            z = torch.where(_diverged(z), _eigh_root(a)[0], z)
         ctx.num_iters, ctx.backward_method = num_iters, backward
         ctx.save_for_backward(z)
         return z
@@ -118,8 +200,21 @@ class _NewtonSchulzSqrtm(torch.autograd.Function):
         (z,) = ctx.saved_tensors
         if ctx.backward_method == "newton_schulz":
             return _newton_schulz_lyapunov(z, g, ctx.num_iters), None, None
-        eigenvalues, u = torch.linalg.eigh(_symmetric_part(z))
+        eigenvalues, u = _eigh(_symmetric_part(z))
         return _lyapunov_in_eigenbasis(u, eigenvalues.clamp_min(0), g), None, None
+
+
+def _autograd_newton_schulz(a, num_iters):
+    """Newton-Schulz differentiated through its iterations; samples that diverge are recomputed
+    by eigh (whose gradient is the Lyapunov solution), the others by a fresh iteration, so that no
+    NaN of a diverged sample sits in the graph that autograd walks back."""
+    z = _newton_schulz_root(a, num_iters)
+    if torch.compiler.is_compiling() or not bool(_diverged(z).any()):
+        return z
+    bad = _diverged(z.detach())
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
+    converging = _newton_schulz_root(torch.where(bad, eye, a), num_iters)
+    return torch.where(bad, _EighSqrtm.apply(torch.where(bad, a, eye)), converging)
 
 
 def _resolve_auto(method, backward, device_type):
@@ -131,35 +226,53 @@ def _resolve_auto(method, backward, device_type):
     return "newton_schulz", "newton_schulz", None
 
 
+def check_sqrtm_options(method, num_iters, backward):
+    check_choice(method, SQRTM_METHODS, "sqrtm method")
+    check_positive_int(num_iters, "num_iters")
+    check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
+
+
+def _root(a, method, num_iters, backward, checks):
+    """The root of the symmetric part of `a`, then one finiteness check of it: NaN or inf in
+    anything it came from (`checks`, (tensor, message) pairs, first cause first) shows there."""
+    method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type)
+    with torch.autocast(a.device.type, enabled=False):
+        symmetric = _symmetric_part(a.to(compute_dtype(a)))
+        try:
+            if method == "eigh" and eigh_dtype is not None:
+                wide = symmetric.to(eigh_dtype)
+                z = _EighSqrtm.apply(wide, symmetric.dtype).to(symmetric.dtype)
+            elif method == "eigh":
+                z = _EighSqrtm.apply(symmetric)
+            elif backward == "autograd":
+                z = _autograd_newton_schulz(symmetric, num_iters)
+            else:
+                z = _NewtonSchulzSqrtm.apply(symmetric, num_iters, backward)
+        except torch.linalg.LinAlgError:
+            check_all_finite(checks)  # the eigensolver refused NaN or inf: name it
+            raise
+    check_all_finite([*checks, (z, NON_FINITE_MESSAGE.format(name="square root"))])
+    return z.to(a.dtype)
+
+
 def sqrtm(
     a,
     method=DEFAULT_SQRTM_METHOD,
     num_iters=DEFAULT_NEWTON_SCHULZ_ITERATIONS,
     backward=DEFAULT_NEWTON_SCHULZ_BACKWARD,
 ):
-    """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch.
+    """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch;
+    negative eigenvalues count as 0, for every method (reference.conventions).
 
     method: "auto" (the device's fastest accurate method, see reference.conventions), "eigh"
     (exact) or "newton_schulz" (`num_iters` coupled iterations, matrix products only).
     backward (Newton-Schulz only): "lyapunov" (exact), "newton_schulz" (iterative, same
     iteration count) or "autograd" (through the iterations).
     """
+    check_dtype(dtype_name(a), "matrix")
     check_square_batch(a.shape)
-    check_choice(method, SQRTM_METHODS, "sqrtm method")
-    check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
-    _check_finite(a, "matrix")
-    method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type)
-    with torch.autocast(a.device.type, enabled=False):
-        symmetric = _symmetric_part(a.to(compute_dtype(a)))
-        if method == "eigh" and eigh_dtype is not None:
-            z = _EighSqrtm.apply(symmetric.to(eigh_dtype)).to(symmetric.dtype)
-        elif method == "eigh":
-            z = _EighSqrtm.apply(symmetric)
-        elif backward == "autograd":
-            z = _newton_schulz_root(symmetric, num_iters)
-        else:
-            z = _NewtonSchulzSqrtm.apply(symmetric, num_iters, backward)
-    return z.to(a.dtype)
+    check_sqrtm_options(method, num_iters, backward)
+    return _root(a, method, num_iters, backward, [(a, NON_FINITE_MESSAGE.format(name="matrix"))])
 
 
 class _SignedSqrt(torch.autograd.Function):
@@ -175,20 +288,38 @@ class _SignedSqrt(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (z,) = ctx.saved_tensors
-        return g / (2 * torch.sqrt(z.abs() + ctx.delta)), None
+        # delta = 0 makes the slope at z = 0 infinite: floored at the root floor of sqrtm.
+        slope_denominator = (2 * torch.sqrt(z.abs() + ctx.delta)).clamp_min(
+            torch.finfo(z.dtype).tiny ** 0.5
+        )
+        return g / slope_denominator, None
 
 
-def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
-    """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)), elementwise."""
+def _signed_sqrt(z, delta):
     with torch.autocast(z.device.type, enabled=False):
         y = _SignedSqrt.apply(z.to(compute_dtype(z)), delta)
     return y.to(z.dtype)
 
 
-def l2_normalize(y):
-    """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
+def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
+    """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)), elementwise."""
+    check_dtype(dtype_name(z), "signed sqrt input")
+    check_non_negative(delta, "delta")
+    check_all_finite([(z, NON_FINITE_MESSAGE.format(name="signed sqrt input"))])
+    return _signed_sqrt(z, delta)
+
+
+def _l2_normalize(y):
     with torch.autocast(y.device.type, enabled=False):
         wide = y.to(compute_dtype(y))
         norms = wide.flatten(1).norm(dim=1).clamp_min(L2_NORM_FLOOR)
         v = wide / norms.reshape((-1,) + (1,) * (y.dim() - 1))
     return v.to(y.dtype)
+
+
+def l2_normalize(y):
+    """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
+    check_dtype(dtype_name(y), "L2 input")
+    check_sample_batch(y.shape, "L2 input")
+    check_all_finite([(y, NON_FINITE_MESSAGE.format(name="L2 input"))])
+    return _l2_normalize(y)
