@@ -10,9 +10,12 @@ branches on tensors, and autograph re-reads source files, which breaks when they
 """
 
 import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from bench.cases import SqrtmVariant
 from impls.backends import available_backends
 
 #: Classes of the head and training-step benchmarks (CUB-200-2011 has 200).
@@ -21,7 +24,7 @@ NUM_CLASSES = 200
 TRAIN_LEARNING_RATE = 1e-3
 
 
-def _build_model(backend, name):
+def _build_model(backend: Any, name: str) -> Any:
     """`impls.<framework>.models.build_model(name)`: backbone (He-initialised) + IBP head."""
     models = importlib.import_module(f"{backend.impl_module}.models")
     return models.build_model(name, num_classes=NUM_CLASSES)
@@ -30,39 +33,39 @@ def _build_model(backend, name):
 class TorchAdapter:
     devices = ("cpu", "cuda")
 
-    def __init__(self, backend, device):
+    def __init__(self, backend: Any, device: str) -> None:
         self.backend, self.torch = backend, backend.fw
         self.device = self.torch.device(device)
 
-    def synchronize(self):
+    def synchronize(self) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
 
-    def matrices(self, array, dtype):
+    def matrices(self, array: np.ndarray, dtype: str) -> Any:
         return self.backend.tensor(array, dtype).to(self.device)
 
-    def feature_maps(self, channels_first, dtype):
+    def feature_maps(self, channels_first: np.ndarray, dtype: str) -> Any:
         return self.backend.feature_map(channels_first, dtype).to(self.device)
 
-    def labels(self, array):
+    def labels(self, array: np.ndarray) -> Any:
         return self.torch.as_tensor(array, dtype=self.torch.long, device=self.device)
 
-    def to_numpy(self, tensor):
+    def to_numpy(self, tensor: Any) -> np.ndarray:
         return self.backend.numpy(tensor)
 
-    def sqrtm_function(self, variant):
+    def sqrtm_function(self, variant: SqrtmVariant) -> Callable[[Any], Any]:
         sqrtm, options = self.backend.impl.sqrtm, variant.options
         if variant.compute_dtype is None:
             return lambda a: sqrtm(a, **options)
         wide = getattr(self.torch, variant.compute_dtype)
         return lambda a: sqrtm(a.to(wide), **options).to(a.dtype)
 
-    def naive_eigh_sqrtm(self, a):
+    def naive_eigh_sqrtm(self, a: Any) -> Any:
         """The root with autograd differentiating torch.linalg.eigh (1 / (s_i - s_j) terms)."""
         eigenvalues, u = self.torch.linalg.eigh((a + a.mT) / 2)
         return (u * eigenvalues.clamp_min(0).sqrt().unsqueeze(-2)) @ u.mT
 
-    def forward(self, root, a):
+    def forward(self, root: Callable[[Any], Any], a: Any) -> Callable[[], Any]:
         def run():
             with self.torch.no_grad():
                 z = root(a)
@@ -71,7 +74,9 @@ class TorchAdapter:
 
         return run
 
-    def forward_backward(self, root, a, cotangent):
+    def forward_backward(
+        self, root: Callable[[Any], Any], a: Any, cotangent: Any
+    ) -> Callable[[], tuple[Any, Any]]:
         """A callable returning (Z, dL/dA) for L = <cotangent, root(A)>."""
 
         def run():
@@ -83,7 +88,7 @@ class TorchAdapter:
 
         return run
 
-    def memory(self, run, inputs):
+    def memory(self, run: Callable[[], Any], inputs: Sequence[Any]) -> tuple[Any, dict[str, int]]:
         """Call `run` once; return its result and what it keeps for its backward (on CUDA also
         its peak allocation).
 
@@ -114,7 +119,7 @@ class TorchAdapter:
             info["cuda_peak_bytes_above_inputs"] = peak
         return result, info
 
-    def _train_step(self, model, inputs, labels):
+    def _train_step(self, model: Any, inputs: Any, labels: Any) -> Callable[[], Any]:
         torch = self.torch
         optimizer = torch.optim.SGD(model.parameters(), lr=TRAIN_LEARNING_RATE)
 
@@ -128,7 +133,9 @@ class TorchAdapter:
 
         return run
 
-    def head_forward_backward(self, features, options, num_classes=NUM_CLASSES):
+    def head_forward_backward(
+        self, features: Any, options: dict[str, Any], num_classes: int = NUM_CLASSES
+    ) -> Callable[[], Any]:
         """Loss and gradients (input and classifier) of IBPHead + cross-entropy; no update."""
         torch = self.torch
         head = self.backend.impl.IBPHead(features.shape[1], num_classes, **options)
@@ -144,12 +151,12 @@ class TorchAdapter:
 
         return run
 
-    def model_train_step(self, name, images, labels):
+    def model_train_step(self, name: str, images: Any, labels: Any) -> Callable[[], Any]:
         """One SGD step of build_model(name) on a batch of images."""
         model = _build_model(self.backend, name).to(self.device)
         return self._train_step(model, images, labels)
 
-    def autocast(self, enabled):
+    def autocast(self, enabled: bool) -> Any:
         """bfloat16 autocast for the backbone (the IBP stages opt out and stay float32)."""
         return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=enabled)
 
@@ -159,40 +166,42 @@ class TensorFlowAdapter:
     # On the CPU a tf.function call returns once its outputs are computed: nothing to wait for.
     devices = ("cpu",)
 
-    def __init__(self, backend, device):
+    def __init__(self, backend: Any, device: str) -> None:
         self.backend, self.tf = backend, backend.fw
 
-    def matrices(self, array, dtype):
+    def matrices(self, array: np.ndarray, dtype: str) -> Any:
         return self.backend.tensor(array, dtype)
 
-    def feature_maps(self, channels_first, dtype):
+    def feature_maps(self, channels_first: np.ndarray, dtype: str) -> Any:
         return self.backend.feature_map(channels_first, dtype)
 
-    def labels(self, array):
+    def labels(self, array: np.ndarray) -> Any:
         return self.tf.constant(np.asarray(array), dtype=self.tf.int64)
 
-    def to_numpy(self, tensor):
+    def to_numpy(self, tensor: Any) -> np.ndarray:
         return self.backend.numpy(tensor)
 
-    def sqrtm_function(self, variant):
+    def sqrtm_function(self, variant: SqrtmVariant) -> Callable[[Any], Any]:
         sqrtm, options, tf = self.backend.impl.sqrtm, variant.options, self.tf
         if variant.compute_dtype is None:
             return lambda a: sqrtm(a, **options)
         wide = tf.as_dtype(variant.compute_dtype)
         return lambda a: tf.cast(sqrtm(tf.cast(a, wide), **options), a.dtype)
 
-    def naive_eigh_sqrtm(self, a):
+    def naive_eigh_sqrtm(self, a: Any) -> Any:
         """The root with autograd differentiating tf.linalg.eigh (1 / (s_i - s_j) terms)."""
         tf = self.tf
         eigenvalues, u = tf.linalg.eigh((a + tf.linalg.matrix_transpose(a)) / 2)
         s = tf.sqrt(tf.maximum(eigenvalues, 0))
         return tf.matmul(u * s[..., None, :], u, transpose_b=True)
 
-    def forward(self, root, a):
+    def forward(self, root: Callable[[Any], Any], a: Any) -> Callable[[], Any]:
         compiled = self.tf.function(root, autograph=False)
         return lambda: compiled(a)
 
-    def forward_backward(self, root, a, cotangent):
+    def forward_backward(
+        self, root: Callable[[Any], Any], a: Any, cotangent: Any
+    ) -> Callable[[], tuple[Any, Any]]:
         """A callable returning (Z, dL/dA) for L = <cotangent, root(A)>."""
         tf = self.tf
 
@@ -205,11 +214,11 @@ class TensorFlowAdapter:
 
         return lambda: step(a, cotangent)
 
-    def memory(self, run, inputs):
+    def memory(self, run: Callable[[], Any], inputs: Sequence[Any]) -> tuple[Any, dict[str, int]]:
         """Call `run` once. TensorFlow has no allocation counter for the CPU: no measurement."""
         return run(), {}
 
-    def _train_step(self, model, inputs, labels):
+    def _train_step(self, model: Any, inputs: Any, labels: Any) -> Callable[[], Any]:
         import keras
 
         tf = self.tf
@@ -228,7 +237,9 @@ class TensorFlowAdapter:
 
         return lambda: step(inputs, labels)
 
-    def head_forward_backward(self, features, options, num_classes=NUM_CLASSES):
+    def head_forward_backward(
+        self, features: Any, options: dict[str, Any], num_classes: int = NUM_CLASSES
+    ) -> Callable[[], Any]:
         """Loss and gradients (input and classifier) of IBPHead + cross-entropy; no update."""
         tf = self.tf
         head = self.backend.impl.IBPHead(num_classes=num_classes, **options)
@@ -246,15 +257,18 @@ class TensorFlowAdapter:
 
         return lambda: step(features)
 
-    def model_train_step(self, name, images, labels):
+    def model_train_step(self, name: str, images: Any, labels: Any) -> Callable[[], Any]:
         """One SGD step of build_model(name) on a batch of images."""
         return self._train_step(_build_model(self.backend, name), images, labels)
 
 
-ADAPTERS = {"torch": TorchAdapter, "tf": TensorFlowAdapter}
+ADAPTERS: dict[str, type[TorchAdapter] | type[TensorFlowAdapter]] = {
+    "torch": TorchAdapter,
+    "tf": TensorFlowAdapter,
+}
 
 
-def benchmarked_backends(device):
+def benchmarked_backends(device: str) -> list[Any]:
     """Registry backends that are installed and have an adapter that runs on `device`."""
     return [
         backend
@@ -263,5 +277,5 @@ def benchmarked_backends(device):
     ]
 
 
-def adapter_for(backend, device):
+def adapter_for(backend: Any, device: str) -> Any:
     return ADAPTERS[backend.name](backend, device)

@@ -14,6 +14,7 @@ took 6 on 2 idle cores, and other work on a shared machine can double that):
 
 import dataclasses
 import shlex
+from typing import Any
 
 from reference.conventions import (
     DEFAULT_NEWTON_SCHULZ_ITERATIONS,
@@ -45,9 +46,9 @@ class SqrtmVariant:
     compute_dtype: str | None = None
 
     @property
-    def options(self):
+    def options(self) -> dict[str, Any]:
         """Keyword arguments of `impls.<framework>.sqrtm`; unset ones keep the library default."""
-        options = {"method": self.method}
+        options: dict[str, Any] = {"method": self.method}
         if self.num_iters is not None:
             options["num_iters"] = self.num_iters
         if self.backward is not None:
@@ -55,7 +56,7 @@ class SqrtmVariant:
         return options
 
     @property
-    def label(self):
+    def label(self) -> str:
         if self.method == "newton_schulz" and self.num_iters is not None:
             name = f"newton_schulz({self.num_iters})"
             name += "" if self.backward is None else f"/{self.backward}"
@@ -66,17 +67,17 @@ class SqrtmVariant:
         return name if self.compute_dtype is None else f"{name} in {self.compute_dtype}"
 
     @property
-    def test_id(self):
+    def test_id(self) -> str:
         if self.method == "newton_schulz" and self.num_iters is not None:
             name = f"ns{self.num_iters}" + ("" if self.backward is None else f"-{self.backward}")
         else:
             name = self.method
         return name if self.compute_dtype is None else f"{name}-{self.compute_dtype}"
 
-    def with_iterations(self, num_iters):
+    def with_iterations(self, num_iters: int) -> "SqrtmVariant":
         return dataclasses.replace(self, num_iters=num_iters)
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         """The benchmark's extra_info entries that describe the method."""
         return {
             "method": self.method,
@@ -103,14 +104,14 @@ class Cell:
     dtype: str = "float32"
 
     @property
-    def test_id(self):
+    def test_id(self) -> str:
         return f"C{self.channels}-B{self.batch}-{self.dtype}"
 
     @property
-    def label(self):
+    def label(self) -> str:
         return f"C={self.channels}, B={self.batch}, {self.dtype}"
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         """The benchmark's extra_info entries that describe the size."""
         return {"channels": self.channels, "batch": self.batch, "dtype": self.dtype}
 
@@ -118,8 +119,8 @@ class Cell:
 @dataclasses.dataclass(frozen=True)
 class Profile:
     name: str
-    channels: tuple
-    batches: tuple
+    channels: tuple[int, ...]
+    batches: tuple[int, ...]
     headline: Cell
     #: Which (C, B) run: "headline" (that cell only), "affordable" (B * C^3 at most the
     #: headline's) or "all".
@@ -127,11 +128,11 @@ class Profile:
     #: Where float64 runs as well: "headline" or "all".
     float64_sizes: str
     #: Newton-Schulz iteration counts timed in every cell.
-    iterations: tuple
+    iterations: tuple[int, ...]
     #: Extra counts timed at the headline cell only, for the speed/accuracy curve.
-    headline_iterations: tuple
+    headline_iterations: tuple[int, ...]
     #: Counts timed in float64 cells (float64 costs twice float32 on a CPU: fewer there).
-    float64_iterations: tuple
+    float64_iterations: tuple[int, ...]
     #: Seconds of timed rounds per benchmark; a slow case still gets `min_rounds` rounds.
     time_per_case: float
     min_rounds: int
@@ -143,7 +144,7 @@ class Profile:
     #: Square size of the matmul-rate measurement (the GPU floor).
     matmul_size: int
 
-    def _runs(self, cell):
+    def _runs(self, cell: Cell) -> bool:
         if cell.dtype == "float64" and self.float64_sizes == "headline":
             return cell == dataclasses.replace(self.headline, dtype="float64")
         if self.sizes == "headline":
@@ -152,7 +153,7 @@ class Profile:
             return cell.batch * cell.channels**3 <= self.headline.batch * self.headline.channels**3
         return True
 
-    def sqrtm_cells(self):
+    def sqrtm_cells(self) -> list[Cell]:
         """The (C, B, dtype) cells of the sqrtm grid."""
         candidates = [
             Cell(channels, batch, dtype)
@@ -162,7 +163,7 @@ class Profile:
         ]
         return [cell for cell in candidates if self._runs(cell)]
 
-    def anchor_cells(self):
+    def anchor_cells(self) -> list[Cell]:
         """Cells of the SciPy, tf.linalg.sqrtm and naive-eigh anchors: the C sweep at the headline
         batch, float32 (SciPy works in float64 whatever it is given)."""
         return [
@@ -171,21 +172,21 @@ class Profile:
             if cell.dtype == "float32" and cell.batch == self.headline.batch
         ]
 
-    def iterations_for(self, cell):
+    def iterations_for(self, cell: Cell) -> tuple[int, ...]:
         if cell.dtype == "float64":
             return self.float64_iterations
         extra = self.headline_iterations if cell == self.headline else ()
         return tuple(sorted(set(self.iterations) | set(extra)))
 
-    def _default_variant(self, cell):
+    def _default_variant(self, cell: Cell) -> list[SqrtmVariant]:
         return [DEFAULT_VARIANT] if DEFAULT_VARIANT != EIGH and cell == self.headline else []
 
-    def forward_variants(self, cell):
+    def forward_variants(self, cell: Cell) -> list[SqrtmVariant]:
         """Forward passes do not depend on the backward choice: one per method and count."""
         newton_schulz = [SqrtmVariant("newton_schulz", k) for k in self.iterations_for(cell)]
         return [EIGH, *newton_schulz, *self._default_variant(cell)]
 
-    def forward_backward_variants(self, cell):
+    def forward_backward_variants(self, cell: Cell) -> list[SqrtmVariant]:
         newton_schulz = [
             SqrtmVariant("newton_schulz", k, backward)
             for k in self.iterations_for(cell)
@@ -193,7 +194,7 @@ class Profile:
         ]
         return [EIGH, *newton_schulz, *self._default_variant(cell)]
 
-    def head_variants(self):
+    def head_variants(self) -> list[SqrtmVariant]:
         """eigh, the authors' setting, and each backward at the largest count of the grid."""
         newton_schulz = [
             SqrtmVariant("newton_schulz", max(self.iterations), backward)
@@ -202,7 +203,7 @@ class Profile:
         return [EIGH, AUTHORS_VARIANT, *newton_schulz]
 
 
-_FULL_SIZE = dict(
+_FULL_SIZE: dict[str, Any] = dict(
     channels=(64, 128, 256, 512),
     batches=(1, 8, 32),
     headline=Cell(512, 8),
@@ -235,12 +236,12 @@ _DRY_RUN = Profile(
 )
 
 
-def get_profile(name, device):
+def get_profile(name: str, device: str) -> Profile:
     """The profile `name` for `device`: on a GPU every size is cheap, so "default" runs them all."""
     if name == "dry-run":
         return _DRY_RUN
     if name == "quick":
-        settings = dict(sizes="headline", time_per_case=0.2, min_rounds=3)
+        settings: dict[str, Any] = dict(sizes="headline", time_per_case=0.2, min_rounds=3)
     elif name == "default" and device == "cpu":
         settings = dict(sizes="affordable", time_per_case=0.2, min_rounds=3)
     elif name == "default":

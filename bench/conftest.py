@@ -3,6 +3,8 @@
 
 import math
 import time
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import pytest
 
@@ -18,7 +20,7 @@ SLOW_CALL_SECONDS = 2.0
 MAX_ROUNDS = 500
 
 
-def pytest_addoption(parser):
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ibp benchmarks")
     group.addoption("--bench-profile", default="default", choices=cases.PROFILES)
     group.addoption("--bench-device", default="cpu", choices=("cpu", "cuda"))
@@ -30,7 +32,7 @@ def pytest_addoption(parser):
     )
 
 
-def _cuda_available():
+def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
@@ -39,7 +41,7 @@ def _cuda_available():
 class Suite:
     """What this session benchmarks: the profile, and the device asked for and the one used."""
 
-    def __init__(self, config):
+    def __init__(self, config: pytest.Config) -> None:
         self.device = config.getoption("--bench-device")
         self.profile = cases.get_profile(config.getoption("--bench-profile"), self.device)
         self.memory_limit_bytes = config.getoption("--bench-memory-limit-gib") * 2**30
@@ -49,23 +51,27 @@ class Suite:
         # A simulated GPU suite runs the same code with torch on the CPU.
         self.framework_device = "cpu" if self.simulated else self.device
         self.backends = benchmarked_backends(self.device)
-        self.not_run = []
+        self.not_run: list[dict[str, Any]] = []
         self.load_average_at_start = metadata.load_average()
 
-    def adapter(self, backend_name):
+    def adapter(self, backend_name: str) -> Any:
         return adapter_for(get_backend(backend_name), self.framework_device)
 
 
-def pytest_configure(config):
-    config.ibp_suite = Suite(config)
+#: Where the session's Suite lives on pytest's config.
+SUITE = pytest.StashKey["Suite"]()
 
 
-def _ids(values):
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SUITE] = Suite(config)
+
+
+def _ids(values: list[Any]) -> list[str]:
     return [value.test_id for value in values]
 
 
-def pytest_generate_tests(metafunc):
-    suite = metafunc.config.ibp_suite
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    suite = metafunc.config.stash[SUITE]
     profile = suite.profile
     names = metafunc.fixturenames
     if "backend_name" in names:
@@ -92,22 +98,22 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture(scope="session")
-def suite(request):
-    return request.config.ibp_suite
+def suite(request: pytest.FixtureRequest) -> Suite:
+    return request.config.stash[SUITE]
 
 
 @pytest.fixture
-def adapter(suite, backend_name):
+def adapter(suite: Suite, backend_name: str) -> Any:
     return suite.adapter(backend_name)
 
 
 @pytest.fixture(scope="session")
-def inputs():
+def inputs() -> Inputs:
     return Inputs()
 
 
 @pytest.fixture
-def measure(benchmark, suite):
+def measure(benchmark: Any, suite: Suite) -> Callable[..., Any]:
     """Time `run` with pytest-benchmark and return the result of an untimed call.
 
     The first call warms up (TensorFlow traces its graph, allocators and caches fill) and sizes
@@ -119,12 +125,17 @@ def measure(benchmark, suite):
     """
     profile = suite.profile
 
-    def timed(call):
+    def timed(call: Callable[[], Any]) -> tuple[Any, float]:
         start = time.perf_counter()
         result = call()
         return result, time.perf_counter() - start
 
-    def run_measurement(run, group, extra_info, first_call=None):
+    def run_measurement(
+        run: Callable[[], Any],
+        group: str,
+        extra_info: dict[str, Any],
+        first_call: Callable[[], tuple[Any, dict[str, Any]]] | None = None,
+    ) -> Any:
         (result, first_info), seconds = timed(first_call or (lambda: (run(), {})))
         if seconds < profile.time_per_case:
             result, seconds = timed(run)
@@ -143,10 +154,10 @@ def measure(benchmark, suite):
 
 
 @pytest.fixture
-def not_run(request, suite):
+def not_run(request: pytest.FixtureRequest, suite: Suite) -> Callable[..., NoReturn]:
     """Record why a benchmark did not run (it goes into the results JSON), then skip it."""
 
-    def record(reason, group, extra_info):
+    def record(reason: str, group: str, extra_info: dict[str, Any]) -> NoReturn:
         suite.not_run.append(
             {
                 "test": request.node.nodeid,
@@ -160,8 +171,10 @@ def not_run(request, suite):
     return record
 
 
-def pytest_benchmark_update_json(config, benchmarks, output_json):
-    suite = config.ibp_suite
+def pytest_benchmark_update_json(
+    config: pytest.Config, benchmarks: list[Any], output_json: dict[str, Any]
+) -> None:
+    suite = config.stash[SUITE]
     output_json["ibp_metadata"] = metadata.collect(
         suite.device, suite.profile.name, simulated_device=suite.simulated
     )

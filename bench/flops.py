@@ -12,11 +12,13 @@ _FORWARD_PRODUCTS = 3
 _BACKWARD_PRODUCTS = {"newton_schulz": 6, "autograd": 6}
 
 
-def matmul_flops(channels, batch=1):
+def matmul_flops(channels: int, batch: int = 1) -> int:
     return 2 * batch * channels**3
 
 
-def newton_schulz_flops(channels, batch, num_iters, backward=None):
+def newton_schulz_flops(
+    channels: int, batch: int, num_iters: int, backward: str | None = None
+) -> int | None:
     """Matrix-product FLOPs of `num_iters` Newton-Schulz iterations, with the backward if given.
 
     None for a backward that is not made of matrix products alone (the eigenbasis Lyapunov solve).

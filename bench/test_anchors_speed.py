@@ -9,13 +9,23 @@
   s_i - s_j). Autograd through Newton-Schulz (iSQRT-COV) is backward="autograd" in the main grid.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
 import numpy as np
 
 from bench.adapters import adapter_for
+from bench.cases import Cell
 from bench.errors import record_errors
+from bench.inputs import Inputs
 from impls.backends import get_backend
 from reference import sqrtm as reference_sqrtm
 from reference import sqrtm_vjp as reference_sqrtm_vjp
+
+if TYPE_CHECKING:
+    from bench.conftest import Suite
 
 #: Copies of the C^2 x C^2 system tf.linalg.sqrtm's gradient holds at once (two Kronecker
 #: products and their sum, before the solve's own LU workspace).
@@ -41,7 +51,13 @@ def _cpu_only(suite, not_run, group, info):
         not_run("a CPU anchor: the GPU suite compares against the CPU run instead", group, info)
 
 
-def test_scipy_sqrtm_forward(anchor_cell, inputs, measure, not_run, suite):
+def test_scipy_sqrtm_forward(
+    anchor_cell: Cell,
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    not_run: Callable[..., NoReturn],
+    suite: Suite,
+) -> None:
     group = f"sqrtm forward, {anchor_cell.label}"
     info = _anchor_info("scipy", "scipy", "scipy.linalg.sqrtm (float64)", anchor_cell, "forward")
     _cpu_only(suite, not_run, group, info)
@@ -49,7 +65,13 @@ def test_scipy_sqrtm_forward(anchor_cell, inputs, measure, not_run, suite):
     measure(lambda: reference_sqrtm(a), group=group, extra_info=info)
 
 
-def test_scipy_sqrtm_forward_backward(anchor_cell, inputs, measure, not_run, suite):
+def test_scipy_sqrtm_forward_backward(
+    anchor_cell: Cell,
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    not_run: Callable[..., NoReturn],
+    suite: Suite,
+) -> None:
     group = f"sqrtm forward+backward, {anchor_cell.label}"
     label = "scipy.linalg.sqrtm + solve_continuous_lyapunov (float64)"
     info = _anchor_info("scipy", "scipy", label, anchor_cell, "forward_backward")
@@ -68,7 +90,13 @@ def _tensorflow_adapter(suite, not_run, group, info):
     return adapter_for(get_backend("tf"), suite.framework_device)
 
 
-def test_tf_linalg_sqrtm_forward(anchor_cell, inputs, measure, not_run, suite):
+def test_tf_linalg_sqrtm_forward(
+    anchor_cell: Cell,
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    not_run: Callable[..., NoReturn],
+    suite: Suite,
+) -> None:
     group = f"sqrtm forward, {anchor_cell.label}"
     info = _anchor_info("tf", "tf.linalg.sqrtm", "tf.linalg.sqrtm", anchor_cell, "forward")
     adapter = _tensorflow_adapter(suite, not_run, group, info)
@@ -76,7 +104,13 @@ def test_tf_linalg_sqrtm_forward(anchor_cell, inputs, measure, not_run, suite):
     measure(adapter.forward(adapter.tf.linalg.sqrtm, a), group=group, extra_info=info)
 
 
-def test_tf_linalg_sqrtm_gradient(anchor_cell, inputs, measure, not_run, suite):
+def test_tf_linalg_sqrtm_gradient(
+    anchor_cell: Cell,
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    not_run: Callable[..., NoReturn],
+    suite: Suite,
+) -> None:
     group = f"sqrtm forward+backward, {anchor_cell.label}"
     label = "tf.linalg.sqrtm + registered gradient"
     info = _anchor_info("tf", "tf.linalg.sqrtm", label, anchor_cell, "forward_backward")
@@ -102,7 +136,15 @@ def test_tf_linalg_sqrtm_gradient(anchor_cell, inputs, measure, not_run, suite):
         not_run(f"failed: {type(error).__name__}: {str(error).splitlines()[0]}", group, info)
 
 
-def test_naive_eigh_autograd(backend_name, adapter, anchor_cell, inputs, measure, benchmark, suite):
+def test_naive_eigh_autograd(
+    backend_name: str,
+    adapter: Any,
+    anchor_cell: Cell,
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    benchmark: Any,
+    suite: Suite,
+) -> None:
     a = adapter.matrices(inputs.covariances(anchor_cell), anchor_cell.dtype)
     cotangent = adapter.matrices(inputs.cotangent(anchor_cell), anchor_cell.dtype)
     label = "eigh, autograd through the eigendecomposition"

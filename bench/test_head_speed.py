@@ -3,12 +3,29 @@ step of `impls.<framework>.models.build_model`: the small model on any device, V
 448 x 448 on the GPU only (He-initialised weights: speed does not depend on them).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
 import pytest
 
 from bench.adapters import NUM_CLASSES
+from bench.cases import SqrtmVariant
+from bench.inputs import Inputs
+
+if TYPE_CHECKING:
+    from bench.conftest import Suite
 
 
-def test_head_forward_backward(backend_name, adapter, head_variant, inputs, measure, suite):
+def test_head_forward_backward(
+    backend_name: str,
+    adapter: Any,
+    head_variant: SqrtmVariant,
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    suite: Suite,
+) -> None:
     cell, side = suite.profile.headline, suite.profile.feature_side
     features = adapter.feature_maps(
         inputs.feature_maps(cell.batch, cell.channels, side), cell.dtype
@@ -33,7 +50,9 @@ def _train_step(adapter, inputs, name, batch, image_side):
     return adapter.model_train_step(name, images, labels)
 
 
-def test_small_model_train_step(backend_name, adapter, inputs, measure, suite):
+def test_small_model_train_step(
+    backend_name: str, adapter: Any, inputs: Inputs, measure: Callable[..., Any], suite: Suite
+) -> None:
     batch, side = suite.profile.headline.batch, suite.profile.small_image_side
     run = _train_step(adapter, inputs, "small", batch, side)
     info = {
@@ -48,7 +67,15 @@ def test_small_model_train_step(backend_name, adapter, inputs, measure, suite):
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16-autocast"])
-def test_vgg16_train_step(backend_name, adapter, precision, inputs, measure, not_run, suite):
+def test_vgg16_train_step(
+    backend_name: str,
+    adapter: Any,
+    precision: str,
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    not_run: Callable[..., NoReturn],
+    suite: Suite,
+) -> None:
     batch, side = suite.profile.headline.batch, suite.profile.vgg_image_side
     group = f"training step, VGG-16 + IBP, B={batch}, {side}x{side}"
     info = {

@@ -6,9 +6,17 @@ Two shapes: one large square product (the card's peak) and the batched C x C pro
 Newton-Schulz actually issues at the headline size (small products reach less of the peak).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
 import pytest
 
 from bench.flops import matmul_flops
+
+if TYPE_CHECKING:
+    from bench.conftest import Suite
 
 #: torch.set_float32_matmul_precision values: "highest" is IEEE float32, "high" allows TF32.
 _MATMUL_PRECISION = {"float32": "highest", "tf32": "high"}
@@ -16,7 +24,13 @@ _MATMUL_PRECISION = {"float32": "highest", "tf32": "high"}
 
 @pytest.mark.parametrize("shape", ["square", "newton_schulz"])
 @pytest.mark.parametrize("precision", sorted(_MATMUL_PRECISION))
-def test_matmul_rate(precision, shape, measure, not_run, suite):
+def test_matmul_rate(
+    precision: str,
+    shape: str,
+    measure: Callable[..., Any],
+    not_run: Callable[..., NoReturn],
+    suite: Suite,
+) -> None:
     profile = suite.profile
     if shape == "square":
         batch, size = 1, profile.matmul_size

@@ -6,15 +6,23 @@ covariances: Newton-Schulz at the fewest iterations that get there, found by a s
 at a fixed iteration count compares methods of different accuracy.
 """
 
+from __future__ import annotations
+
 import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from bench.cases import ACCURACY_TARGET, EIGH, MAX_SEARCHED_ITERATIONS, SqrtmVariant
+from bench.cases import ACCURACY_TARGET, EIGH, MAX_SEARCHED_ITERATIONS, Cell, SqrtmVariant
 from bench.errors import SqrtmErrors, fewest_iterations, record_errors
 from bench.flops import newton_schulz_flops
+from bench.inputs import Inputs
 from impls.testing.tolerances import relative_error
 from reference.conventions import NEWTON_SCHULZ_BACKWARDS
+
+if TYPE_CHECKING:
+    from bench.conftest import Suite
 
 
 def _flops_info(cell, variant, backward_pass):
@@ -36,7 +44,15 @@ def _sqrtm_info(backend_name, cell, variant, mode):
     }
 
 
-def test_sqrtm_forward(backend_name, adapter, forward_case, inputs, measure, benchmark, suite):
+def test_sqrtm_forward(
+    backend_name: str,
+    adapter: Any,
+    forward_case: tuple[Cell, SqrtmVariant],
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    benchmark: Any,
+    suite: Suite,
+) -> None:
     cell, variant = forward_case
     a = adapter.matrices(inputs.covariances(cell), cell.dtype)
     run = adapter.forward(adapter.sqrtm_function(variant), a)
@@ -52,8 +68,14 @@ def test_sqrtm_forward(backend_name, adapter, forward_case, inputs, measure, ben
 
 
 def test_sqrtm_forward_backward(
-    backend_name, adapter, forward_backward_case, inputs, measure, benchmark, suite
-):
+    backend_name: str,
+    adapter: Any,
+    forward_backward_case: tuple[Cell, SqrtmVariant],
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    benchmark: Any,
+    suite: Suite,
+) -> None:
     cell, variant = forward_backward_case
     a = adapter.matrices(inputs.covariances(cell), cell.dtype)
     cotangent = adapter.matrices(inputs.cotangent(cell), cell.dtype)
@@ -74,7 +96,7 @@ def test_sqrtm_forward_backward(
 
 
 @pytest.fixture(scope="session")
-def fewest_forward_iterations():
+def fewest_forward_iterations() -> dict[str, int | None]:
     """{backend name: fewest Newton-Schulz iterations whose forward reaches the target}: the
     forward does not depend on the backward, so the three backward scans share one."""
     return {}
@@ -87,8 +109,15 @@ _EXACT = {"eigh": EIGH, "eigh_float64": dataclasses.replace(EIGH, compute_dtype=
 
 @pytest.mark.parametrize("method", [*_EXACT, *NEWTON_SCHULZ_BACKWARDS])
 def test_sqrtm_time_to_accuracy(
-    backend_name, adapter, method, inputs, measure, not_run, suite, fewest_forward_iterations
-):
+    backend_name: str,
+    adapter: Any,
+    method: str,
+    inputs: Inputs,
+    measure: Callable[..., Any],
+    not_run: Callable[..., NoReturn],
+    suite: Suite,
+    fewest_forward_iterations: dict[str, int | None],
+) -> None:
     """Forward+backward at the cheapest setting with both errors <= ACCURACY_TARGET."""
     cell = suite.profile.headline
     accuracy = SqrtmErrors(adapter, inputs, cell)

@@ -17,8 +17,14 @@ from impls.testing.metadata import REQUIRED_KEYS, read_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-#: Modules whose import registers renderers.
-RENDERING_MODULES = ("bench.report.document", "bench.sqrtm_error")
+#: Modules whose import registers renderers (every module that writes a generated block or
+#: document; one that registers nothing yet costs only its import).
+RENDERING_MODULES = (
+    "bench.report.document",
+    "bench.sqrtm_error",
+    "bench.accuracy.report",
+    "impls.testing.check_catalogue",
+)
 #: Results files written by those modules: each carries the full envelope.
 ENVELOPED_RESULTS = ("sqrtm_error.json",)
 
