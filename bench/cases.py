@@ -1,7 +1,7 @@
 """What the benchmark suites measure: sqrtm method variants, sizes per profile, the headline cell.
 
-Profiles trade coverage for time (the default CPU run must fit in about 15 minutes on 2 cores; it
-took 6 on 2 idle cores, and other work on a shared machine can double that):
+Profiles trade coverage for time (the default CPU run must fit in about 15 minutes on 2 cores;
+each run records how long it took in its results file, and BENCHMARKS.md prints it):
 
 - ``dry-run``: tiny sizes, one round each; exercises every code path in seconds (harness test,
   ``bench/gpu.sh --dry-run``).

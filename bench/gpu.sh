@@ -2,7 +2,7 @@
 # The GPU benchmark suite: torch only (no TensorFlow, nothing downloaded or installed), every
 # sqrtm size and method, IBP head, VGG-16 + IBP training step at 448x448, and the card's matmul
 # rate (float32 and TF32) that the report uses as the floor of the Newton-Schulz timings.
-# About 3 minutes on an H100 (budget: 8).
+# Meant to fit in 8 minutes on a datacenter GPU; the JSON records how long it took.
 #
 #   bench/gpu.sh             # needs CUDA; writes $OUT/bench-cuda.json (results/ when OUT is unset)
 #   bench/gpu.sh --dry-run   # same code paths, tiny sizes, on the CPU when there is no GPU
