@@ -17,10 +17,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bench.accuracy import report
-from bench.accuracy.configurations import CONFIGURATIONS
+from bench.accuracy.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, STUDIES
 from bench.accuracy.data import EMBEDDED_DATASETS
 from bench.accuracy.image_folders import image_folder
-from bench.accuracy.training import FeatureCache, TrainingOptions, train
+from bench.accuracy.training import RunCache, TrainingOptions, train
 from impls.architectures import BACKBONES
 from impls.backends import BACKENDS
 from impls.testing.check import positive
@@ -81,7 +81,18 @@ def _parser():
         nargs="+",
         choices=list(CONFIGURATIONS),
         metavar="NAME",
-        help=f"{', '.join(CONFIGURATIONS)} (default: all on embedded data, ibp on an image folder)",
+        help=f"{', '.join(CONFIGURATIONS)} (default: all but the seed_pretrained ones on "
+        "embedded data, ibp on an image folder)",
+    )
+    parser.add_argument(
+        "--study",
+        choices=sorted(STUDIES),
+        help="a longer study with its own data sets and configurations, written to "
+        "accuracy-STUDY.json, .md and .png: "
+        # argparse expands % in help texts
+        + "; ".join(f"{name}: {study.description}" for name, study in STUDIES.items()).replace(
+            "%", "%%"
+        ),
     )
     parser.add_argument(
         "--epochs",
@@ -144,7 +155,11 @@ def parse_args(argv=None, parser=None):
     `prepare`."""
     parser = parser or _parser()
     args = parser.parse_args(argv)
-    args.dataset = args.dataset or list(DEFAULT_DATASETS)
+    if args.study and (args.dataset or args.config):
+        parser.error(f"--study {args.study} chooses its own data sets and configurations")
+    study = STUDIES.get(args.study)
+    args.dataset = args.dataset or list(study.datasets if study else DEFAULT_DATASETS)
+    args.config = args.config or (list(study.configurations) if study else None)
     if "imagefolder" in args.dataset and args.data_dir is None:
         parser.error("--dataset imagefolder needs --data-dir")
     if args.data_dir is not None and "imagefolder" not in args.dataset:
@@ -203,7 +218,7 @@ def load_datasets(args):
 
 
 def configurations_for(dataset, args):
-    names = args.config or (["ibp"] if dataset.augments else list(CONFIGURATIONS))
+    names = args.config or (["ibp"] if dataset.augments else DEFAULT_CONFIGURATIONS)
     return [CONFIGURATIONS[name] for name in names]
 
 
@@ -241,6 +256,7 @@ def metadata(args, runners, total_seconds, argv):
         "threads": {runner.name: runner.threads for runner in runners},
         "date": where["date_utc"],
         "seed": args.seed,
+        "study": args.study,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "quick": args.quick,
@@ -314,7 +330,7 @@ def run(args, runners, datasets):
         for runner in runners
         for configuration in configurations_for(dataset, args)
     ]
-    cache, runs = FeatureCache(), []
+    cache, runs = RunCache(), []
     for dataset, runner, configuration in tqdm(
         jobs, desc="runs", unit="run", disable=args.no_progress
     ):
@@ -341,7 +357,7 @@ def main(argv=None):
         )
         return 1
     print(report.console_table(runs, args.paper_dataset))
-    written = ", ".join(str(args.output_dir / name) for name in report.RESULT_FILES)
+    written = ", ".join(str(args.output_dir / name) for name in report.result_files(args.study))
     print(f"{len(runs)} runs in {seconds / 60:.1f} min; wrote {written}")
     return 0
 

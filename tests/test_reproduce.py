@@ -13,9 +13,24 @@ from PIL import Image
 
 from bench import reproduce_accuracy
 from bench.accuracy import report
-from bench.accuracy.configurations import SEED_BUGS
-from bench.accuracy.data import SYNTHETIC_MEAN, SYNTHETIC_NUM_CLASSES, SYNTHETIC_STD, synthetic
+from bench.accuracy.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, SEED_BUGS
+from bench.accuracy.data import (
+    EMBEDDED_DATASETS,
+    SYNTHETIC_MEAN,
+    SYNTHETIC_NUM_CLASSES,
+    SYNTHETIC_STD,
+    Dataset,
+    Split,
+    synthetic,
+)
 from bench.accuracy.image_folders import image_folder
+from bench.accuracy.training import (
+    RunCache,
+    TrainingOptions,
+    answer_statistics,
+    batch_indices,
+    train,
+)
 from impls.architectures import BACKBONES
 from impls.backends import BACKENDS, available_backends
 from impls.testing import founding_question
@@ -354,18 +369,19 @@ def _class_folders_with(root, counts):
     ("arguments", "message"),
     [
         (["--seed", "-1"], "--seed must be >= 0"),
-        (["--image-size", "-8"], "--image-size: must be positive"),
-        (["--image-size", "0"], "--image-size: must be positive"),
-        (["--reduce-dim", "0"], "--reduce-dim: must be positive"),
+        (["--image-size", "-8"], "argument --image-size: "),
+        (["--image-size", "0"], "argument --image-size: "),
+        (["--reduce-dim", "0"], "argument --reduce-dim: "),
+        (["--epochs", "0"], "argument --epochs: "),
         (["--backbone", "vgg19"], "invalid choice: 'vgg19'"),
         (["--dataset", "imagefolder"], "--dataset imagefolder needs --data-dir"),
         (["--data-dir", "somewhere"], "--data-dir is read only with --dataset imagefolder"),
-        (["--epochs", "0"], "--epochs: must be positive"),
     ],
-    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
 )
 def test_bad_arguments_are_usage_errors(capsys, no_training, arguments, message):
-    assert message in _usage_error(capsys, *arguments)
+    error = _usage_error(capsys, *arguments)
+    assert message in error
 
 
 def test_help_lists_every_backbone(capsys):
@@ -466,11 +482,11 @@ def test_user_data_goes_to_a_fresh_run_folder(tmp_path, class_folders):
 
 
 def test_a_failure_while_writing_keeps_the_previous_results_whole(monkeypatch, tmp_path):
-    old = {name: f"old {name}" for name in report.RESULT_FILES}
+    old = {name: f"old {name}" for name in report.result_files()}
     for name, text in old.items():
         (tmp_path / name).write_text(text)
 
-    def broken_plot(runs, path):
+    def broken_plot(runs, path, metadata):
         raise OSError("disk full")
 
     monkeypatch.setattr(report, "markdown", lambda *arguments: "new md")
@@ -478,3 +494,97 @@ def test_a_failure_while_writing_keeps_the_previous_results_whole(monkeypatch, t
     with pytest.raises(OSError, match="disk full"):
         report.write(tmp_path, {}, [], [])
     assert {path.name: path.read_text() for path in tmp_path.iterdir()} == old
+
+
+# The 30 % study --------------------------------------------------------------------------------
+
+
+def test_unbalanced_synthetic_has_one_class_at_30_percent():
+    dataset = EMBEDDED_DATASETS["synthetic-30"](seed=0, train_per_class=20, test_per_class=10)
+    for split in (dataset.train, dataset.test):
+        counts = np.bincount(split.labels, minlength=SYNTHETIC_NUM_CLASSES)
+        assert counts[0] == round(0.3 * len(split)), counts
+        assert counts[1:].max() - counts[1:].min() <= 1, counts
+    assert dataset.chance_rate == pytest.approx(0.3, abs=0.01)
+
+
+def _statistics(test_labels, answers, train_labels):
+    dataset = Dataset("d", list("abc"), Split(None, np.array(train_labels)), Split(None, None))
+    dataset.test = Split(None, np.array(test_labels))
+    batches = batch_indices(len(test_labels), 4)
+    return answer_statistics(dataset, batches, [np.array(a) for a in answers])
+
+
+def test_answer_statistics_tell_batch_majority_from_the_class_prior():
+    labels = [0, 1, 1, 2, 2, 2, 2, 1]  # batch majorities: 1, then 2
+    train = [0, 0, 0, 1, 2]  # the training set's majority class: 0
+    following = _statistics(labels, [[1, 1, 1, 1], [2, 2, 2, 2]], train)
+    assert following == {
+        "unanimous_batches": 1.0,
+        "batch_majority_answers": 1.0,
+        "majority_class_answers": 0.0,
+        "batch_majority_ceiling": (2 + 3) / 8,
+    }
+    prior = _statistics(labels, [[0, 0, 0, 0], [0, 0, 0, 0]], train)
+    assert prior["unanimous_batches"] == 1.0 and prior["majority_class_answers"] == 1.0
+    assert prior["batch_majority_answers"] == 0.0
+    per_sample = _statistics(labels, [[0, 1, 1, 2], [2, 2, 0, 1]], train)
+    assert per_sample["unanimous_batches"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        ({"unanimous_batches": 1.0, "batch_majority_answers": 0.9, "majority_class_answers": 0.3},
+         "the batch-majority ceiling"),
+        ({"unanimous_batches": 1.0, "batch_majority_answers": 0.5, "majority_class_answers": 1.0},
+         "the class prior"),
+        ({"unanimous_batches": 1.0, "batch_majority_answers": 0.2, "majority_class_answers": 0.2},
+         "unrelated to the batch's majority class"),
+        ({"unanimous_batches": 0.1, "batch_majority_answers": 0.2, "majority_class_answers": 0.2},
+         "answers per sample"),
+    ],
+)  # fmt: skip
+def test_mechanism_names_what_the_answers_show(answers, expected):
+    assert expected in report.mechanism({"answers": answers, "diverged_at_epoch": None})
+
+
+def test_the_study_has_its_own_data_configurations_and_files(capsys, no_training):
+    args = reproduce_accuracy.parse_args(["--study", "seed-30"])
+    assert args.dataset == ["synthetic", "synthetic-30"]
+    assert "seed_pretrained" in args.config and "seed_pretrained_fix_low_lr" in args.config
+    assert report.result_files(args.study)[0] == "accuracy-seed-30.json"
+    assert "seed_pretrained" not in DEFAULT_CONFIGURATIONS
+    assert "chooses its own" in _usage_error(capsys, "--study", "seed-30", "--config", "ibp")
+
+
+def test_seed_pretrained_starts_from_the_backbone_that_ibp_trained(backend):
+    runner = importlib.import_module(f"bench.accuracy.runner_{backend.name}").Runner("cpu", 1)
+    dataset = synthetic(seed=0, train_per_class=4, test_per_class=3)
+    options = TrainingOptions(epochs=2, batch_size=16, seed=0, progress=False)
+    model_options = {
+        "backbone": "small", "weights": None, "reduce_dim": None, "recipe": "default",
+        "head_kwargs": reproduce_accuracy.head_options("default"),
+    }  # fmt: skip
+    cache = RunCache()
+    record = train(
+        runner, CONFIGURATIONS["seed_pretrained"], dataset, options, model_options, cache
+    )
+    trained = cache.trained(runner, dataset, "ibp")
+    runner.seed(0)
+    initial = runner.build_model(CONFIGURATIONS["ibp"], dataset, model_options)
+    images = dataset.test.load(np.arange(4))
+    # The recipe's second stage trains the backbone, so the study's one differs from the seeded
+    # initialisation; the cache holds the trained one's features (it checks them on every use).
+    moved = runner.numpy(runner.backbone_features(trained, images)) - runner.numpy(
+        runner.backbone_features(initial, images)
+    )
+    assert np.abs(moved).max() > 1e-4
+    cache.features(runner, trained, dataset, "test", "ibp")
+    with pytest.raises(RuntimeError, match="not the one the cache was made from"):
+        cache.features(runner, initial, dataset, "test", "ibp")
+    assert record["config"] == "seed_pretrained" and record["epochs"] == 2
+    assert set(record["answers"]) == {
+        "unanimous_batches", "batch_majority_answers", "majority_class_answers",
+        "batch_majority_ceiling",
+    }  # fmt: skip

@@ -164,23 +164,54 @@ def _balanced_shuffled_labels(num_classes, per_class, rng):
     return rng.permutation(np.repeat(np.arange(num_classes), per_class))
 
 
-def synthetic(seed, train_per_class=160, test_per_class=64, image_size=32):
+def _unbalanced_shuffled_labels(num_classes, total, majority_share, rng):
+    """Class 0 holds `majority_share` of `total` samples, the other classes share the rest as
+    evenly as counts allow; shuffled like the balanced labels."""
+    majority = round(majority_share * total)
+    rest, remainder = divmod(total - majority, num_classes - 1)
+    counts = [majority] + [rest + (c < remainder) for c in range(num_classes - 1)]
+    return rng.permutation(np.repeat(np.arange(num_classes), counts))
+
+
+def synthetic(seed, train_per_class=160, test_per_class=64, image_size=32, majority_share=None):
+    """The synthetic textures, balanced, or (`majority_share`) with class 0 holding that share of
+    as many samples as the balanced set has: the question's own data (784 training images, 7
+    classes) may well have been unbalanced."""
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     splits = []
     for rng, per_class in ((train_rng, train_per_class), (test_rng, test_per_class)):
-        labels = _balanced_shuffled_labels(SYNTHETIC_NUM_CLASSES, per_class, rng)
+        if majority_share is None:
+            labels = _balanced_shuffled_labels(SYNTHETIC_NUM_CLASSES, per_class, rng)
+        else:
+            total = SYNTHETIC_NUM_CLASSES * per_class
+            labels = _unbalanced_shuffled_labels(SYNTHETIC_NUM_CLASSES, total, majority_share, rng)
         splits.append(Split(synthetic_images(labels, image_size, rng), labels))
     class_names = [
         f"stripes {round(np.rad2deg(_class_parameters(c)[0]))} deg"
         for c in range(SYNTHETIC_NUM_CLASSES)
     ]
+    balance = (
+        "balanced"
+        if majority_share is None
+        else f"class 0 ({class_names[0]}) holds {majority_share:.0%} of the images, the other "
+        "classes share the rest evenly"
+    )
     description = (
         f"{image_size}x{image_size} coloured Gaussian textures, {SYNTHETIC_NUM_CLASSES} "
         "classes that differ only in spatial and cross-channel correlation (stripe orientation "
         "and colour axes); every channel of every image has mean "
-        f"{SYNTHETIC_MEAN} and standard deviation {SYNTHETIC_STD}"
+        f"{SYNTHETIC_MEAN} and standard deviation {SYNTHETIC_STD}; {balance}"
     )
-    return Dataset("synthetic", class_names, *splits, description=description)
+    name = "synthetic" if majority_share is None else f"synthetic-{round(100 * majority_share)}"
+    return Dataset(name, class_names, *splits, description=description)
+
+
+#: The unbalanced variant's majority share: the question's reported plateau.
+UNBALANCED_MAJORITY_SHARE = question.REPORTED_ACCURACY
+
+
+def synthetic_unbalanced(seed, train_per_class=160, test_per_class=64, image_size=32):
+    return synthetic(seed, train_per_class, test_per_class, image_size, UNBALANCED_MAJORITY_SHARE)
 
 
 def _texture_photographs():
@@ -229,4 +260,8 @@ def skimage_textures(seed, train_per_class=160, test_per_class=64, image_size=32
     return Dataset("skimage-textures", list(TEXTURE_NAMES), *splits, description=description)
 
 
-EMBEDDED_DATASETS = {"synthetic": synthetic, "skimage-textures": skimage_textures}
+EMBEDDED_DATASETS = {
+    "synthetic": synthetic,
+    "synthetic-30": synthetic_unbalanced,
+    "skimage-textures": skimage_textures,
+}

@@ -8,6 +8,7 @@ explanations stay true when the numbers change.
 import json
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -66,6 +67,14 @@ MECHANISMS = {
     "seed_fix_batch_sum_and_low_lr": "Bugs 1 and 5 fixed together: per-sample pooling and the "
     "authors' classifier optimizer. The fourth root, eps * ones and the batch-wide L2 stay; the "
     "distance to `ibp_frozen` is what they cost.",
+    "seed_pretrained": "The question's set-up on a frozen backbone that the correct model "
+    "(`ibp`) trained on this data set first: a stand-in for the question's ImageNet VGG-16, whose "
+    "features already separate classes. Still batch sum and SGD at lr 0.001: does a useful "
+    "backbone let the question's head reach its 30 %?",
+    "seed_pretrained_fix_low_lr": "`seed_pretrained` at the authors' classifier rate (SGD lr "
+    "1.0, momentum 0.9). The batch sum stays, so the classifier still sees one vector per batch; "
+    "but that vector is the root of a sum of covariances of features that separate the classes, "
+    "and a fast classifier can learn to answer the batch's dominant class from it.",
     "first_order": "Global average pooling instead of bilinear pooling, same recipe as ibp. This "
     "is first-order in the backbone's features, not in the pixels: the mean of ReLU(w . x) grows "
     "with the variance w^T S w of the filter response, a second-order statistic of the image, so "
@@ -290,7 +299,8 @@ def markdown(metadata, runs, datasets, paper_key=None):
         "hard-codes it). "
         f"Total time {metadata['total_seconds'] / 60:.1f} min. Test accuracy after the last "
         f'epoch; "at chance" means within {AT_CHANCE_POINTS:.0f} points of the chance rate (the '
-        "test set's most frequent class). Learning curves: `accuracy.png`.",
+        "test set's most frequent class). Learning curves: "
+        f"`{stem(metadata.get('study'))}.png`.",
     ]
     for dataset in datasets:
         selected = [run for run in runs if run["dataset"] == dataset.name]
@@ -311,58 +321,231 @@ def markdown(metadata, runs, datasets, paper_key=None):
             "",
             *_plateau_paragraph(runs, datasets),
         ]
+    if any(CONFIGURATIONS[run["config"]].pretrained_by for run in runs):
+        lines += ["", "## Where the 30 % comes from: the answers", "", *_study(runs)]
     return "\n".join(lines) + "\n"
 
 
-#: One colour per configuration (in CONFIGURATIONS' order), the same in every panel and report.
-_PALETTE = matplotlib.colormaps["tab20"]([0, 19, 6, 2, 4, 8, 10, 12, 14, 16, 5, 18, 17])
+#: Shares of answers above which a run's answers count as following a rule (one per batch, the
+#: majority class): 9 in 10.
+MOSTLY = 0.9
+#: One answer per batch agrees with the batch's majority class for about 1/K of K balanced
+#: classes by luck; a model that answers it for half of the samples or more has learned it.
+FOLLOWS = 0.5
 
 
-def _colour(config):
-    names = list(CONFIGURATIONS)
-    return _PALETTE[names.index(config) % len(_PALETTE)] if config in names else "grey"
+def mechanism(run):
+    """What a run's answers show (training.answer_statistics), in words."""
+    answers = run["answers"]
+    if run["diverged_at_epoch"] is not None:
+        return "diverged"
+    if answers["majority_class_answers"] >= MOSTLY:
+        return "answers the majority class for (almost) every sample: the class prior"
+    if answers["unanimous_batches"] >= MOSTLY:
+        if answers["batch_majority_answers"] >= FOLLOWS:
+            return (
+                "one answer per batch, mostly the batch's majority class: the batch-majority "
+                "ceiling"
+            )
+        return "one answer per batch, unrelated to the batch's majority class"
+    return "answers per sample"
 
 
-def plot(runs, path):
-    """Test accuracy per epoch: one panel per framework (and data set)."""
+def _study(runs):
+    """The answers of every run as a table, and which configuration plateaus near the
+    question's 30 % and why, from the numbers."""
+    reported = question.REPORTED_ACCURACY
+    lines = [
+        "Every sample of a batch gets the same answer when the model sees one feature vector per "
+        "batch (the batch sum): then its best is one answer per batch, the batch's most frequent "
+        "class, and its accuracy is bounded by the batch-majority ceiling. A model that learned "
+        "only the class prior answers the majority class and scores the majority-class rate. "
+        "The answers on the test batches tell the two apart:",
+        "",
+        "| data set | framework | configuration | test accuracy | batches with one answer "
+        "| answers = batch's majority | answers = majority class (before training) "
+        "| batch-majority ceiling | majority-class rate | what the answers show |",
+        "|" + " --- |" * 10,
+    ]
+    for run in runs:
+        answers, initial = run["answers"], run.get("initial_answers")
+        before = f" ({_percent(initial['majority_class_answers'])})" if initial else ""
+        lines.append(
+            f"| `{run['dataset']}` | {run['framework']} | `{run['config']}` | "
+            f"{_percent(run['test_accuracy'])} | {_percent(answers['unanimous_batches'])} | "
+            f"{_percent(answers['batch_majority_answers'])} | "
+            f"{_percent(answers['majority_class_answers'])}{before} | "
+            f"{_percent(answers['batch_majority_ceiling'])} | {_percent(run['chance_rate'])} | "
+            f"{mechanism(run)} |"
+        )
+    seed_runs = [run for run in runs if CONFIGURATIONS[run["config"]].head == "seed"]
+    lines.append("")
+    for dataset in _datasets(seed_runs):
+        selected = [run for run in seed_runs if run["dataset"] == dataset]
+        best = max(selected, key=lambda run: run["answers"]["batch_majority_answers"])
+        lines.append(
+            f"On `{dataset}` the question's set-up answers the batch's majority class for at most "
+            f"{_percent(best['answers']['batch_majority_answers'])} of the samples "
+            f"(`{best['config']}`, {best['framework']}); its best accuracy is "
+            f"{_percent(max(run['test_accuracy'] for run in selected))} against a batch-majority "
+            f"ceiling of {_percent(best['answers']['batch_majority_ceiling'])} and a "
+            f"majority-class rate of {_percent(best['chance_rate'])}."
+        )
+    near = [
+        run for run in seed_runs if abs(100 * (run["test_accuracy"] - reported)) <= AT_CHANCE_POINTS
+    ]
+    lines.append("")
+    if not near:
+        lines.append(
+            f"No run of the question's set-up ends within {AT_CHANCE_POINTS:.0f} points of the "
+            f"question's {_percent(reported)}."
+        )
+        return lines
+    lines.append(
+        f"Runs of the question's set-up within {AT_CHANCE_POINTS:.0f} points of its "
+        f"{_percent(reported)}:"
+    )
+    lines += [
+        f"- `{run['config']}` on `{run['dataset']}` ({run['framework']}): "
+        f"{_percent(run['test_accuracy'])}; it {mechanism(run)} (ceiling "
+        f"{_percent(run['answers']['batch_majority_ceiling'])}, majority-class rate "
+        f"{_percent(run['chance_rate'])})."
+        for run in near
+    ]
+    return lines
+
+
+#: One colour map per family of configurations; its members take shades of it, in
+#: CONFIGURATIONS' order, the same in every panel and report.
+_FAMILY_COLOURS = {
+    "ibp": "Blues",
+    "question's set-up": "Oranges",
+    "question's set-up, pretrained backbone": "Purples",
+    "baselines": "Greens",
+}
+_MARKERS = "osD^vP*Xh<>"
+#: The question's set-up and its ablations often give the same numbers; their curves are drawn
+#: this many points apart (in CONFIGURATIONS' order) so that none hides another.
+_SEED_OFFSET_POINTS = 0.6
+
+
+def family(config):
+    configuration = CONFIGURATIONS[config]
+    if configuration.pretrained_by:
+        return "question's set-up, pretrained backbone"
+    if configuration.head == "seed":
+        return "question's set-up"
+    return "ibp" if configuration.head == "ibp" else "baselines"
+
+
+def _style(config):
+    """(colour, marker) of a configuration's curves."""
+    members = [name for name in CONFIGURATIONS if family(name) == family(config)]
+    rank = members.index(config)
+    shade = 0.95 - 0.4 * rank / max(1, len(members) - 1)
+    colour = matplotlib.colormaps[_FAMILY_COLOURS[family(config)]](shade)
+    return colour, _MARKERS[rank % len(_MARKERS)]
+
+
+def _offsets(runs):
+    """Vertical offset (points) of each run's curve: the question's set-up and its variants in
+    one panel are spread around their true values, the others stay where they are."""
+    offsets = {}
+    for panel in {(run["dataset"], run["framework"]) for run in runs}:
+        seeds = [
+            run["config"]
+            for run in runs
+            if (run["dataset"], run["framework"]) == panel
+            and CONFIGURATIONS[run["config"]].head == "seed"
+        ]
+        for rank, config in enumerate(seeds):
+            offsets[(*panel, config)] = (rank - (len(seeds) - 1) / 2) * _SEED_OFFSET_POINTS
+    return offsets
+
+
+def plot(runs, path, metadata):
+    """Test accuracy per epoch: one panel per data set and framework, one colour family per kind
+    of configuration, diverged runs marked where they diverged."""
     datasets, frameworks = _datasets(runs), _frameworks(runs)
-    panel_height, legend_height = 3.8, 1.0
-    figure = Figure(figsize=(5.5 * len(frameworks), panel_height * len(datasets) + legend_height))
+    panel_height = 3.8
+    figure = Figure(figsize=(6.0 * len(frameworks), panel_height * len(datasets)))
     axes = figure.subplots(len(datasets), len(frameworks), squeeze=False, sharey=True)
-    legend = {}
+    legend, offsets = {}, _offsets(runs)
     for run in runs:
         axis = axes[datasets.index(run["dataset"])][frameworks.index(run["framework"])]
+        colour, marker = _style(run["config"])
+        offset = offsets.get((run["dataset"], run["framework"], run["config"]), 0.0)
+        epochs = [entry["epoch"] for entry in run["history"]]
         (line,) = axis.plot(
-            [entry["epoch"] for entry in run["history"]],
-            [100 * entry["test_accuracy"] for entry in run["history"]],
-            "--" if run["config"].startswith("seed") else "-",
-            color=_colour(run["config"]),
-            marker="o",
-            markersize=3,
-            # The question's set-up on top and thicker: several ablations sit on the same line.
-            linewidth=2.5 if run["config"] == "seed" else 1.5,
-            zorder=3 if run["config"] == "seed" else 2,
+            epochs,
+            [100 * entry["test_accuracy"] + offset for entry in run["history"]],
+            "--" if CONFIGURATIONS[run["config"]].head == "seed" else "-",
+            color=colour,
+            marker=marker,
+            markersize=4,
+            linewidth=1.5,
+            label=run["config"],
         )
         legend.setdefault(run["config"], line)
+        if run["diverged_at_epoch"] is not None:
+            x, y = epochs[-1], 100 * run["history"][-1]["test_accuracy"] + offset
+            axis.plot(x, y, "X", color="red", markersize=10, zorder=5)
+            axis.annotate(
+                f"{run['config']}: diverged (NaN loss)",
+                (x, y),
+                xytext=(6, 4),
+                textcoords="offset points",
+                fontsize=7,
+                color="red",
+            )
     for row, dataset in enumerate(datasets):
-        chance = 100 * next(run["chance_rate"] for run in runs if run["dataset"] == dataset)
+        selected = [run for run in runs if run["dataset"] == dataset]
+        chance = 100 * selected[0]["chance_rate"]
+        seeds = [run for run in selected if CONFIGURATIONS[run["config"]].head == "seed"]
         for column, framework in enumerate(frameworks):
             axis = axes[row][column]
-            legend["chance"] = axis.axhline(chance, color="black", linestyle=":", linewidth=1)
+            legend["chance (majority-class rate)"] = axis.axhline(
+                chance, color="black", linestyle=":", linewidth=1
+            )
+            if seeds:
+                ceiling = 100 * seeds[0]["answers"]["batch_majority_ceiling"]
+                legend[f"batch-majority ceiling (batch {question.BATCH_SIZE})"] = axis.axhline(
+                    ceiling, color="grey", linestyle="-.", linewidth=1
+                )
             axis.set_title(f"{framework}: {dataset}")
             axis.set_xlabel("epoch")
             axis.set_ylabel("test accuracy (%)")
-            axis.set_ylim(-2, 102)
+            axis.set_ylim(-2, 104)
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.grid(alpha=0.3)
-    figure.legend(
-        legend.values(), legend.keys(), loc="lower center", ncol=4, fontsize=8, frameon=False
+    title = (
+        f"Test accuracy per epoch: `{metadata['command']}` (commit {metadata['commit']}, seed "
+        f"{metadata['seed']}). The question's set-up and its variants (dashed) are drawn "
+        f"{_SEED_OFFSET_POINTS} points apart so that equal curves stay visible; exact numbers in "
+        "the .md."
     )
-    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
+    title = textwrap.fill(title, 60 * len(frameworks))
+    figure.suptitle(title, fontsize=9)
+    columns = 2 * len(frameworks)
+    figure.legend(
+        legend.values(), legend.keys(), loc="lower center", ncol=columns, fontsize=8, frameon=False
+    )
+    # Room in inches for the title's and the legend's lines, beyond the panels.
+    title_height = 0.15 + 0.16 * len(title.splitlines())
+    legend_height = 0.15 + 0.2 * -(-len(legend) // columns)
+    height = panel_height * len(datasets) + title_height + legend_height
+    figure.set_figheight(height)
+    figure.tight_layout(rect=(0, legend_height / height, 1, 1))  # it makes room for the title
     figure.savefig(path, dpi=110, format="png")
 
 
-RESULT_FILES = ("accuracy.json", "accuracy.md", "accuracy.png")
+def stem(study=None):
+    """The result files' name without suffix: one set for the default run, one per study."""
+    return f"accuracy-{study}" if study else "accuracy"
+
+
+def result_files(study=None):
+    return tuple(f"{stem(study)}.{suffix}" for suffix in ("json", "md", "png"))
 
 
 def check_writable(output_dir):
@@ -374,26 +557,27 @@ def check_writable(output_dir):
 
 
 def write(output_dir, metadata, runs, datasets, paper_key=None):
-    """Write RESULT_FILES all or nothing: each goes to a temporary file beside its final name,
-    and only once all three are complete do they replace the old set (a rename within one folder
-    is atomic), so a failure leaves the previous results whole."""
+    """Write the result files (json, md, png) all or nothing: each goes to a temporary file
+    beside its final name, and only once all three are complete do they replace the old set (a
+    rename within one folder is atomic), so a failure leaves the previous results whole."""
     output_dir.mkdir(parents=True, exist_ok=True)
     writers = {
-        "accuracy.json": lambda path: path.write_text(
+        "json": lambda path: path.write_text(
             json.dumps({"metadata": metadata, "runs": runs}, indent=1) + "\n"
         ),
-        "accuracy.md": lambda path: path.write_text(markdown(metadata, runs, datasets, paper_key)),
-        "accuracy.png": lambda path: plot(runs, path),
+        "md": lambda path: path.write_text(markdown(metadata, runs, datasets, paper_key)),
+        "png": lambda path: plot(runs, path, metadata),
     }
+    names = dict(zip(writers, result_files(metadata.get("study")), strict=True))
     temporary = {}
     try:
-        for name in RESULT_FILES:
+        for suffix, name in names.items():
             handle, path = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.", suffix=".tmp")
             os.close(handle)
             temporary[name] = Path(path)
-            writers[name](temporary[name])
-        for name in RESULT_FILES:
-            os.replace(temporary[name], output_dir / name)
+            writers[suffix](temporary[name])
+        for name, path in temporary.items():
+            os.replace(path, output_dir / name)
     finally:
         for path in temporary.values():
             path.unlink(missing_ok=True)

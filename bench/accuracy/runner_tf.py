@@ -79,7 +79,7 @@ class Runner:
             raise IBPInputError("--device gpu: TensorFlow sees no GPU")
         self.device = "/GPU:0" if gpus and device in ("gpu", "auto") else "/CPU:0"
         self.threads = _configure_threads(threads)
-        self._evaluators = {}  # (model name, from features) -> (model, compiled evaluation)
+        self._predictors = {}  # (model name, from features) -> (model, compiled prediction)
 
     def describe_device(self):
         if self.device == "/CPU:0":
@@ -158,20 +158,25 @@ class Runner:
 
         return run
 
-    def count_correct(self, model, inputs, labels, from_features):
+    def predict(self, model, inputs, from_features):
         key = (model.name, from_features)
-        if key not in self._evaluators or self._evaluators[key][0] is not model:
+        if key not in self._predictors or self._predictors[key][0] is not model:
             forward = model.get_layer(HEAD_LAYER) if from_features else model
-            evaluator = tf.function(lambda x, y: _count_correct(forward(x, training=False), y))
-            self._evaluators[key] = (model, evaluator)
+            predictor = tf.function(lambda x: _answers(forward(x, training=False)))
+            self._predictors[key] = (model, predictor)
         with tf.device(self.device):
-            return int(self._evaluators[key][1](inputs, tf.constant(labels, tf.int64)))
+            return self._predictors[key][1](inputs).numpy()
+
+    def copy_backbone(self, source, model):
+        model.get_layer(BACKBONE_LAYER).set_weights(source.get_layer(BACKBONE_LAYER).get_weights())
+
+
+def _answers(logits):
+    """The predicted class of each sample; -1 where the logits are not finite (diverged)."""
+    finite = tf.reduce_all(tf.math.is_finite(logits), axis=1)
+    return tf.where(finite, tf.argmax(logits, axis=1), tf.constant(-1, tf.int64))
 
 
 def _count_correct(logits, labels):
     """Right answers; a sample whose logits are not finite (a diverged model) has none."""
-    right = tf.logical_and(
-        tf.equal(tf.argmax(logits, axis=1), labels),
-        tf.reduce_all(tf.math.is_finite(logits), axis=1),
-    )
-    return tf.reduce_sum(tf.cast(right, tf.int32))
+    return tf.reduce_sum(tf.cast(tf.equal(_answers(logits), labels), tf.int32))

@@ -135,14 +135,18 @@ class Runner:
 
         return step
 
-    def count_correct(self, model, inputs, labels, from_features):
+    def predict(self, model, inputs, from_features):
         model.eval()
         with torch.no_grad():
             try:
                 logits = (model.head if from_features else model)(inputs)
             except torch.linalg.LinAlgError:
-                return 0  # torch refuses to decompose NaN: a diverged model answers nothing
-        return _count_correct(logits, self._labels(labels))
+                return np.full(len(inputs), -1)  # torch refuses to decompose NaN: diverged
+        answers = logits.argmax(dim=1).where(torch.isfinite(logits).all(dim=1), -1)
+        return answers.cpu().numpy()
+
+    def copy_backbone(self, source, model):
+        model.backbone.load_state_dict(source.backbone.state_dict())
 
 
 def _count_correct(logits, labels):

@@ -4,7 +4,8 @@ framework's model, optimizer and steps.
 Batches are drawn from a NumPy generator seeded by the run's seed, so both frameworks see the
 same samples in the same order. While the backbone is frozen and the data is not augmented, the
 backbone is a fixed function: its features are computed once and shared by every configuration
-of that framework (they all start from the same seeded backbone, which `FeatureCache` checks).
+of that framework that starts from the same backbone (the seeded initialisation, or the one that
+another configuration trained: `RunCache` keeps both apart and checks them).
 """
 
 import math
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from bench.accuracy.configurations import CONFIGURATIONS
 
 #: Images per forward pass when only features are needed.
 _INFERENCE_BATCH = 64
@@ -33,15 +36,18 @@ def batch_indices(count, batch_size, rng=None, full_batches_only=False):
     return [order[start : start + batch_size] for start in range(0, stop, batch_size)]
 
 
-class FeatureCache:
-    """Features of the initial backbone for each (framework, data set, split)."""
+class RunCache:
+    """What runs of one invocation share: features of a frozen backbone for each (framework, data
+    set, backbone, split), and the trained models that other configurations start from."""
 
     def __init__(self):
         self._features = {}
+        self._trained = {}
 
-    def get(self, runner, model, dataset, split_name):
+    def features(self, runner, model, dataset, split_name, backbone):
+        """`backbone`: "initial" or the name of the configuration that trained it."""
         split = getattr(dataset, split_name)
-        key = (runner.name, dataset.name, split_name)
+        key = (runner.name, dataset.name, backbone, split_name)
         if key not in self._features:
             chunks = [
                 runner.backbone_features(model, split.load(indices))
@@ -57,6 +63,12 @@ class FeatureCache:
             )
         return features
 
+    def remember(self, runner, dataset, configuration, model):
+        self._trained[runner.name, dataset.name, configuration.name] = model
+
+    def trained(self, runner, dataset, name):
+        return self._trained.get((runner.name, dataset.name, name))
+
 
 def _batch(runner, features, split, indices, rng):
     """A batch as the model takes it: cached features, or the images themselves."""
@@ -66,15 +78,46 @@ def _batch(runner, features, split, indices, rng):
 
 
 def evaluate(runner, model, dataset, batch_size, full_batches_only, features=None):
-    """(test accuracy, samples evaluated); full batches only where the model needs them."""
+    """The test batches as evaluated (full batches only where the model needs them) and the
+    model's answer for each of their samples (-1 where its logits are not finite)."""
     batches = batch_indices(len(dataset.test), batch_size, full_batches_only=full_batches_only)
-    correct = 0
-    for indices in batches:
-        inputs = _batch(runner, features, dataset.test, indices, None)
-        labels = dataset.test.labels[indices]
-        correct += runner.count_correct(model, inputs, labels, from_features=features is not None)
-    evaluated = sum(len(indices) for indices in batches)
-    return correct / evaluated, evaluated
+    answers = [
+        runner.predict(
+            model, _batch(runner, features, dataset.test, indices, None), features is not None
+        )
+        for indices in batches
+    ]
+    return batches, answers
+
+
+def accuracy(dataset, batches, answers):
+    right = sum(
+        int(np.sum(a == dataset.test.labels[i])) for i, a in zip(batches, answers, strict=True)
+    )
+    return right / sum(len(indices) for indices in batches)
+
+
+def answer_statistics(dataset, batches, answers):
+    """What a model's answers show about how it decides, on the test batches as evaluated:
+    - unanimous_batches: share of batches in which every sample gets the same answer (a model
+      that sees one feature vector per batch can do nothing else);
+    - batch_majority_answers: share of samples answered with their batch's most frequent class;
+    - majority_class_answers: share of samples answered with the training set's most frequent
+      class (what a model that learned only the class prior answers);
+    - batch_majority_ceiling: the best accuracy of one answer per batch."""
+    labels = [dataset.test.labels[indices] for indices in batches]
+    majority = np.bincount(dataset.train.labels).argmax()
+    batch_majorities = [np.bincount(batch).argmax() for batch in labels]
+    samples = sum(len(batch) for batch in labels)
+    return {
+        "unanimous_batches": float(np.mean([len(set(a.tolist())) == 1 for a in answers])),
+        "batch_majority_answers": sum(
+            int(np.sum(a == m)) for a, m in zip(answers, batch_majorities, strict=True)
+        )
+        / samples,
+        "majority_class_answers": sum(int(np.sum(a == majority)) for a in answers) / samples,
+        "batch_majority_ceiling": float(sum(np.bincount(b).max() for b in labels) / samples),
+    }
 
 
 def _train_epoch(step, runner, dataset, batches, features, augment_rng, bar):
@@ -92,10 +135,25 @@ def _train_epoch(step, runner, dataset, batches, features, augment_rng, bar):
     return float(np.mean(losses)), correct / seen, False
 
 
+def _starting_backbone(runner, configuration, dataset, options, model_options, cache):
+    """The trained model whose backbone `configuration` starts from (trained now if this
+    invocation has not trained it yet), or None for the seeded initialisation."""
+    if configuration.pretrained_by is None:
+        return None
+    if cache.trained(runner, dataset, configuration.pretrained_by) is None:
+        source = CONFIGURATIONS[configuration.pretrained_by]
+        train(runner, source, dataset, options, model_options, cache)
+    return cache.trained(runner, dataset, configuration.pretrained_by)
+
+
 def train(runner, configuration, dataset, options, model_options, cache):
     """Train one configuration from the seed; return its run record."""
+    source = _starting_backbone(runner, configuration, dataset, options, model_options, cache)
     runner.seed(options.seed)
     model = runner.build_model(configuration, dataset, model_options)
+    if source is not None:
+        runner.copy_backbone(source, model)
+    backbone = configuration.pretrained_by or "initial"
     batch_size = configuration.batch_size(options.batch_size)
     full_only = configuration.needs_full_batches
     stages = [stage for stage in configuration.stages(options.epochs) if stage.epochs > 0]
@@ -111,24 +169,34 @@ def train(runner, configuration, dataset, options, model_options, cache):
         leave=False,
         disable=not options.progress,
     )
-    history, diverged_at, test_samples = [], None, 0
+    history, diverged_at, initial_answers = [], None, None
     started = time.perf_counter()
     for stage in stages:
         if diverged_at is not None:
             break
         optimizer = runner.optimizer(model, stage)
         from_features = stage.frozen and not dataset.augments
-        train_features = cache.get(runner, model, dataset, "train") if from_features else None
-        test_features = cache.get(runner, model, dataset, "test") if from_features else None
+        train_features, test_features = (
+            (cache.features(runner, model, dataset, split, backbone) for split in ("train", "test"))
+            if from_features
+            else (None, None)
+        )
         step = runner.train_step(model, optimizer, from_features)
+        if initial_answers is None and configuration.head == "seed":
+            # The question's set-up answers one class per batch from the start; whether the
+            # class it ends on was learned or came with the initial weights shows only here.
+            initial_answers = answer_statistics(
+                dataset, *evaluate(runner, model, dataset, batch_size, full_only, test_features)
+            )
         for _ in range(stage.epochs):
             batches = batch_indices(len(dataset.train), batch_size, shuffle_rng, full_only)
             loss, train_accuracy, diverged = _train_epoch(
                 step, runner, dataset, batches, train_features, augment_rng, bar
             )
-            test_accuracy, test_samples = evaluate(
+            test_batches, answers = evaluate(
                 runner, model, dataset, batch_size, full_only, test_features
             )
+            test_accuracy = accuracy(dataset, test_batches, answers)
             history.append(
                 {
                     "epoch": len(history) + 1,
@@ -143,16 +211,20 @@ def train(runner, configuration, dataset, options, model_options, cache):
                 diverged_at = len(history)
                 break
     bar.close()
+    if any(c.pretrained_by == configuration.name for c in CONFIGURATIONS.values()):
+        cache.remember(runner, dataset, configuration, model)
     return {
         "framework": runner.name,
         "dataset": dataset.name,
         "config": configuration.name,
         "test_accuracy": history[-1]["test_accuracy"],
         "chance_rate": dataset.chance_rate,
-        "test_samples": test_samples,
+        "test_samples": sum(len(indices) for indices in test_batches),
         "batch_size": batch_size,
         "epochs": len(history),
         "diverged_at_epoch": diverged_at,
         "seconds": round(time.perf_counter() - started, 2),
+        "answers": answer_statistics(dataset, test_batches, answers),
+        "initial_answers": initial_answers,
         "history": history,
     }
