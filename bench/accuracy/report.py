@@ -261,9 +261,11 @@ def _plateau_paragraph(runs, datasets):
         "With the batch-summed outer product every sample of a batch of 16 gets the same "
         "features, so a model can at best answer each batch's most frequent class. For "
         f"{question.NUM_CLASSES} balanced classes that class holds "
-        f"{_percent(expected_batch_majority(question.NUM_CLASSES))} of a batch of 16 on average: "
-        f"the question's {question.NUM_CLASSES}-way model stuck at about 30 % is what this ceiling "
-        "predicts (on an unbalanced set, the majority-class rate would do the same).",
+        f"{_percent(expected_batch_majority(question.NUM_CLASSES))} of a batch of 16 on average "
+        "(the batch-majority ceiling). A model that learned only the class prior scores the "
+        "majority-class rate instead, close to 30 % if one class holds 30 % of the data. Which of "
+        f"the two gives the question's {_percent(question.REPORTED_ACCURACY)}, if either, is "
+        f"what `reproduce-accuracy --study seed-30` measures (`{stem('seed-30')}.md`).",
     ]
     for dataset in datasets:
         selected = [run for run in runs if run["dataset"] == dataset.name]
