@@ -1,9 +1,9 @@
 """ibp-check: every catalogued bug fails with its diagnosis, every correct layer passes, and the
 command line keeps its exit codes and JSON schema.
 
-The checks run with few examples and small matrices (FAST): the catalogue's bugs show on any
-input their properties draw, so a short search finds them; `python -m impls.testing.check_catalogue`
-scores the catalogue at the defaults.
+The checks run with few examples and small matrices (FAST), after the fixed realistic cases at
+C = 64 that every check runs; one sandbox (child process) per framework serves the whole module.
+`python -m impls.testing.check_catalogue` scores the catalogue at the defaults.
 """
 
 import json
@@ -16,8 +16,10 @@ import pytest
 from impls.testing import check
 from impls.testing.bug_catalogue import BUGS, CORRECT
 from impls.testing.check_catalogue import run_bug, run_correct
+from impls.testing.sandbox import Sandbox
 
-FAST = {"max_examples": 10, "max_channels": 5}
+#: A hanging layer costs the call timeout: short here, far above any correct call's time.
+FAST = {"max_examples": 10, "max_channels": 5, "call_timeout": 30.0, "seconds_per_property": 2.0}
 FAST_CLI = ["--max-examples", "4", "--size", "3"]
 
 REPORT_KEYS = {
@@ -31,6 +33,7 @@ REPORT_KEYS = {
     "results",
     "seconds",
     "passed",
+    "target_output",
 }
 RESULT_KEYS = {
     "name",
@@ -43,6 +46,7 @@ RESULT_KEYS = {
     "tolerance",
     "examples",
     "seconds",
+    "stopped_early",
 }
 
 TORCH_SIGNED_SQRT = """
@@ -65,18 +69,30 @@ def torch_installed():
     pytest.importorskip("torch")
 
 
+@pytest.fixture(scope="module")
+def sandboxes():
+    """One child process per framework for the module: TensorFlow's import is paid once."""
+    opened = {}
+    yield lambda name: opened.setdefault(name, Sandbox())
+    for sandbox in opened.values():
+        sandbox.close()
+
+
 @pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
-def test_catalogued_bug_fails_with_its_diagnosis(backend, bug):
-    outcome = run_bug(bug, backend.name, **FAST)
+def test_catalogued_bug_fails_with_its_diagnosis(backend, bug, sandboxes):
+    if backend.name not in bug.frameworks:
+        pytest.skip(f"{backend.name} cannot express {bug.name}")
+    outcome = run_bug(bug, backend.name, sandbox=sandboxes(backend.name), **FAST)
     assert outcome.caught, (
         f"{bug.name} [{backend.name}]: no diagnosis holds {bug.expected!r}; "
         f"failed: {outcome.failed_properties}"
     )
+    assert not outcome.wrong_causes, f"{bug.name} [{backend.name}]: {outcome.wrong_causes}"
 
 
 @pytest.mark.parametrize("layer", CORRECT, ids=lambda layer: layer.name)
-def test_correct_layer_passes(backend, layer):
-    outcome = run_correct(layer, backend.name, **FAST)
+def test_correct_layer_passes(backend, layer, sandboxes):
+    outcome = run_correct(layer, backend.name, sandbox=sandboxes(backend.name), **FAST)
     assert not outcome.failed_properties, f"false alarm on {layer.name} [{backend.name}]"
     if layer.note:
         assert any(layer.note in note for note in outcome.notes), outcome.notes
@@ -119,7 +135,6 @@ def test_cli_fails_a_buggy_file_target_with_its_diagnosis(tmp_path, capsys):
         (["impls.testing.no_such_module:f"], "importing impls.testing.no_such_module failed"),
         (["impls.testing.bug_catalogue.torch_correct:no_such"], "has no 'no_such'"),
         (["impls.testing.bug_catalogue.torch_correct:EPS"], "not a function"),
-        (["impls.testing.bug_catalogue.torch_correct:pool_einsum", "--size", "1"], "at least 2"),
     ],
 )
 def test_usage_errors_exit_2_with_what_to_fix(argv_tail, message, capsys):
@@ -156,7 +171,7 @@ def test_json_report_schema(capsys):
     assert set(report) == REPORT_KEYS
     assert report["target"] == target and report["passed"] is False
     assert [r["name"] for r in report["results"]] == [
-        "shape contract",
+        "shape and dtype",
         "per-sample independence",
         "batch sizes",
         "forward",
@@ -194,3 +209,73 @@ def test_module_entry_point_exit_codes():
     )
     assert bug.returncode == 1, bug.stderr
     assert "opposite sign convention" in bug.stdout
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--size", "1"],
+        ["--size", "100000"],
+        ["--tolerance", "nan"],
+        ["--tolerance", "-1"],
+        ["--max-examples", "0"],
+        ["--max-examples", "100000000"],
+        ["--call-timeout", "inf"],
+        ["--time-limit", "0"],
+    ],
+)
+def test_numeric_options_out_of_range_exit_2_on_one_line(option, capsys):
+    target = "impls.testing.bug_catalogue.torch_correct:pool_einsum"
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["pool", target, *option])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and option[0] in err
+
+
+HOSTILE = """
+    import sys
+    import time
+
+    import torch
+
+    print("imported")
+
+    def exits(a):
+        sys.exit(0)
+
+    def hangs(a):
+        while True:
+            time.sleep(0.05)
+
+    def prints(a):
+        print("noise from the layer")
+        eigenvalues, u = torch.linalg.eigh(a)
+        return (u * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ u.mT
+"""
+
+
+@pytest.mark.usefixtures("torch_installed")
+def test_hostile_targets_fail_with_their_cause_and_json_stays_valid(tmp_path, monkeypatch, capsys):
+    """An exiting or hanging target fails (exit 1) with its cause; what a target prints goes to
+    stderr; nothing is written into the caller's directory."""
+    path = _write(tmp_path, HOSTILE, name="hostile.py")
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    monkeypatch.chdir(caller)
+    argv = ["sqrtm", "--json", "--call-timeout", "5", *FAST_CLI]
+    for function, cause in [
+        ("exits", "ended the process with exit code 0"),
+        ("hangs", "a call took longer than 5 s"),
+    ]:
+        assert check.main([*argv[:1], f"{path}:{function}", *argv[1:]]) == 1
+        captured = capsys.readouterr()
+        report = json.loads(captured.out)
+        assert report["passed"] is False
+        assert cause in report["results"][0]["diagnosis"]
+        assert "imported" in captured.err
+    check.main(["sqrtm", f"{path}:prints", *argv[1:]])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["target_output"].count("noise from the layer") >= 1
+    assert "noise from the layer" in captured.err
+    assert list(caller.iterdir()) == []

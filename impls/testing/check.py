@@ -8,44 +8,75 @@ TARGET is path/to/file.py:function or package.module:function; the function take
 and returns one. The suite's own properties run on it, hypothesis searching for a failing input and
 shrinking it; each property prints PASS or FAIL with a diagnosis.
 
-Exit status: 0 when every property holds, 1 when one fails, 2 for a usage error.
+The function runs in a separate process: if it ends that process (sys.exit, os._exit, a crash) or
+a call runs past --call-timeout, the property fails with that cause. What the function prints is
+shown apart from the report (on stderr), so --json output stays valid JSON.
+
+Exit status: 0 when every property holds, 1 when one fails or could not be checked, 2 for a usage
+error, 130 when interrupted (Ctrl-C).
 """
 
 import argparse
 import json
+import math
 import os
 import sys
+import tempfile
 import textwrap
 
-from impls.backends import get_backend
+from hypothesis.configuration import set_hypothesis_home_dir
+
 from impls.testing.check_runner import (
     DEFAULT_MAX_CHANNELS,
     DEFAULT_MAX_EXAMPLES,
+    DEFAULT_TIME_LIMIT,
     check,
 )
-from impls.testing.check_target import UsageError, infer_framework, load
-from impls.testing.stage_specs import STAGES
+from impls.testing.check_target import UsageError
+from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, TargetUnusable
+from impls.testing.stage_specs import FEATURE_MAP, REALISTIC_CHANNELS, STAGES
 
 #: Overrides the default --max-examples (tests run the CLI with a handful).
 MAX_EXAMPLES_VARIABLE = "IBP_CHECK_MAX_EXAMPLES"
 _LAYOUTS = {"torch": "channels-first (B, C, H, W)", "tf": "channels-last (B, H, W, C)"}
 _WIDTH = 100
+#: Bounds of the numeric options: past them a run cannot finish in reasonable time (the reference
+#: and the diagnoses work on C x C matrices in float64; a search draws examples one by one).
+MAX_SIZE = 256
+MAX_EXAMPLES = 100_000
+MAX_SECONDS = 24 * 3600.0
 
 
-def positive(kind):
-    """An argparse type: `kind` (int, float) of the text, refused unless > 0."""
+def bounded(kind, least, most):
+    """An argparse type: a finite `kind` (int, float) of the text in [least, most]."""
 
     def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be in [{least:g}, {most:g}], got {text}")
         return value
 
     return parse
 
 
+def positive(kind):
+    """An argparse type: a finite `kind` (int, float) of the text, refused unless > 0."""
+    least = 1 if kind is int else math.ulp(0.0)
+    return bounded(kind, least, math.inf if kind is float else sys.maxsize)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parser():
-    arguments = argparse.ArgumentParser(
+    arguments = _Parser(
         prog="ibp-check",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,14 +91,15 @@ def parser():
     )
     arguments.add_argument(
         "--size",
-        type=positive(int),
+        type=bounded(int, 2, MAX_SIZE),
         default=DEFAULT_MAX_CHANNELS,
         metavar="C",
-        help=f"largest channel count drawn (default {DEFAULT_MAX_CHANNELS}; at least 2)",
+        help=f"largest channel count the search draws (default {DEFAULT_MAX_CHANNELS}, 2 to "
+        f"{MAX_SIZE}; the fixed realistic cases have 64 channels whatever C)",
     )
     arguments.add_argument(
         "--tolerance",
-        type=positive(float),
+        type=bounded(float, math.ulp(0.0), 1.0),
         metavar="REL",
         help="accept relative errors up to REL instead of the suite's tolerance table",
     )
@@ -79,8 +111,8 @@ def parser():
     )
     arguments.add_argument(
         "--max-examples",
-        type=positive(int),
-        default=int(os.environ.get(MAX_EXAMPLES_VARIABLE, DEFAULT_MAX_EXAMPLES)),
+        type=bounded(int, 1, MAX_EXAMPLES),
+        default=os.environ.get(MAX_EXAMPLES_VARIABLE, str(DEFAULT_MAX_EXAMPLES)),
         metavar="N",
         help=f"hypothesis examples per property (default {DEFAULT_MAX_EXAMPLES}, "
         f"or ${MAX_EXAMPLES_VARIABLE})",
@@ -90,12 +122,28 @@ def parser():
         action="store_true",
         help="the target is never differentiated (nothing below it trains): skip gradients",
     )
+    arguments.add_argument(
+        "--call-timeout",
+        type=bounded(float, 0.1, MAX_SECONDS),
+        default=DEFAULT_CALL_TIMEOUT,
+        metavar="S",
+        help=f"a call of the function running longer fails the check (default "
+        f"{DEFAULT_CALL_TIMEOUT:g} s)",
+    )
+    arguments.add_argument(
+        "--time-limit",
+        type=bounded(float, 1.0, MAX_SECONDS),
+        default=DEFAULT_TIME_LIMIT,
+        metavar="S",
+        help=f"properties not started within S seconds of the start are reported as not checked "
+        f"(a failure; default {DEFAULT_TIME_LIMIT:g} s)",
+    )
     arguments.add_argument("--json", action="store_true", help="print the report as JSON")
     return arguments
 
 
 def _wrapped(text, indent="      "):
-    return textwrap.fill(text, _WIDTH, initial_indent=indent, subsequent_indent=indent)
+    return textwrap.fill(text, _WIDTH, initial_indent=indent, subsequent_indent="      ")
 
 
 def _measured(result):
@@ -104,11 +152,25 @@ def _measured(result):
     return f"relative error {result.error:.2g}, tolerance {result.tolerance:.2g}"
 
 
+def _searched(result):
+    text = f"{result.examples} examples"
+    return f"{text}; search cut short: {result.stopped_early}" if result.stopped_early else text
+
+
 def format_report(report, target):
+    layout = (
+        _LAYOUTS[report.framework]
+        if STAGES[report.stage].input_kind == FEATURE_MAP
+        else "matrices (B, C, C)"
+    )
     lines = [
         f"ibp-check {report.stage} {target}",
-        f"  framework {report.framework}, {_LAYOUTS[report.framework]}, {report.dtype}, up to "
-        f"{report.max_channels} channels, {report.max_examples} examples per property",
+        _wrapped(
+            f"framework {report.framework}, {layout}, {report.dtype}; fixed realistic cases at "
+            f"{REALISTIC_CHANNELS} channels, then up to {report.max_examples} examples per "
+            f"property of up to {report.max_channels} channels",
+            indent="  ",
+        ),
         "",
     ]
     lines += [
@@ -116,9 +178,10 @@ def format_report(report, target):
     ]
     for result in report.results:
         if result.status == "FAIL":
-            lines.append(f"FAIL  {result.name}: {result.checks}")
+            lines.append(_wrapped(f"FAIL  {result.name}: {result.checks}", indent=""))
             lines.append(_wrapped(result.diagnosis))
-            lines.append(_wrapped(f"counterexample: {result.counterexample}"))
+            if result.counterexample is not None:
+                lines.append(_wrapped(f"counterexample: {result.counterexample}"))
             if result.error is not None:
                 lines.append(_wrapped(f"measured: {_measured(result)}"))
         elif result.status == "SKIP":
@@ -126,7 +189,10 @@ def format_report(report, target):
         else:
             worst = f", worst {_measured(result)}" if result.error is not None else ""
             lines.append(
-                f"PASS  {result.name} ({result.examples} examples{worst}, {result.seconds:.1f} s)"
+                _wrapped(
+                    f"PASS  {result.name} ({_searched(result)}{worst}, {result.seconds:.1f} s)",
+                    indent="",
+                )
             )
     failed = sum(result.status == "FAIL" for result in report.results)
     verdict = (
@@ -136,38 +202,49 @@ def format_report(report, target):
     return "\n".join(lines)
 
 
-def _backend(name):
-    backend = get_backend(name)
-    if not backend.is_available():
-        raise UsageError(f"--framework {name}: {backend.package} is not installed")
-    return backend
-
-
-def main(argv=None):
-    args = parser().parse_args(argv)
-    try:
-        if args.size < 2:
-            raise UsageError("--size must be at least 2: dead channels need a live one beside them")
-        module, fn = load(args.target)
-        backend = _backend(args.framework or infer_framework(module))
-    except UsageError as error:
-        print(f"ibp-check: error: {error}", file=sys.stderr)
-        return 2
+def _run(args):
     report = check(
         args.stage,
-        fn,
-        backend,
+        args.target,
+        args.framework,
         dtype=args.dtype,
         max_channels=args.size,
         max_examples=args.max_examples,
         tolerance=args.tolerance,
         forward_only=args.forward_only,
+        call_timeout=args.call_timeout,
+        time_limit=args.time_limit,
     )
+    if report.target_output:
+        print(
+            "--- what the function printed ---\n"
+            f"{report.target_output.rstrip()}\n--- end of what the function printed ---",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps({"target": args.target, **report.to_json()}, indent=2))
     else:
         print(format_report(report, args.target))
     return 0 if report.passed else 1
+
+
+def main(argv=None):
+    try:
+        args = parser().parse_args(argv)
+        # Hypothesis caches what it learns of the code under test in .hypothesis/ of the current
+        # directory: nothing of a check belongs in the user's directory.
+        with tempfile.TemporaryDirectory(prefix="ibp-check-hypothesis-") as home:
+            set_hypothesis_home_dir(home)
+            try:
+                return _run(args)
+            finally:
+                set_hypothesis_home_dir(None)
+    except (UsageError, TargetUnusable) as error:
+        print(f"ibp-check: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ibp-check: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

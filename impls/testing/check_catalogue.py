@@ -1,8 +1,10 @@
 """Scores ibp-check on its catalogue of known bugs: the mutation score (bugs failed with the
-expected diagnosis / bugs catalogued) and the false alarms on correct layers, written with their
+expected diagnosis / bugs catalogued), the diagnosis accuracy (expected cause named / another
+bug's cause named / no cause named) and the false alarms on correct layers, written with their
 metadata to results/ibp_check.json and results/ibp_check.md.
 
     python -m impls.testing.check_catalogue [--max-examples N] [--size C] [--output-dir results]
+        [--readme README.md]
 """
 
 import argparse
@@ -12,11 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from impls.backends import get_backend
 from impls.testing.bug_catalogue import BUGS, CORRECT, FRAMEWORKS
 from impls.testing.check_runner import DEFAULT_MAX_CHANNELS, DEFAULT_MAX_EXAMPLES, check
-from impls.testing.check_target import load
 from impls.testing.metadata import collect, replace_block
+from impls.testing.sandbox import Sandbox
 
 
 @dataclasses.dataclass
@@ -28,6 +29,7 @@ class Outcome:
     expected: str  # the diagnosis a bug must get; "" for a correct layer
     failed_properties: list
     caught_by: list  # failed properties whose diagnosis holds `expected`
+    wrong_causes: list  # other catalogued bugs' causes that a diagnosis names
     notes: list  # harmless conventions ibp-check noted
     seconds: float
 
@@ -35,28 +37,56 @@ class Outcome:
     def caught(self):
         return bool(self.caught_by)
 
+    @property
+    def diagnosis(self):
+        """'expected', 'wrong' (another bug's cause named, too) or 'none'."""
+        if self.wrong_causes:
+            return "wrong"
+        return "expected" if self.caught else "none"
 
-def _outcome(name, stage, framework, target, expected, **settings):
-    _, fn = load(target)
-    report = check(stage, fn, get_backend(framework), **settings)
+
+#: A wrong cause is another catalogued bug's cause found in a diagnosis (bugs that share a cause
+#: share its phrase, which is then not wrong).
+_CAUSES = sorted({bug.expected for bug in BUGS})
+
+
+def _outcome(name, stage, framework, target, expected, accepted=(), sandbox=None, **settings):
+    report = check(stage, target, framework, sandbox=sandbox, **settings)
     failed = [r for r in report.results if r.status == "FAIL"]
     caught_by = [r.name for r in failed if expected and expected in r.diagnosis]
-    failed_names = [r.name for r in failed]
+    wrong = sorted(
+        {
+            cause
+            for r in failed
+            for cause in _CAUSES
+            if cause in r.diagnosis
+            and cause not in accepted
+            and not (expected and (cause in expected or expected in cause))
+        }
+    )
     return Outcome(
         name,
         stage,
         framework,
         target,
         expected,
-        failed_names,
+        [r.name for r in failed],
         caught_by,
+        wrong,
         report.notes,
         report.seconds,
     )
 
 
+#: The catalogue's per-call limit: its slowest correct call takes well under a second, and the
+#: hanging bug costs this much per framework.
+CATALOGUE_CALL_TIMEOUT = 20.0
+
+
 def run_bug(bug, framework, **settings):
-    return _outcome(bug.name, bug.stage, framework, bug.target(framework), bug.expected, **settings)
+    return _outcome(
+        bug.name, bug.stage, framework, bug.target(framework), bug.expected, bug.also, **settings
+    )
 
 
 def run_correct(layer, framework, **settings):
@@ -69,6 +99,10 @@ def score(bugs, correct):
         "bugs": len(bugs),
         "caught": caught,
         "mutation_score": caught / len(bugs) if bugs else None,
+        "diagnosis": {
+            kind: sum(outcome.diagnosis == kind for outcome in bugs)
+            for kind in ("expected", "wrong", "none")
+        },
         "correct_layers": len(correct),
         "false_alarms": sum(bool(outcome.failed_properties) for outcome in correct),
     }
@@ -85,7 +119,9 @@ def markdown(summary, bugs, correct, settings, metadata):
         "",
         f"**Mutation score: {summary['caught']} / {summary['bugs']} "
         f"({summary['mutation_score']:.0%})**; false alarms on correct layers: "
-        f"**{summary['false_alarms']} / {summary['correct_layers']}**.",
+        f"**{summary['false_alarms']} / {summary['correct_layers']}**. Diagnosis: the expected "
+        f"cause named for {summary['diagnosis']['expected']}, another bug's cause named for "
+        f"{summary['diagnosis']['wrong']}, no cause for {summary['diagnosis']['none']}.",
         "",
         "| bug | question bug | stage | framework | expected diagnosis | caught by "
         "| other failures |",
@@ -97,6 +133,7 @@ def markdown(summary, bugs, correct, settings, metadata):
         lines.append(
             f'| {o.name} | {number[o.name] or ""} | {o.stage} | {o.framework} | "{o.expected}" | '
             f"{', '.join(o.caught_by) or '**missed**'} | {', '.join(others)} |"
+            + (f" **wrong cause**: {'; '.join(o.wrong_causes)}" if o.wrong_causes else "")
         )
     lines += ["", "| correct layer | stage | framework | verdict |", "| --- | --- | --- | --- |"]
     for o in correct:
@@ -135,6 +172,12 @@ def main(argv=None):
     arguments.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES)
     arguments.add_argument("--size", type=int, default=DEFAULT_MAX_CHANNELS)
     arguments.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    arguments.add_argument(
+        "--call-timeout",
+        type=float,
+        default=CATALOGUE_CALL_TIMEOUT,
+        help="per-call limit (the hanging bug costs this much per framework)",
+    )
     arguments.add_argument("--output-dir", type=Path, default=Path("results"))
     arguments.add_argument(
         "--readme",
@@ -143,17 +186,24 @@ def main(argv=None):
         help="also run the README's worked example and rewrite its output block there",
     )
     args = arguments.parse_args(argv)
-    settings = {"max_examples": args.max_examples, "max_channels": args.size}
+    settings = {
+        "max_examples": args.max_examples,
+        "max_channels": args.size,
+        "call_timeout": args.call_timeout,
+    }
     frameworks = args.frameworks.split(",")
     bugs, correct = [], []
     for framework in frameworks:
-        for bug in BUGS:
-            bugs.append(run_bug(bug, framework, **settings))
-            print(f"{bug.name} [{framework}]: {'caught' if bugs[-1].caught else 'MISSED'}")
-        for layer in CORRECT:
-            correct.append(run_correct(layer, framework, **settings))
-            alarm = "FALSE ALARM" if correct[-1].failed_properties else "pass"
-            print(f"{layer.name} [{framework}]: {alarm}")
+        with Sandbox() as sandbox:
+            for bug in BUGS:
+                if framework not in bug.frameworks:
+                    continue
+                bugs.append(run_bug(bug, framework, sandbox=sandbox, **settings))
+                print(f"{bug.name} [{framework}]: {bugs[-1].diagnosis} cause", flush=True)
+            for layer in CORRECT:
+                correct.append(run_correct(layer, framework, sandbox=sandbox, **settings))
+                alarm = "FALSE ALARM" if correct[-1].failed_properties else "pass"
+                print(f"{layer.name} [{framework}]: {alarm}", flush=True)
     metadata = collect(device="cpu", profile=f"ibp-check {settings}")
     summary = score(bugs, correct)
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +211,9 @@ def main(argv=None):
         "ibp_metadata": metadata,
         "settings": {**settings, "dtype": "float32", "frameworks": frameworks},
         "summary": summary,
-        "bugs": [dataclasses.asdict(o) | {"caught": o.caught} for o in bugs],
+        "bugs": [
+            dataclasses.asdict(o) | {"caught": o.caught, "diagnosis": o.diagnosis} for o in bugs
+        ],
         "correct": [dataclasses.asdict(o) for o in correct],
     }
     (args.output_dir / "ibp_check.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -171,9 +223,10 @@ def main(argv=None):
     print(json.dumps(summary))
     if args.readme is not None:
         commit = (metadata["git_commit"] or "unknown")[:12]
-        provenance = f"`python -m impls.testing.check_catalogue --readme` at {commit}"
+        provenance = f"`python -m impls.testing.check_catalogue --readme {args.readme}` at {commit}"
         replace_block(args.readme, "ibp-check-example", worked_example(), provenance)
-    return 0 if summary["caught"] == summary["bugs"] and not summary["false_alarms"] else 1
+    perfect = summary["diagnosis"]["expected"] == summary["bugs"] and not summary["false_alarms"]
+    return 0 if perfect else 1
 
 
 if __name__ == "__main__":

@@ -1,34 +1,43 @@
 """The engine of `ibp-check`: runs the suite's properties on a user's function, with hypothesis
 searching for a failing input and shrinking it to a minimal one.
 
-Before the search, one seeded first call finds out what the function needs: the batch size it
-works at (a hard-coded one is found from the error), and the harmless convention it follows, if it
-does not match the reference as it stands.
+The function runs in a supervised child process (`impls.testing.sandbox`). Before the search, one
+seeded first call finds out what the function needs: the batch size it works at (a hard-coded one
+is found from the error), and the harmless convention it follows, if it does not match the
+reference as it stands. Every numerical property first runs fixed realistic cases (ReLU feature
+maps and their covariances at C = 64, condition numbers up to 1e5), then the hypothesis search.
 """
 
 import dataclasses
 import time
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from impls.backends import get_backend
 from impls.testing import properties
 from impls.testing.diagnosis import conventions, explain
 from impls.testing.diagnosis.inputs import describe, native_shape
-from impls.testing.properties import PropertyViolation
+from impls.testing.properties import DtypeViolation, PropertyViolation
+from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, Sandbox, TargetStopped
 from impls.testing.stage_specs import FEATURE_MAP, STAGES
 from impls.testing.strategies import batch_sizes, register_check_profile
 from impls.testing.tolerances import APPROXIMATION_BUDGET
 
-#: Largest channel count drawn, and examples per property, when the user names none: a stage check
-#: stays under a minute on two CPU cores with TensorFlow eager (the slowest catalogued layer took
-#: 9 s, and 25 s with the cores shared with other work: results/ibp_check.json).
+#: Largest channel count drawn, and examples per property, when the user names none: the search
+#: shrinks towards small inputs, where a failure is easy to read; the fixed realistic cases bring
+#: C = 64 (`stage_specs.REALISTIC_CHANNELS`).
 DEFAULT_MAX_CHANNELS = 8
 DEFAULT_MAX_EXAMPLES = 50
-#: Time a property may spend; past it, the search stops and a failure found so far is reported.
-DEFAULT_SECONDS_PER_PROPERTY = 7.0
+#: Time a property's search may spend; past it, the search stops and a failure found so far is
+#: reported, and the report says that the search was cut short.
+DEFAULT_SECONDS_PER_PROPERTY = 5.0
+#: Time the whole run may spend before the properties not yet run are reported as not checked
+#: (one call may still run to its own limit past it).
+DEFAULT_TIME_LIMIT = 600.0
 #: The batch of the first call; a function that fails on it is tried on the batch sizes its error
 #: names, then on common ones.
 FIRST_BATCH = 2
@@ -41,7 +50,7 @@ class Subject:
 
     backend: object
     spec: object
-    fn: callable
+    fn: object  # the Sandbox holding the target, or a function run in this process
     dtype: str
     forward_only: bool
 
@@ -50,15 +59,51 @@ class Subject:
 class Property:
     name: str
     checks: str  # what holds for a correct stage, in words
-    inputs: str  # which of the stage's StageInputs draws its examples
-    check: callable  # (subject, x) -> Measurement or None; raises PropertyViolation
+    inputs: str | None  # which of the stage's StageInputs draws its examples; None: no search
+    check: Callable  # (subject, x) -> Measurement or None; raises PropertyViolation
     least_batch: int = 1
     stages: tuple = tuple(STAGES)
     needs_gradient: bool = False
+    realistic: bool = True  # runs the stage's fixed realistic cases before the search
 
 
 def _shape(s, x):
-    return properties.check_shape(s.backend, s.spec, s.fn, x, s.dtype)
+    properties.check_shape(s.backend, s.spec, s.fn, x, s.dtype)
+    _half_precision(s, x)
+
+
+def _half_precision(s, x):
+    """Half precision comes back in half precision. A function that refuses half precision (CPU
+    eigensolvers do) breaks no contract; one that answers in another dtype does."""
+    try:
+        properties.run(s.backend, s.spec, s.fn, x, "float16")
+    except DtypeViolation:
+        raise
+    except TargetStopped:
+        raise
+    except PropertyViolation:
+        return
+
+
+def _in_float64(check):
+    """`check` in float64, where round-off is far below the approximation budget, so an
+    approximation that has not converged cannot hide behind float32's bound; in the user's dtype
+    where the function does not take float64."""
+
+    def exact(s, x):
+        try:
+            return check(dataclasses.replace(s, dtype="float64"), x)
+        except TargetStopped:
+            raise
+        except PropertyViolation as violation:
+            refused = isinstance(violation, DtypeViolation) or violation.diagnosis.startswith(
+                "raised"
+            )
+            if not refused or s.dtype == "float64":
+                raise
+        return check(s, x)
+
+    return exact
 
 
 def _independence(s, x):
@@ -94,7 +139,11 @@ def _degenerate(s, x):
 
 PROPERTIES = (
     Property(
-        "shape contract", "the output has the stage's shape for any input shape", "accuracy", _shape
+        "shape and dtype",
+        "the output has the stage's shape for any input shape, and the input's dtype (half "
+        "precision included)",
+        "accuracy",
+        _shape,
     ),
     Property(
         "per-sample independence",
@@ -121,11 +170,29 @@ PROPERTIES = (
         needs_gradient=True,
     ),
     Property(
+        "forward exactness",
+        "on the realistic covariances, in float64, the output is within the approximation budget "
+        "of the reference",
+        None,
+        _in_float64(_forward),
+        stages=tuple(APPROXIMATION_BUDGET),
+    ),
+    Property(
+        "backward exactness",
+        "on the realistic covariances, in float64, the gradient is within the approximation "
+        "budget of the reference (an exact forward cannot hide an inexact backward)",
+        None,
+        _in_float64(_gradient),
+        stages=tuple(APPROXIMATION_BUDGET),
+        needs_gradient=True,
+    ),
+    Property(
         "degenerate inputs",
         "finite outputs and gradients on rank-deficient covariances, dead channels and repeated "
         "eigenvalues",
         "degenerate",
         _degenerate,
+        realistic=False,
     ),
 )
 
@@ -142,6 +209,7 @@ class PropertyResult:
     tolerance: float = None
     examples: int = 0
     seconds: float = 0.0
+    stopped_early: str | None = None  # why the search ended before max_examples
 
 
 @dataclasses.dataclass
@@ -154,6 +222,7 @@ class CheckReport:
     notes: list
     results: list
     seconds: float = 0.0
+    target_output: str = ""  # what the target printed, shown apart from the report
 
     @property
     def passed(self):
@@ -200,14 +269,33 @@ def _adopt_convention(subject, x, out, notes):
     # A wrong structure (eps * ones) is a bug, which no convention may explain away.
     if violation is None or violation.structural:
         return subject
-    convention = conventions.fit(spec.name, x, out, allowed, partial(_output_or_none, subject))
+    convention = _fit_in_float64(subject, x) or conventions.fit(
+        spec.name, x, out, allowed, partial(_output_or_none, subject)
+    )
     if convention is None:
         return subject
     notes.append(convention.note)
+    adjusted = {
+        field: getattr(convention, field)
+        for field in ("conditioned_matrix", "amplification")
+        if getattr(convention, field) is not None
+    }
     spec = dataclasses.replace(
-        spec, forward=convention.forward, vjp=convention.vjp, convention=convention.note
+        spec, forward=convention.forward, vjp=convention.vjp, convention=convention.note, **adjusted
     )
     return dataclasses.replace(subject, spec=spec)
+
+
+def _fit_in_float64(subject, x):
+    """The convention fitted to the function's float64 output, or None. In float32 conventions
+    that differ by a scale before L2 (a sum for a mean with another eps) give the same output
+    to round-off, but not the same gradient; in float64 only the right one fits."""
+    precise = dataclasses.replace(subject, dtype="float64")
+    out = _output_or_none(precise, x)
+    if out is None:
+        return None
+    allowed = properties.stage_tolerance(subject.spec, "forward", "float64", x)
+    return conventions.fit(subject.spec.name, x, out, allowed, partial(_output_or_none, precise))
 
 
 def _counterexample_fields(subject, x):
@@ -216,11 +304,43 @@ def _counterexample_fields(subject, x):
     return describe(spec.name, subject.backend.layout, x), shape
 
 
-def _search(prop, subject, strategy, profile, seconds):
-    """PropertyResult of a hypothesis search; past `seconds` new inputs count as passing, so a
-    search stops, and shrinking keeps the smallest failure found so far."""
-    failures, measured = {}, []
+class _OutOfTime(BaseException):
+    """Ends a hypothesis search whose time budget is spent (hypothesis retries Exceptions)."""
+
+
+class _Stopped(BaseException):
+    """Ends a hypothesis search when the target stopped: there is nothing left to call."""
+
+
+def _causes_named(violation):
+    """How many causes a diagnosis names (they are joined by "; also ")."""
+    if explain.CAUSE_UNKNOWN in violation.diagnosis:
+        return 0
+    return 1 + violation.diagnosis.count("; also ")
+
+
+def _search(prop, subject, strategy, cases, profile, seconds):
+    """PropertyResult of the fixed realistic `cases`, then of a hypothesis search on `strategy`.
+
+    A realistic case that fails is reported as it is: at C = 64 every cause is told apart, where a
+    shrunk input may no longer tell them apart; for the same reason the first failing input of the
+    search is reported instead of the shrunk one where only it names exactly one cause.
+    In the search, past `seconds` new inputs count as passing, so shrinking keeps the smallest
+    failure found so far; without a failure the search ends there. Raises TargetStopped when the
+    target ended or hung.
+    """
+    measured, failures, first, stopped = [], {}, [], []
     started = time.perf_counter()
+    result = PropertyResult(prop.name, "PASS", prop.checks)
+    for x in cases:
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                measured.append(prop.check(subject, x))
+        except PropertyViolation as violation:
+            violation.counterexample = x
+            if isinstance(violation, TargetStopped):
+                raise
+            return _finished(_failed(prop, subject, violation), len(measured) + 1, started)
 
     @settings(profile)
     @given(x=strategy)
@@ -229,24 +349,36 @@ def _search(prop, subject, strategy, profile, seconds):
         if key in failures:
             raise failures[key]
         if time.perf_counter() - started > seconds:
-            return
+            if failures:
+                return
+            raise _OutOfTime
         try:
             # A convention without regulariser has an infinite reference slope at zero: no warning.
             with np.errstate(divide="ignore", invalid="ignore"):
                 measurement = prop.check(subject, x)
+        except TargetStopped as stop:
+            stop.counterexample = x
+            stopped.append(stop)
+            raise _Stopped from None
         except PropertyViolation as violation:
             violation.counterexample = x
             failures[key] = violation
+            first.append(violation)
             raise
         measured.append(measurement)
 
-    result = PropertyResult(prop.name, "PASS", prop.checks)
-    try:
-        trial()
-    except PropertyViolation as violation:
-        result = _failed(prop, subject, violation)
-    result.examples = len(measured) + len(failures)
-    result.seconds = time.perf_counter() - started
+    if strategy is not None:
+        try:
+            trial()
+        except PropertyViolation as violation:
+            if _causes_named(violation) != 1 and _causes_named(first[0]) == 1:
+                violation = first[0]  # the shrunk input no longer tells the causes apart
+            result = _failed(prop, subject, violation)
+        except _OutOfTime:
+            result.stopped_early = f"the {seconds:.0f} s budget of the property ran out"
+        except _Stopped:
+            raise stopped[0] from None
+    result = _finished(result, len(measured) + len(failures), started)
     if result.status == "PASS":
         worst = max(
             (m for m in measured if m is not None),
@@ -258,8 +390,16 @@ def _search(prop, subject, strategy, profile, seconds):
     return result
 
 
+def _finished(result, examples, started):
+    result.examples = examples
+    result.seconds = time.perf_counter() - started
+    return result
+
+
 def _failed(prop, subject, violation):
-    described, shape = _counterexample_fields(subject, violation.counterexample)
+    described = shape = None
+    if violation.counterexample is not None:
+        described, shape = _counterexample_fields(subject, violation.counterexample)
     return PropertyResult(
         prop.name,
         "FAIL",
@@ -283,6 +423,8 @@ def _first_calls(subject, max_channels):
     """(subject, notes, the batch size the function is fixed to or None, results found already)."""
     notes, results, fixed_batch = [], {}, None
     x, out, failure = _first_call(subject, max_channels, FIRST_BATCH)
+    if isinstance(failure, TargetStopped):
+        raise failure
     if failure is not None:
         fixed_batch, x, out = _working_batch(subject, max_channels, failure)
     if fixed_batch is not None:
@@ -296,44 +438,95 @@ def _first_calls(subject, max_channels):
     return subject, notes, fixed_batch, results
 
 
+def _not_checked(prop, why):
+    return PropertyResult(prop.name, "FAIL", prop.checks, diagnosis=f"not checked: {why}")
+
+
+def _run_property(prop, subject, fixed_batch, max_channels, profile, seconds):
+    batches = _batches(fixed_batch, prop.least_batch)
+    if prop.needs_gradient and subject.forward_only:
+        return PropertyResult(prop.name, "SKIP", prop.checks, "--forward-only")
+    if batches is None:
+        skipped = f"needs a batch of {prop.least_batch}; the function works at {fixed_batch}"
+        return PropertyResult(prop.name, "SKIP", prop.checks, skipped)
+    inputs = subject.spec.inputs
+    strategy = None if prop.inputs is None else getattr(inputs, prop.inputs)(max_channels, batches)
+    batch = fixed_batch or FIRST_BATCH
+    cases = inputs.realistic(np.random.default_rng(1), batch) if prop.realistic else []
+    return _search(prop, subject, strategy, cases, profile, seconds)
+
+
 def check(
-    stage,
-    fn,
-    backend,
-    dtype="float32",
-    max_channels=DEFAULT_MAX_CHANNELS,
-    max_examples=DEFAULT_MAX_EXAMPLES,
-    tolerance=None,
-    forward_only=False,
-    seconds_per_property=DEFAULT_SECONDS_PER_PROPERTY,
-):
-    """Every property of `stage` on fn (one tensor of `backend`'s framework -> one tensor)."""
+    stage: str,
+    target: str,
+    framework: str | None = None,
+    *,
+    sandbox: Sandbox | None = None,
+    dtype: str = "float32",
+    max_channels: int = DEFAULT_MAX_CHANNELS,
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+    tolerance: float | None = None,
+    forward_only: bool = False,
+    seconds_per_property: float = DEFAULT_SECONDS_PER_PROPERTY,
+    call_timeout: float = DEFAULT_CALL_TIMEOUT,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+) -> CheckReport:
+    """Every property of `stage` on the function `target` names ('file.py:function' or
+    'package.module:function', one tensor in, one tensor out), run in `sandbox` (a fresh one when
+    None). Raises sandbox.TargetUnusable when the target cannot be imported."""
+    if sandbox is None:
+        settings_ = {k: v for k, v in locals().items() if k != "sandbox"}
+        with Sandbox(call_timeout) as own:
+            return check(**settings_, sandbox=own)
     started = time.perf_counter()
+    captured_before = len(sandbox.captured())
+    framework = sandbox.load(target, framework)
+    sandbox.call_timeout = call_timeout
     spec = dataclasses.replace(
         STAGES[stage],
         approximate=stage in APPROXIMATION_BUDGET,
         symmetric_gradient=stage == "sqrtm",
         tolerance_override=tolerance,
     )
-    subject = Subject(backend, spec, fn, dtype, forward_only)
-    subject, notes, fixed_batch, results = _first_calls(subject, max_channels)
+    subject = Subject(get_backend(framework), spec, sandbox, dtype, forward_only)
     profile = settings(register_check_profile(), max_examples=max_examples)
-    for prop in PROPERTIES:
-        if stage not in prop.stages or prop.name in results:
+    chosen = [prop for prop in PROPERTIES if stage in prop.stages]
+    notes, results, stop = [], {}, None
+    try:
+        subject, notes, fixed_batch, results = _first_calls(subject, max_channels)
+    except TargetStopped as stopped:
+        stop, stopped_in = stopped, f"see {chosen[0].name}"
+        results[chosen[0].name] = _failed(chosen[0], subject, stopped)
+    for prop in chosen:
+        if prop.name in results:
             continue
-        batches = _batches(fixed_batch, prop.least_batch)
-        if prop.needs_gradient and forward_only:
-            results[prop.name] = PropertyResult(prop.name, "SKIP", prop.checks, "--forward-only")
-        elif batches is None:
-            skipped = f"needs a batch of {prop.least_batch}; the function works at {fixed_batch}"
-            results[prop.name] = PropertyResult(prop.name, "SKIP", prop.checks, skipped)
+        remaining = time_limit - (time.perf_counter() - started)
+        if stop is not None:
+            results[prop.name] = _not_checked(prop, f"the function stopped: {stop.diagnosis}")
+        elif remaining <= 0:
+            results[prop.name] = _not_checked(
+                prop, f"the run's time limit ({time_limit:g} s) ran out"
+            )
         else:
-            strategy = getattr(subject.spec.inputs, prop.inputs)(max_channels, batches)
-            results[prop.name] = _search(prop, subject, strategy, profile, seconds_per_property)
-    ordered = [results[p.name] for p in PROPERTIES if p.name in results]
-    seconds = time.perf_counter() - started
+            seconds = min(seconds_per_property, remaining)
+            try:
+                results[prop.name] = _run_property(
+                    prop, subject, fixed_batch, max_channels, profile, seconds
+                )
+            except TargetStopped as stopped:
+                stop, stopped_in = stopped, f"see {prop.name}"
+                results[prop.name] = _failed(prop, subject, stopped)
+    ordered = [results[p.name] for p in chosen]
     return CheckReport(
-        stage, backend.name, dtype, max_channels, max_examples, notes, ordered, seconds
+        stage,
+        framework,
+        dtype,
+        max_channels,
+        max_examples,
+        notes,
+        ordered,
+        time.perf_counter() - started,
+        target_output=sandbox.captured()[captured_before:],
     )
 
 

@@ -71,12 +71,36 @@ def _import(location):
         ) from error
 
 
-def infer_framework(module):
-    """'torch' or 'tf', from the imports of the target's module."""
-    found = set()
+def _source(location: str) -> str:
+    """The source text of a target's file or module, read without importing it."""
+    if location.endswith(".py"):
+        path = Path(location)
+    else:
+        try:
+            spec = importlib.util.find_spec(location)
+        except (ImportError, ValueError) as error:
+            raise UsageError(
+                f"importing {location} failed: {type(error).__name__}: {error}"
+            ) from None
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            raise UsageError(
+                f"importing {location} failed: no such module (a file path must end in .py; a "
+                "module must be importable from the current directory)"
+            )
+        path = Path(spec.origin)
+    if not path.is_file():
+        raise UsageError(f"no file {location}")
+    return path.read_text(errors="replace")
+
+
+def framework_of(target: str) -> str:
+    """'torch' or 'tf', from the imports in the target's source (read, not run)."""
+    location = target.rpartition(":")[0]
+    if not location:
+        load(target)  # raises the usage error that names the syntax
     try:
-        tree = ast.parse(inspect.getsource(module))
-    except (OSError, TypeError):
+        tree = ast.parse(_source(location))
+    except SyntaxError:
         tree = None
     imported = set()
     for node in ast.walk(tree) if tree is not None else ():
@@ -84,14 +108,14 @@ def infer_framework(module):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
-    for framework, packages in FRAMEWORK_IMPORTS.items():
-        if imported & set(packages):
-            found.add(framework)
+    found = {
+        framework for framework, packages in FRAMEWORK_IMPORTS.items() if imported & set(packages)
+    }
     if len(found) == 1:
         return found.pop()
     which = "both PyTorch and TensorFlow" if found else "neither PyTorch nor TensorFlow"
     raise UsageError(
-        f"cannot tell the framework of the target: {module.__name__} imports {which}; pass "
+        f"cannot tell the framework of the target: {location} imports {which}; pass "
         "--framework torch (channels-first tensors) or --framework tf "
         "(channels-last tensors)"
     )

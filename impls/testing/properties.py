@@ -7,7 +7,7 @@ function its framework's tensor and layout.
 """
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -62,8 +62,13 @@ def to_native(backend, spec, x, dtype):
     return backend.tensor(x, dtype)
 
 
-def _checked(backend, spec, fn, x):
-    """fn with its output checked against the shape contract, as a tensor of (B, C*C) for a head."""
+class DtypeViolation(PropertyViolation):
+    """The output's dtype is not the input's."""
+
+
+def _checked(backend, spec, fn, x, dtype):
+    """fn with its output checked against the shape and dtype contract, as a tensor of (B, C*C)
+    for a head."""
 
     def call(tensor):
         out = fn(tensor)
@@ -77,6 +82,13 @@ def _checked(backend, spec, fn, x):
             raise PropertyViolation(
                 functools.partial(explain.explain_shape, spec, backend.layout, x.shape, shape)
             )
+        returned = backend.dtype_name(out)
+        if returned != dtype:
+            raise DtypeViolation(
+                f"returns {returned} for {dtype} input: the output dtype must be the input's (a "
+                f"constant or intermediate built in {returned}, or a cast, promotes it); build "
+                "them with the input's dtype"
+            )
         if spec.flat_output:
             out = backend.fw.reshape(out, spec.output_shape(x.shape))
         return out
@@ -84,20 +96,43 @@ def _checked(backend, spec, fn, x):
     return call
 
 
+@runtime_checkable
+class Remote(Protocol):
+    """A function that runs elsewhere (`impls.testing.sandbox.Sandbox`): it takes the arrays."""
+
+    def run_stage(self, stage, x, dtype, cotangent): ...
+
+
 def run(backend, spec, fn, x, dtype, cotangent=None):
     """fn on x (NumPy, reference layout) -> (output, gradient of <cotangent, output> or None)."""
+    if isinstance(fn, Remote):
+        return fn.run_stage(spec.name, x, dtype, cotangent)
+    return call_here(backend, spec, fn, x, dtype, cotangent)
+
+
+def call_here(backend, spec, fn, x, dtype, cotangent=None):
+    """`run` in this process. The function must leave its input as it was: a layer that writes
+    into its input corrupts the activations the rest of the network saved."""
     native = to_native(backend, spec, x, dtype)
-    call = _checked(backend, spec, fn, x)
+    before = backend.numpy(native).copy()
+    call = _checked(backend, spec, fn, x, dtype)
     try:
         if cotangent is None:
-            return backend.numpy(call(native)), None
-        out, (grad,) = backend.value_and_vjp(call, [native], cotangent)
+            out, grad = backend.numpy(call(native)), None
+        else:
+            out, (grad,) = backend.value_and_vjp(call, [native], cotangent)
     except PropertyViolation:
         raise
     except Exception as error:
         raise PropertyViolation(
-            functools.partial(explain.explain_exception, error, dtype)
+            functools.partial(explain.explain_exception, error, dtype, spec)
         ) from error
+    if not np.array_equal(backend.numpy(native), before, equal_nan=True):
+        raise PropertyViolation(
+            "the function changed its input tensor in place (+=, .add_(), out=, a slice "
+            "assignment): the layer below saved that tensor for its own backward; compute on a "
+            "copy or out of place"
+        )
     if grad is not None and spec.input_kind == FEATURE_MAP:
         grad = grad.transpose(0, 3, 1, 2) if backend.layout == "channels_last" else grad
     return out, grad

@@ -41,19 +41,24 @@ SPECTRUM_KINDS = ("log_uniform", "clustered", "repeated", "zeros_before_eps")
 
 
 def spectrum(rng, kind, channels, condition, eps):
-    """Eigenvalues in [1/condition, 1] (times a scale) shaped by `kind`."""
+    """Eigenvalues in [1/condition, 1] shaped by `kind`; their condition number is at most
+    `condition` (a bound the strategies' meta-tests check)."""
     if kind == "log_uniform":
         values = np.exp(rng.uniform(-np.log(condition), 0.0, channels))
     elif kind == "clustered":
         centres = np.array([1.0, 1.0 / condition])
-        values = centres[rng.integers(0, 2, channels)] * (1 + 1e-6 * rng.standard_normal(channels))
+        spread = 1 + 1e-6 * rng.uniform(-1.0, 1.0, channels)
+        values = np.clip(centres[rng.integers(0, 2, channels)] * spread, 1.0 / condition, 1.0)
     elif kind == "repeated":
         values = np.full(channels, 1.0)
         values[: channels // 2] = 1.0 / condition
-    else:  # zeros_before_eps: a rank-deficient covariance made definite by eps alone
+    else:  # zeros_before_eps: a rank-deficient covariance made definite by the eps added alone
         values = np.exp(rng.uniform(-np.log(condition), 0.0, channels))
         values[rng.random(channels) < 0.5] = 0.0
-        values = values + eps
+        # eps below largest / (condition - 1) would push the condition number past `condition`.
+        floor = values.max() / (condition - 1) if condition > 1 else values.max()
+        values = values + max(eps, floor)
+        values = values / values.max()
     return values
 
 

@@ -21,6 +21,10 @@ class Bug:
     description: str
     #: the bug's number in the founding question's table (`impls.testing.founding_question`)
     question_bug: int | None = None
+    #: the frameworks that can express the bug (TensorFlow tensors cannot be changed in place)
+    frameworks: tuple = FRAMEWORKS
+    #: causes the layer also has, which a diagnosis may rightly name beside `expected`
+    also: tuple = ()
 
     def target(self, framework):
         return f"{__name__}.{framework}_bugs:{self.function}"
@@ -41,6 +45,13 @@ class CorrectLayer:
         return f"{__name__}.{framework}_correct:{self.function}"
 
 
+#: The question's layers that have a second bug: its fourth root differentiates through the SVD
+#: with autodiff (bug 6), and a norm over the whole batch mixes samples.
+ALSO = {
+    "fourth_root": ("autodiff through eigh/svd",),
+    "batch_l2": ("mixes samples across the batch",),
+}
+
 BUGS = (
     *(
         Bug(
@@ -50,6 +61,7 @@ BUGS = (
             bug.expected_diagnosis,
             bug.description,
             question_bug=bug.number,
+            also=ALSO.get(bug.key, ()),
         )
         for bug in founding_question.BUGS
         if bug.function is not None
@@ -74,6 +86,63 @@ BUGS = (
         "sqrtm_newton_schulz_five_iterations",
         "has not converged",
         "the paper's 5 Newton-Schulz iterations, judged as a matrix root",
+    ),
+    Bug(
+        "trace-newton-schulz-3",
+        "sqrtm",
+        "sqrtm_trace_newton_schulz_3",
+        "has not converged",
+        "trace-normalised Newton-Schulz (iSQRT-COV), 3 iterations, autodiff",
+    ),
+    Bug(
+        "trace-newton-schulz-10",
+        "sqrtm",
+        "sqrtm_trace_newton_schulz_10",
+        "has not converged",
+        "trace-normalised Newton-Schulz, 10 iterations: ~1e-3 on small matrices, ~1 % at C = 64",
+    ),
+    Bug(
+        "eigh-iterative-backward-10",
+        "sqrtm",
+        "sqrtm_eigh_iterative_backward_10",
+        "the backward has not converged",
+        "exact eigh forward, the authors' iterative Lyapunov backward stopped at 10 iterations",
+    ),
+    Bug(
+        "pool-centred",
+        "pool",
+        "pool_centred",
+        "is centred",
+        "the mean feature subtracted before the outer product",
+    ),
+    Bug(
+        "exits",
+        "sqrtm",
+        "sqrtm_exits",
+        "ended the process with exit code 0",
+        "sys.exit(0) inside the layer",
+    ),
+    Bug(
+        "hangs",
+        "sqrtm",
+        "sqrtm_hangs",
+        "a call took longer than",
+        "never returns",
+    ),
+    Bug(
+        "returns-float64",
+        "sqrtm",
+        "sqrtm_returns_float64",
+        "returns float64 for float32 input",
+        "a correct root, computed and returned in float64",
+    ),
+    Bug(
+        "overwrites-saved-tensor",
+        "sqrtm",
+        "sqrtm_overwrites_saved_tensor",
+        "changed in place",
+        "eigenvectors saved for the backward scaled in place after use",
+        frameworks=("torch",),
     ),
     Bug(
         "pool-wrong-axis",
@@ -105,7 +174,15 @@ CORRECT = (
     ),
     CorrectLayer("sqrtm", "sqrtm_eigh_lyapunov", "eigh root, hand-written Lyapunov backward"),
     CorrectLayer("sqrtm", "sqrtm_svd_lyapunov", "SVD root, Lyapunov backward with the right sign"),
-    CorrectLayer("sqrtm", "sqrtm_newton_schulz_autograd", "15 Newton-Schulz iterations, autodiff"),
+    CorrectLayer("sqrtm", "sqrtm_newton_schulz_autograd", "20 Newton-Schulz iterations, autodiff"),
+    CorrectLayer(
+        "sqrtm",
+        "sqrtm_eigh_nonsymmetric_lyapunov",
+        "eigh root, backward returns the non-symmetric Lyapunov solution",
+    ),
+    CorrectLayer(
+        "sqrtm", "sqrtm_trace_newton_schulz_30", "trace-normalised Newton-Schulz, 30 iterations"
+    ),
     CorrectLayer("signed-sqrt", "ours_signed_sqrt", "impls signed_sqrt"),
     CorrectLayer("signed-sqrt", "signed_sqrt_rationalised", "z / (sqrt(|z| + d) + sqrt(d))"),
     CorrectLayer("signed-sqrt", "signed_sqrt_custom_backward", "hand-written backward"),

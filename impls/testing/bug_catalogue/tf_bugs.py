@@ -3,6 +3,9 @@ founding question's own spellings ("Bug N" is its number in impls.testing.foundi
 Each is a function of one tensor; `impls.testing.bug_catalogue.BUGS` says what ibp-check must say
 of it."""
 
+import sys
+import time
+
 import tensorflow as tf
 
 from impls.testing.founding_question import BATCH_SIZE, KERAS_EPSILON, SINGULAR_VALUE_CUT
@@ -118,3 +121,72 @@ def pool_outer_product_over_locations(x):
     return tf.matmul(features, features, transpose_b=True) / (h * w) + EPS * tf.eye(
         h * w, dtype=x.dtype
     )
+
+
+def _newton_schulz(a, iterations, norm):
+    eye = tf.eye(a.shape[-1], batch_shape=[tf.shape(a)[0]], dtype=a.dtype)
+    y, z = a / norm, eye
+    for _ in range(iterations):
+        t = (3 * eye - z @ y) / 2
+        y, z = y @ t, t @ z
+    return y * tf.sqrt(norm)
+
+
+def _trace(a):
+    return tf.linalg.trace(a)[:, None, None]
+
+
+def sqrtm_trace_newton_schulz_3(a):
+    """iSQRT-COV's trace-normalised Newton-Schulz with 3 iterations, GradientTape through them."""
+    return _newton_schulz(a, 3, _trace(a))
+
+
+def sqrtm_trace_newton_schulz_10(a):
+    """The same with 10 iterations: close on small matrices, ~1 % off on ReLU covariances."""
+    return _newton_schulz(a, 10, _trace(a))
+
+
+@tf.custom_gradient
+def sqrtm_eigh_iterative_backward_10(a):
+    """An exact eigh root with the authors' iterative backward stopped at 10 iterations: the
+    coupled Newton-Schulz iteration on [[Z, dZ], [0, -Z]], whose top-right block tends to 2X with
+    Z X + X Z = dZ."""
+    eigenvalues, u = tf.linalg.eigh(a)
+    root = (u * tf.sqrt(tf.maximum(eigenvalues, 0))[:, None, :]) @ _transpose(u)
+
+    def grad(dz):
+        norm = tf.norm(root, ord="fro", axis=(-2, -1), keepdims=True)
+        b, c = root / norm, dz / norm
+        for _ in range(10):
+            b2 = b @ b
+            b, c = (3 * b - b2 @ b) / 2, (3 * c - b2 @ c + b @ c @ b - c @ b2) / 2
+        return c / 2
+
+    return root, grad
+
+
+def pool_centred(x):
+    """A covariance in the statistician's sense: the mean feature subtracted first."""
+    b, h, w, c = x.shape
+    features = tf.reshape(x, (-1, h * w, c))
+    features = features - tf.reduce_mean(features, axis=1, keepdims=True)
+    return tf.matmul(features, features, transpose_a=True) / (h * w) + EPS * tf.eye(
+        c, dtype=x.dtype
+    )
+
+
+def sqrtm_exits(a):
+    """A layer that ends the program, as a stray sys.exit() left from debugging does."""
+    sys.exit(0)
+
+
+def sqrtm_hangs(a):
+    """A layer that never returns (an iteration whose stopping test is never met)."""
+    while True:
+        time.sleep(0.05)
+
+
+def sqrtm_returns_float64(a):
+    """A correct root computed and returned in float64, whatever the input's dtype."""
+    eigenvalues, u = tf.linalg.eigh(tf.cast(a, tf.float64))
+    return (u * tf.sqrt(tf.maximum(eigenvalues, 0))[:, None, :]) @ _transpose(u)

@@ -73,7 +73,7 @@ def sqrtm_svd_lyapunov(a):
     return u @ tf.linalg.diag(root) @ _transpose(v), grad
 
 
-def sqrtm_newton_schulz_autograd(a, iterations=15):
+def sqrtm_newton_schulz_autograd(a, iterations=20):
     """iSQRT-COV style: Frobenius scaling, GradientTape through the iterations."""
     norm = tf.norm(a, ord="fro", axis=(-2, -1), keepdims=True)
     eye = tf.eye(a.shape[-1], batch_shape=[tf.shape(a)[0]], dtype=a.dtype)
@@ -143,3 +143,28 @@ def head_bcnn(x):
     """No 1/N, Keras's eps, the B-CNN signed sqrt."""
     y = signed_sqrt_bcnn(sqrtm_eigh_lyapunov(pool_sum_keras_epsilon(x)))
     return tf.math.l2_normalize(tf.reshape(y, (tf.shape(y)[0], -1)), axis=1, epsilon=1e-24)
+
+
+@tf.custom_gradient
+def sqrtm_eigh_nonsymmetric_lyapunov(a):
+    """The backward returns the Lyapunov solution X of Z X + X Z = G for the raw, non-symmetric
+    G, as most published roots do: its symmetric part is the gradient of a symmetric input."""
+    eigenvalues, u = tf.linalg.eigh((a + _transpose(a)) / 2)
+    root = tf.sqrt(tf.maximum(eigenvalues, 0))
+
+    def grad(g):
+        denominator = tf.maximum(root[..., :, None] + root[..., None, :], 1e-30)
+        return u @ ((_transpose(u) @ g @ u) / denominator) @ _transpose(u)
+
+    return u @ tf.linalg.diag(root) @ _transpose(u), grad
+
+
+def sqrtm_trace_newton_schulz_30(a):
+    """iSQRT-COV's trace-normalised Newton-Schulz, 30 iterations, GradientTape through them."""
+    norm = tf.linalg.trace(a)[:, None, None]
+    eye = tf.eye(a.shape[-1], batch_shape=[tf.shape(a)[0]], dtype=a.dtype)
+    y, z = a / norm, eye
+    for _ in range(30):
+        t = (3 * eye - z @ y) / 2
+        y, z = y @ t, t @ z
+    return y * tf.sqrt(norm)

@@ -2,6 +2,9 @@
 function of one tensor; `impls.testing.bug_catalogue.BUGS` says what ibp-check must say of it.
 "Bug N" is the bug's number in impls.testing.founding_question."""
 
+import sys
+import time
+
 import torch
 
 from impls.testing.founding_question import BATCH_SIZE, KERAS_EPSILON, SINGULAR_VALUE_CUT
@@ -123,3 +126,85 @@ def pool_outer_product_over_locations(x):
     features = x.flatten(2)
     n = features.shape[-1]
     return features.mT @ features / n + EPS * _eye(n, x)
+
+
+def _newton_schulz(a, iterations, norm):
+    eye = _eye(a.shape[-1], a).expand_as(a)
+    y, z = a / norm, eye
+    for _ in range(iterations):
+        t = (3 * eye - z @ y) / 2
+        y, z = y @ t, t @ z
+    return y * norm.sqrt()
+
+
+def _trace(a):
+    return a.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+
+
+def sqrtm_trace_newton_schulz_3(a):
+    """iSQRT-COV's trace-normalised Newton-Schulz with 3 iterations, autograd through them."""
+    return _newton_schulz(a, 3, _trace(a))
+
+
+def sqrtm_trace_newton_schulz_10(a):
+    """The same with 10 iterations: close on small matrices, ~1 % off on ReLU covariances."""
+    return _newton_schulz(a, 10, _trace(a))
+
+
+class _EighRootIterativeBackward(torch.autograd.Function):
+    """An exact eigh root with the authors' iterative backward stopped at 10 iterations: the
+    coupled Newton-Schulz iteration on [[Z, dZ], [0, -Z]], whose top-right block tends to 2X with
+    Z X + X Z = dZ."""
+
+    @staticmethod
+    def forward(ctx, a):
+        eigenvalues, u = torch.linalg.eigh(a)
+        root = (u * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ u.mT
+        ctx.save_for_backward(root)
+        return root
+
+    @staticmethod
+    def backward(ctx, dz):
+        (root,) = ctx.saved_tensors
+        norm = torch.linalg.matrix_norm(root, keepdim=True)
+        b, c = root / norm, dz / norm
+        for _ in range(10):
+            b2 = b @ b
+            b, c = (3 * b - b2 @ b) / 2, (3 * c - b2 @ c + b @ c @ b - c @ b2) / 2
+        return c / 2
+
+
+def sqrtm_eigh_iterative_backward_10(a):
+    return _EighRootIterativeBackward.apply(a)
+
+
+def pool_centred(x):
+    """A covariance in the statistician's sense: the mean feature subtracted first."""
+    features = x.flatten(2)
+    features = features - features.mean(-1, keepdim=True)
+    return features @ features.mT / features.shape[-1] + EPS * _eye(x.shape[1], x)
+
+
+def sqrtm_exits(a):
+    """A layer that ends the program, as a stray sys.exit() left from debugging does."""
+    sys.exit(0)
+
+
+def sqrtm_hangs(a):
+    """A layer that never returns (an iteration whose stopping test is never met)."""
+    while True:
+        time.sleep(0.05)
+
+
+def sqrtm_returns_float64(a):
+    """A correct root computed and returned in float64, whatever the input's dtype."""
+    eigenvalues, u = torch.linalg.eigh(a.double())
+    return (u * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ u.mT
+
+
+def sqrtm_overwrites_saved_tensor(a):
+    """A root whose eigenvectors, saved by autograd for the backward, are then scaled in place."""
+    eigenvalues, u = torch.linalg.eigh(a)
+    root = (u * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ u.mT
+    u.mul_(1.0)
+    return root

@@ -86,7 +86,7 @@ def sqrtm_svd_lyapunov(a):
     return _SvdRoot.apply(a)
 
 
-def sqrtm_newton_schulz_autograd(a, iterations=15):
+def sqrtm_newton_schulz_autograd(a, iterations=20):
     """iSQRT-COV style: trace-free Frobenius scaling, autograd through the iterations."""
     norm = torch.linalg.matrix_norm(a).reshape(-1, 1, 1)
     eye = _eye(a.shape[-1], a).expand_as(a)
@@ -161,3 +161,36 @@ def head_bcnn(x):
     """No 1/N, Keras's eps, the B-CNN signed sqrt."""
     y = signed_sqrt_bcnn(sqrtm_eigh_lyapunov(pool_sum_keras_epsilon(x)))
     return F.normalize(y.flatten(1), dim=1)
+
+
+class _EighRootNonSymmetricBackward(torch.autograd.Function):
+    """The backward returns the Lyapunov solution X of Z X + X Z = G for the raw, non-symmetric
+    G, as most published roots do: its symmetric part is the gradient of a symmetric input."""
+
+    @staticmethod
+    def forward(ctx, a):
+        eigenvalues, u = torch.linalg.eigh((a + a.mT) / 2)
+        root = eigenvalues.clamp_min(0).sqrt()
+        ctx.save_for_backward(u, root)
+        return u @ torch.diag_embed(root) @ u.mT
+
+    @staticmethod
+    def backward(ctx, g):
+        u, root = ctx.saved_tensors
+        denominator = (root[..., :, None] + root[..., None, :]).clamp_min(1e-30)
+        return u @ ((u.mT @ g @ u) / denominator) @ u.mT
+
+
+def sqrtm_eigh_nonsymmetric_lyapunov(a):
+    return _EighRootNonSymmetricBackward.apply(a)
+
+
+def sqrtm_trace_newton_schulz_30(a):
+    """iSQRT-COV's trace-normalised Newton-Schulz, 30 iterations, autograd through them."""
+    norm = a.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    eye = _eye(a.shape[-1], a).expand_as(a)
+    y, z = a / norm, eye
+    for _ in range(30):
+        t = (3 * eye - z @ y) / 2
+        y, z = y @ t, t @ z
+    return y * norm.sqrt()

@@ -9,10 +9,12 @@ accepts it if it explains the output to the tolerance.
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 import reference
+from impls.testing.stage_specs import signed_sqrt_amplification
 from impls.testing.tolerances import relative_error
 from reference.conventions import DEFAULT_EPS
 
@@ -30,6 +32,10 @@ class Convention:
     note: str
     forward: callable  # x (reference layout) -> the reference's output under this convention
     vjp: callable  # (x, cotangent) -> its gradient
+    #: the head's tolerance inputs under this convention: its pooled matrix (whose condition
+    #: number counts) and the signed sqrt's error growth, with its own eps and delta
+    conditioned_matrix: callable = None
+    amplification: callable = None
 
 
 def _note(what, caveats=()):
@@ -235,7 +241,17 @@ def _head_convention(normaliser, eps, family, delta):
         f"head: pool normaliser {normaliser}, eps = {eps:.2g} (reference: 1/N, 1e-05); signed "
         f"sqrt {_signed_sqrt_spelling(family, delta)}"
     )
-    return Convention(_note(what, [eps == 0 and NO_EPS, delta == 0 and NO_DELTA]), forward, vjp)
+    return Convention(
+        _note(what, [eps == 0 and NO_EPS, delta == 0 and NO_DELTA]),
+        forward,
+        vjp,
+        conditioned_matrix=partial(_pooled, normaliser=normaliser, eps=eps),
+        amplification=partial(
+            signed_sqrt_amplification,
+            pooled=partial(_pooled, normaliser=normaliser, eps=eps),
+            delta=delta,
+        ),
+    )
 
 
 # The root has none: its tolerance (tolerances.APPROXIMATION_BUDGET) already covers the eps values

@@ -161,6 +161,36 @@ def _head_deviations():
 BY_STAGE["head"] = _head_deviations()
 
 
+def _other_stage(name, computes):
+    return Deviation(
+        f"the function computes the {name} stage, not this one: check STAGE (ibp-check {name} ...)",
+        computes,
+    )
+
+
+def _pool_of_matrix(m, layout):
+    """A pooling function handed a matrix (B, C, C) reads it as C channels at C locations."""
+    return reference.bilinear_pool(m[..., None])
+
+
+#: A function checked as one stage that implements another: its output is that stage's.
+OTHER_STAGES = {
+    "sqrtm": (
+        _other_stage("signed-sqrt", lambda m, layout: reference.signed_sqrt(m)),
+        _other_stage("l2", lambda m, layout: reference.l2_normalize(m)),
+        _other_stage("pool", _pool_of_matrix),
+    ),
+    "signed-sqrt": (
+        _other_stage("sqrtm", lambda m, layout: reference.sqrtm(m)),
+        _other_stage("l2", lambda m, layout: reference.l2_normalize(m)),
+    ),
+    "l2": (
+        _other_stage("signed-sqrt", lambda m, layout: reference.signed_sqrt(m)),
+        _other_stage("sqrtm", lambda m, layout: reference.sqrtm(m)),
+    ),
+}
+
+
 #: Stages whose harmless conventions scale the output (a missing 1/N): their mistakes are matched
 #: up to a scale. The others are matched as they are.
 _SCALED = ("pool",)
@@ -175,8 +205,11 @@ def matching(stage, x, layout, output, expected, allowed):
     up_to_scale = stage in _SCALED
     causes = []
     with np.errstate(all="ignore"):
-        for deviation in BY_STAGE[stage]:
-            candidate = _flat(deviation.forward(x, layout))
+        for deviation in (*BY_STAGE[stage], *OTHER_STAGES.get(stage, ())):
+            try:
+                candidate = _flat(deviation.forward(x, layout))
+            except (ValueError, np.linalg.LinAlgError):  # another stage's input contract
+                continue
             if candidate.shape != output.shape or not np.all(np.isfinite(candidate)):
                 continue
             if explains(output, candidate, allowed, up_to_scale) and not explains(
@@ -238,3 +271,74 @@ def explains(actual, candidate, allowed, up_to_scale=False):
     scale = float(actual @ candidate) / norm**2 if up_to_scale else 1.0
     residual = np.linalg.norm(actual - scale * candidate) / max(np.linalg.norm(actual), 1e-300)
     return 1e-3 <= abs(scale) <= 1e3 and residual <= match_threshold(allowed)
+
+
+#: Iteration counts tried when matching an output with an iteration stopped early.
+_ITERATIONS = range(1, 41)
+
+
+def _newton_schulz(a, iterations, scaling):
+    """The coupled Newton-Schulz root after each iteration: Y0 = A / n, Z0 = I, T = (3I - Z Y) / 2,
+    Y <- Y T, Z <- T Z, root Y sqrt(n), with n the Frobenius norm or the trace."""
+    if scaling == "Frobenius-norm":
+        norm = np.linalg.norm(a, axis=(1, 2), keepdims=True)
+    else:
+        norm = np.trace(a, axis1=1, axis2=2)[:, None, None]
+    eye = np.eye(a.shape[-1])
+    y, z = a / norm, np.broadcast_to(eye, a.shape)
+    for _ in range(iterations):
+        t = (3 * eye - z @ y) / 2
+        y, z = y @ t, t @ z
+        yield y * np.sqrt(norm)
+
+
+def newton_schulz_forward_match(a, z, allowed):
+    """(scalings, iterations): the Newton-Schulz roots short of convergence that explain `z`, or
+    None. On a covariance with one dominant eigenvalue the trace and the Frobenius norm nearly
+    agree, and so do the two scalings; both are named then."""
+    a = (a + _swap(a)) / 2
+    root = reference.sqrtm(a)
+    threshold = match_threshold(allowed)
+    matches = {}
+    with np.errstate(all="ignore"):
+        for scaling in ("Frobenius-norm", "trace"):
+            for iterations, candidate in enumerate(_newton_schulz(a, _ITERATIONS[-1], scaling), 1):
+                if np.linalg.norm(candidate - root) <= threshold * np.linalg.norm(root):
+                    break  # converged: it no longer tells a stopped iteration from a root
+                residual = np.linalg.norm(z - candidate) / max(np.linalg.norm(z), 1e-300)
+                if residual <= threshold:
+                    matches.setdefault(iterations, []).append((residual, scaling))
+    if not matches:
+        return None
+    iterations = min(matches, key=lambda k: min(matches[k])[0])
+    closest = min(matches[iterations])[0]
+    # Both scalings are named where they explain z equally well (to round-off).
+    scalings = [name for residual, name in matches[iterations] if residual <= 10 * closest + 1e-12]
+    return " or ".join(scalings), iterations
+
+
+def _lyapunov_iterations(z, dz):
+    """The coupled Newton-Schulz sign iteration on M = [[Z, dZ], [0, -Z]] / ||Z||: its blocks
+    B -> (3B - B^3) / 2, C -> (3C - B^2 C + B C B - C B^2) / 2 tend to I and 2X, with
+    Z X + X Z = dZ; yields X after each iteration."""
+    norm = np.linalg.norm(z, axis=(1, 2), keepdims=True)
+    b, c = z / norm, dz / norm
+    for _ in _ITERATIONS:
+        b2 = b @ b
+        b, c = (3 * b - b2 @ b) / 2, (3 * c - b2 @ c + b @ c @ b - c @ b2) / 2
+        yield c / 2
+
+
+def lyapunov_iteration_match(a, dz, gradient, close):
+    """The iteration count at which the Lyapunov iteration (with the exact root) gives
+    `gradient`, short of convergence, or None."""
+    z = reference.sqrtm((a + _swap(a)) / 2)
+    expected = reference.sqrtm_vjp(z, dz)
+    with np.errstate(all="ignore"):
+        for iterations, x in enumerate(_lyapunov_iterations(z, dz), 1):
+            candidate = (x + _swap(x)) / 2
+            if close(expected, candidate):
+                return None
+            if close(gradient, candidate):
+                return iterations
+    return None

@@ -46,6 +46,10 @@ _NON_FINITE_OUTPUT = {
     "l2": ZERO_NORM,
 }
 _NUMBER = re.compile(r"\d+")
+#: Said where no known mistake's computation reproduces what the function returned: a cause is
+#: named only when its candidate matches the output or gradient numerically.
+CAUSE_UNKNOWN = "cause unknown"
+_UNKNOWN = f": {CAUSE_UNKNOWN} (no known mistake reproduces it; see the measurements)"
 
 
 def first_line(error, limit=300):
@@ -54,9 +58,22 @@ def first_line(error, limit=300):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def explain_exception(error, dtype):
+_RANK_WORDS = ("rank", "dimension", "unpack", "dims", "4d", "4-d", "ndim", "shape")
+
+
+def explain_exception(error, dtype, spec=None):
     text = f"raised {type(error).__name__}: {first_line(error)}"
     message = str(error).lower()
+    if "inplace operation" in message or "in-place operation" in message:
+        text += (
+            "; a tensor that autodiff saved for the backward was changed in place (+=, .mul_(), "
+            "out=, a slice assignment) after use: compute out of place"
+        )
+    if spec is not None and spec.input_kind == "matrix" and any(w in message for w in _RANK_WORDS):
+        text += (
+            f"; it may implement another stage: {spec.name} gets matrices (B, C, C), pool and "
+            "head get 4-D feature maps; check STAGE"
+        )
     if ("double" in message or "float64" in message) and (
         "float" in message.replace("float64", "")
     ):
@@ -186,6 +203,8 @@ def explain_forward(spec, layout, x, output, expected, error, allowed, leak=0.0)
     causes = deviations.matching(spec.name, x, layout, output, expected, allowed)
     if spec.name == "sqrtm":
         causes += root_causes(x, output, allowed)
+        if not causes:
+            text += _eigenvalue_measurement(x, output)
     if leak:
         structure = _structure_cause(x, output, leak)
         causes = [structure, *causes] if structure.startswith("eps") or not causes else causes
@@ -195,7 +214,7 @@ def explain_forward(spec, layout, x, output, expected, error, allowed, leak=0.0)
             causes.append(
                 f"the output is the reference's times {scale:.4g}: a missing or extra factor"
             )
-    text += ": " + "; also ".join(causes) if causes else ""
+    text += ": " + "; also ".join(causes) if causes else _UNKNOWN
     if spec.convention:
         text += f" (compared up to the convention noted: {spec.convention})"
     return text
@@ -215,8 +234,26 @@ def _scale(actual, expected):
 
 
 def root_causes(a, z, allowed):
-    """What is wrong with a root Z of A beyond the known deviations."""
-    return [c for c in (asymmetric_root(z, allowed), _unconverged_root(a, z)) if c]
+    """What is wrong with a root Z of A beyond the known deviations: asymmetry, or an iteration
+    stopped early, found by running that iteration and matching its output."""
+    asymmetric = asymmetric_root(z, allowed)
+    if asymmetric:
+        return [asymmetric]
+    stopped = deviations.newton_schulz_forward_match(a, z, allowed)
+    if stopped is None:
+        return []
+    scaling, iterations = stopped
+    return [
+        f"Z is what Newton-Schulz ({scaling} scaling) gives after {iterations} iterations: it "
+        "has not converged on this covariance (its small eigenvalues sit far below the scaling "
+        f"and converge last; condition number {_condition(a):.2g}); iterate until the change "
+        "per iteration is at round-off, or use an eigendecomposition"
+    ]
+
+
+def _condition(a):
+    eigenvalues = np.linalg.eigvalsh((a + np.swapaxes(a, 1, 2)) / 2)
+    return float(np.max(eigenvalues[:, -1] / np.maximum(eigenvalues[:, 0], np.finfo(float).tiny)))
 
 
 def asymmetric_root(z, allowed):
@@ -230,26 +267,21 @@ def asymmetric_root(z, allowed):
     )
 
 
-def _unconverged_root(a, z):
-    """An iteration (Newton-Schulz) is a polynomial in A: it shares A's eigenvectors, and the small
-    eigenvalues, far below the scaling, converge last, from below."""
+def _eigenvalue_measurement(a, z):
+    """Where Z commutes with A (a function of A: an iteration or a fixed-degree approximant), how
+    its roots of the smallest and the largest eigenvalue compare with the true ones."""
     eigenvalues, u = np.linalg.eigh((a + np.swapaxes(a, 1, 2)) / 2)
     in_eigenbasis = np.swapaxes(u, 1, 2) @ z @ u
     diagonal = np.diagonal(in_eigenbasis, axis1=1, axis2=2)
     off_diagonal = np.linalg.norm(in_eigenbasis - diagonal[:, :, None] * np.eye(a.shape[1]))
+    if off_diagonal > 1e-3 * np.linalg.norm(z):
+        return ""
     ratio = diagonal / np.sqrt(np.maximum(eigenvalues, np.finfo(float).tiny))
-    smallest, largest = ratio[:, 0], ratio[:, -1]
-    shortfall = np.abs(smallest - 1)
-    commutes = off_diagonal <= 1e-3 * np.linalg.norm(z)
-    if not commutes or not np.max(shortfall) > np.max(np.abs(largest - 1)):
-        return None
-    worst = int(np.argmax(shortfall))
-    condition = eigenvalues[worst, -1] / max(eigenvalues[worst, 0], np.finfo(float).tiny)
+    worst = int(np.argmax(np.abs(ratio[:, 0] - 1)))
     return (
-        f"Z shares A's eigenvectors but its root of the smallest eigenvalue is "
-        f"{smallest[worst]:.3g} of the true one (of the largest: {largest[worst]:.3g}): an "
-        "iterative root (Newton-Schulz) that has not converged on this covariance (condition "
-        f"number {condition:.2g}); use more iterations or an eigendecomposition"
+        f"; Z shares A's eigenvectors, and its roots of the smallest and the largest eigenvalue "
+        f"are off by {ratio[worst, 0] - 1:+.2%} and {ratio[worst, -1] - 1:+.2%} (condition "
+        f"number {_condition(a):.2g})"
     )
 
 
@@ -280,8 +312,17 @@ def explain_gradient(spec, layout, x, cotangent, gradient, expected, floor, erro
     causes += [
         cause
         for candidate, cause in _gradient_mistakes(spec, x, cotangent)
-        if close(gradient, candidate)
+        if close(gradient, candidate) and not close(expected, candidate)
     ]
+    if spec.name == "sqrtm" and not causes:
+        iterations = deviations.lyapunov_iteration_match(x, cotangent, gradient, close)
+        if iterations is not None:
+            causes.append(
+                f"it is what the coupled Newton-Schulz iteration for the Lyapunov equation (on "
+                f"[[Z, dZ], [0, -Z]]) gives after {iterations} iterations: the backward has not "
+                "converged on this covariance; iterate until the change per iteration is at "
+                "round-off, or solve the Lyapunov equation in the eigenbasis"
+            )
     scale = _fitted_scale(gradient, expected, close)
     if not causes and scale is not None:
         sign = NEGATED_LYAPUNOV if spec.name == "sqrtm" else "the backward has the wrong sign"
@@ -290,15 +331,28 @@ def explain_gradient(spec, layout, x, cotangent, gradient, expected, floor, erro
             if abs(scale + 1) < 0.05
             else f"the gradient is the reference's times {scale:.4g}: a missing or extra factor"
         )
-    facts = degeneracy(spec.name, x)
-    if not causes and spec.name in ("sqrtm", "head") and facts.repeated_eigenvalues:
+    if not causes and spec.name == "sqrtm" and _error_in_close_pairs(x, gradient, expected):
         causes.append(f"wrong on {describe(spec.name, layout, x)}: {AUTODIFF_THROUGH_EIGH}")
-    if not causes and spec.approximate and error < 0.5:
-        causes.append("an iterative backward that has not converged would give an error like this")
-    text += ": " + "; also ".join(causes) if causes else ""
+    text += ": " + "; also ".join(causes) if causes else _UNKNOWN
     if spec.convention:
         text += f" (compared up to the convention noted: {spec.convention})"
     return text
+
+
+#: Eigenvalues this close (relative to the largest) make autodiff's 1 / (s_i - s_j) lose the
+#: digits of a float32 gradient.
+_CLOSE_PAIR = 1e-3
+
+
+def _error_in_close_pairs(a, gradient, expected):
+    """Whether the gradient's error lies in the eigenbasis entries (i, j) of nearly equal
+    eigenvalues, where autodiff through eigh/svd divides by s_i - s_j: nine tenths of it or more."""
+    s, u = np.linalg.eigh((a + np.swapaxes(a, 1, 2)) / 2)
+    error = np.swapaxes(u, 1, 2) @ (gradient - expected) @ u
+    gap = np.abs(s[:, :, None] - s[:, None, :]) / np.abs(s).max(axis=1)[:, None, None]
+    close_pairs = (gap < _CLOSE_PAIR) & ~np.eye(a.shape[1], dtype=bool)
+    total = np.sum(error**2)
+    return bool(total > 0 and np.sum(error[close_pairs] ** 2) >= 0.81 * total)
 
 
 def _fitted_scale(actual, expected, close):

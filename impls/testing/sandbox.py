@@ -1,0 +1,236 @@
+"""The function `ibp-check` is pointed at runs in a child process that the checker supervises.
+
+A layer under test may end the interpreter (sys.exit, os._exit, a crash in native code), never
+return, print, or change the arrays it is given. In the child none of that reaches the checker: the
+search for failing inputs stays in the parent, which sends each call's inputs over a pipe and gets
+the output and gradient back. A child that ends or runs past the per-call time limit is a failure
+of the target, named as such, never a pass.
+
+One child serves every target of a run (importing TensorFlow costs ~10 s); it is started again only
+after it died. Its stdout and stderr go to a file that the report shows apart. The child is
+started with multiprocessing's "spawn" (a fork would copy the parent's framework state), so a
+script that calls `check` must guard its entry point with `if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from impls.testing.properties import DtypeViolation, PropertyViolation
+
+#: How long a call may run before the target is judged to hang.
+DEFAULT_CALL_TIMEOUT = 60.0
+#: How long starting the child and importing a target may take (TensorFlow alone takes ~10 s, much
+#: more on a loaded machine).
+START_TIMEOUT = 300.0
+
+
+class TargetStopped(PropertyViolation):
+    """The target ended the child process or ran past the time limit: nothing after it can be
+    checked, and the property it happened in fails with this cause."""
+
+
+class TargetUnusable(Exception):
+    """The target cannot be imported or called at all (a usage error, exit status 2)."""
+
+
+def _exit_cause(code: int | None) -> str:
+    if code is None:
+        return "the process running the function stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the function crashed the interpreter ({name})"
+    return (
+        f"the function ended the process with exit code {code} (sys.exit, os._exit or exit() "
+        "inside it): a layer must return its output, never end the program"
+    )
+
+
+class Sandbox:
+    """A supervised child process that imports targets and runs the stage calls on them."""
+
+    def __init__(self, call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+        self.call_timeout = call_timeout
+        self._context = multiprocessing.get_context("spawn")
+        self._process = None
+        self._connection = None
+        self._directory = tempfile.TemporaryDirectory(prefix="ibp-check-")
+        self._capture = Path(self._directory.name) / "target-output.txt"
+        self._capture.touch()
+        self._loaded = None  # (target, framework) the child holds
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- parent side -----------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=serve, args=(child, str(self._capture)), daemon=True)
+        process.start()
+        child.close()
+        self._process, self._connection = process, parent
+        self._loaded = None
+
+    def _alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def _stop_child(self) -> int | None:
+        if self._process is None:
+            return None
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(5)
+        code = self._process.exitcode
+        self._connection.close()
+        self._process = self._connection = self._loaded = None
+        return code
+
+    def _exchange(self, message: tuple, timeout: float, slow: str) -> tuple:
+        """Send a message and wait for the answer; the child's death or silence raises."""
+        try:
+            self._connection.send(message)
+            if not self._connection.poll(timeout):
+                self._stop_child()
+                raise TargetStopped(slow)
+            return self._connection.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self._process.join(5)
+            raise TargetStopped(_exit_cause(self._stop_child())) from None
+
+    def load(self, target: str, framework: str | None) -> str:
+        """Import `target` in the child; returns its framework. Raises TargetUnusable."""
+        if (target, framework) == self._loaded and self._alive():
+            return framework
+        if not self._alive():
+            self._start()
+        slow = f"importing {target} took longer than {START_TIMEOUT:g} s"
+        try:
+            answer = self._exchange(("load", target, framework), START_TIMEOUT, slow)
+        except TargetStopped as stopped:
+            raise TargetUnusable(f"importing {target}: {stopped.diagnosis}") from None
+        if answer[0] == "usage":
+            raise TargetUnusable(answer[1])
+        self._loaded = (target, answer[1])
+        return answer[1]
+
+    def run_stage(
+        self, stage: str, x: np.ndarray, dtype: str, cotangent: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The loaded target on x, as `properties.run` computes it in-process."""
+        if not self._alive():
+            raise TargetStopped(
+                "the process running the function is gone (it ended on an earlier call)"
+            )
+        slow = (
+            f"a call took longer than {self.call_timeout:g} s (--call-timeout): the function hangs "
+            "or is far too slow for its input"
+        )
+        answer = self._exchange(("call", stage, x, dtype, cotangent), self.call_timeout, slow)
+        if answer[0] == "ok":
+            return answer[1], answer[2]
+        kind, diagnosis, error, allowed = answer[1:]
+        violation = (DtypeViolation if kind == "dtype" else PropertyViolation)(
+            diagnosis, error, allowed
+        )
+        raise violation
+
+    def captured(self) -> str:
+        """Everything the targets printed so far."""
+        return self._capture.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self._alive():
+            try:
+                self._connection.send(("stop",))
+                self._process.join(5)
+            except (BrokenPipeError, OSError):
+                pass
+        self._stop_child()
+        self._directory.cleanup()
+
+
+# -- child side ------------------------------------------------------------------------------------
+
+
+def _redirect_output(capture: str) -> int:
+    """Send fds 1 and 2 to the capture file; returns a duplicate of the original stderr."""
+    original = os.dup(2)
+    fd = os.open(capture, os.O_WRONLY | os.O_APPEND)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)
+    return original
+
+
+def _import_framework_noisily(backend, original_stderr: int) -> None:
+    """Import the framework with the real stderr, so its start-up notices are not the target's."""
+    sys.stderr.flush()
+    captured = os.dup(2)
+    os.dup2(original_stderr, 2)
+    try:
+        backend.fw  # noqa: B018 (the import is the point)
+    finally:
+        sys.stderr.flush()
+        os.dup2(captured, 2)
+        os.close(captured)
+
+
+def _load(target: str, framework: str | None, original_stderr: int):
+    from impls.backends import get_backend
+    from impls.testing.check_target import UsageError, framework_of, load
+
+    try:
+        framework = framework or framework_of(target)
+        backend = get_backend(framework)
+        if not backend.is_available():
+            raise UsageError(f"--framework {framework}: {backend.package} is not installed")
+        _import_framework_noisily(backend, original_stderr)
+        _, fn = load(target)
+    except UsageError as error:
+        return None, None, ("usage", str(error))
+    return backend, fn, ("loaded", framework)
+
+
+def serve(connection, capture: str) -> None:
+    """The child's loop: load targets, run calls, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    original_stderr = _redirect_output(capture)
+    from impls.testing import properties
+    from impls.testing.stage_specs import STAGES
+
+    backend = fn = None
+    while True:
+        message = connection.recv()
+        if message[0] == "stop":
+            return
+        if message[0] == "load":
+            backend, fn, answer = _load(message[1], message[2], original_stderr)
+            connection.send(answer)
+            continue
+        _, stage, x, dtype, cotangent = message
+        try:
+            out, grad = properties.call_here(backend, STAGES[stage], fn, x, dtype, cotangent)
+            answer = ("ok", out, grad)
+        except PropertyViolation as violation:
+            kind = "dtype" if isinstance(violation, DtypeViolation) else "property"
+            answer = ("violation", kind, violation.diagnosis, violation.error, violation.allowed)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        connection.send(answer)
