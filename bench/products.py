@@ -134,7 +134,9 @@ def measure_method(method: Method, case: tuple) -> dict:
         return counted
 
     if method.iterations is None:
-        return {"iterations": None, **run(None)}
+        counted = run(None)
+        meets = max(counted["forward_error"], counted["backward_error"]) <= ACCURACY_TARGET
+        return {"iterations": None, "meets_target": meets, **counted}
     measured = {}
 
     def errors_at(k):
@@ -143,7 +145,7 @@ def measure_method(method: Method, case: tuple) -> dict:
 
     k = fewest_iterations(errors_at, ACCURACY_TARGET, *method.iterations)
     last = max(measured)
-    return {"iterations": k, **measured[last if k is None else k]}
+    return {"iterations": k, "meets_target": k is not None, **measured[last if k is None else k]}
 
 
 def measure(channels: list[int], batch: int, seed: int) -> list[dict]:
@@ -178,13 +180,14 @@ def markdown_table(rows: list[dict]) -> str:
                 for r in rows
                 if (r["method"], r["backward"], r["channels"]) == (method, backward, c)
             ]
-            if row["iterations"] is None and method != "eigh":
-                cells.append("not reached")
+            products = f"{row['products']} = {row['forward_products']} + {row['backward_products']}"
+            if not row["meets_target"]:
+                worst = max(row["forward_error"], row["backward_error"])
+                reach = "not reached" if method != "eigh" else f"{products}, error {worst:.1e}"
+                cells.append(f"misses ({reach})")
                 continue
             steps = "" if row["iterations"] is None else f" (x{row['iterations']})"
-            cells.append(
-                f"{row['products']} = {row['forward_products']} + {row['backward_products']}{steps}"
-            )
+            cells.append(products + steps)
         label = method if backward is None else f"{method} / {backward}"
         label += "" if matmul_only else " (plus an eigendecomposition)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
