@@ -3,16 +3,33 @@
 import keras
 import tensorflow as tf
 
-from impls.tf.stages import bilinear_pool, compute_dtype, l2_normalize, signed_sqrt, sqrtm
-from reference.contracts import check_choice, check_feature_map
+from impls.tf.stages import (
+    MAP_RANK_MESSAGE,
+    _l2_normalize,
+    _pool,
+    _root,
+    _signed_sqrt,
+    as_tensor,
+    assert_finite,
+    check_sqrtm_options,
+    compute_dtype,
+    static_shape,
+    with_rank,
+)
+from reference.contracts import (
+    NON_FINITE_MESSAGE,
+    OVERFLOW_MESSAGE,
+    IBPInputError,
+    check_feature_map,
+    check_non_negative,
+    check_positive_int,
+)
 from reference.conventions import (
     DEFAULT_EPS,
     DEFAULT_NEWTON_SCHULZ_BACKWARD,
     DEFAULT_NEWTON_SCHULZ_ITERATIONS,
     DEFAULT_SQRTM_METHOD,
-    NEWTON_SCHULZ_BACKWARDS,
     SIGNED_SQRT_DELTA,
-    SQRTM_METHODS,
 )
 
 
@@ -22,6 +39,8 @@ class IBPHead(keras.layers.Layer):
 
     `in_channels` is inferred when the layer is built unless given. With `num_classes`, a Dense
     classifier on the flattened (row-major) normalised matrix follows and the layer returns logits.
+    The layer does not autocast: float64 input is computed in float64, and half precision in
+    float32 inside and returned in its dtype (the classifier follows the layer's dtype policy).
     """
 
     def __init__(
@@ -35,35 +54,50 @@ class IBPHead(keras.layers.Layer):
         delta=SIGNED_SQRT_DELTA,
         **kwargs,
     ):
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        check_choice(method, SQRTM_METHODS, "sqrtm method")
-        check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
+        check_positive_int(in_channels, "in_channels", allow_none=True)
+        check_positive_int(num_classes, "num_classes", allow_none=True)
+        check_non_negative(eps, "eps")
+        check_non_negative(delta, "delta")
+        check_sqrtm_options(method, num_iters, backward)
         self.in_channels, self.num_classes = in_channels, num_classes
         self.eps, self.method, self.num_iters = eps, method, num_iters
         self.backward, self.delta = backward, delta
         self.classifier = (
             keras.layers.Dense(num_classes, name="classifier", dtype=self.dtype_policy)
-            if num_classes
+            if num_classes is not None
             else None
         )
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras cannot build a layer on a tensor of unknown rank (a tf.function traced without a
+        # shape): give it rank 4, checked when the graph runs.
+        if isinstance(inputs, tf.Tensor) and inputs.shape.rank is None:
+            inputs = with_rank(inputs, 4, MAP_RANK_MESSAGE)
+        return super().__call__(inputs, *args, **kwargs)
 
     def build(self, input_shape):
         check_feature_map(input_shape, "channels_last", self.in_channels)
         self.in_channels = self.in_channels or input_shape[-1]
+        if self.in_channels is None:
+            raise IBPInputError(
+                "the channel count of the input is unknown: give IBPHead(in_channels=...)"
+            )
         if self.classifier is not None:
             self.classifier.build((None, self.in_channels**2))
 
     def call(self, inputs):
-        check_feature_map(inputs.shape, "channels_last", self.in_channels)
+        inputs = as_tensor(inputs, "feature map")
+        check_feature_map(static_shape(inputs), "channels_last", self.in_channels)
         # One rounding at the end instead of one per stage for half precision input.
         wide = tf.cast(inputs, compute_dtype(inputs))
-        z = sqrtm(
-            bilinear_pool(wide, self.eps),
-            method=self.method,
-            num_iters=self.num_iters,
-            backward=self.backward,
-        )
-        y = l2_normalize(signed_sqrt(z, self.delta))
+        # One finiteness check per call, after the root (eager; a graph asserts in line).
+        checks = [(wide, NON_FINITE_MESSAGE.format(name="feature map"))]
+        a = assert_finite(_pool(assert_finite(wide, checks[0][1]), self.eps), OVERFLOW_MESSAGE)
+        checks.append((a, OVERFLOW_MESSAGE))
+        z = _root(a, self.method, self.num_iters, self.backward, checks)
+        y = _l2_normalize(_signed_sqrt(z, self.delta))
         v = tf.cast(tf.reshape(y, (tf.shape(y)[0], self.in_channels**2)), inputs.dtype)
         return v if self.classifier is None else self.classifier(v)
 

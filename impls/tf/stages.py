@@ -5,9 +5,14 @@ import tensorflow as tf
 
 from reference.contracts import (
     NON_FINITE_MESSAGE,
+    OVERFLOW_MESSAGE,
     IBPInputError,
     check_choice,
+    check_dtype,
     check_feature_map,
+    check_non_negative,
+    check_positive_int,
+    check_sample_batch,
     check_square_batch,
 )
 from reference.conventions import (
@@ -24,13 +29,42 @@ from reference.conventions import (
 _HALF_DTYPES = (tf.float16, tf.bfloat16)
 
 
-def _check_finite(x, name):
-    message = NON_FINITE_MESSAGE.format(name=name)
-    if tf.executing_eagerly():
-        if not bool(tf.reduce_all(tf.math.is_finite(x))):
-            raise IBPInputError(message)
+def as_tensor(x, name):
+    """x as a tensor, its dtype checked (IBPInputError for integer, bool, complex and strings)."""
+    x = tf.convert_to_tensor(x)
+    check_dtype(x.dtype.name, name)
+    return x
+
+
+def static_shape(x):
+    """x's static shape as a tuple (None for unknown sizes), or None when its rank is unknown."""
+    return None if x.shape.rank is None else tuple(x.shape)
+
+
+def with_rank(x, rank, message):
+    """Give a tensor of unknown rank (a tf.function traced without a shape) its rank, checked when
+    the graph runs with `message`."""
+    if x.shape.rank is not None:
         return x
-    return tf.debugging.assert_all_finite(x, message)
+    with tf.control_dependencies([tf.debugging.assert_rank(x, rank, message=message)]):
+        return tf.ensure_shape(tf.identity(x), [None] * rank)
+
+
+def assert_finite(x, message):
+    """In a graph, an assertion op in the data path with the eager message (InvalidArgumentError
+    carrying the same words); eager code checks once at the end instead (`check_all_finite`)."""
+    return x if tf.executing_eagerly() else tf.debugging.assert_all_finite(x, message)
+
+
+def check_all_finite(checks):
+    """Eager: raise the message of the first (tensor, message) pair whose tensor holds NaN or
+    inf, with one host read in the common case (the last tensor derives from the others). In a
+    graph `assert_finite` has checked each of them in line."""
+    if not tf.executing_eagerly() or bool(tf.reduce_all(tf.math.is_finite(checks[-1][0]))):
+        return
+    for tensor, message in checks:
+        if not bool(tf.reduce_all(tf.math.is_finite(tensor))):
+            raise IBPInputError(message)
 
 
 def compute_dtype(x):
@@ -59,12 +93,11 @@ def _frobenius_norm(m):
     return tf.maximum(norm, _finfo(m.dtype).tiny)
 
 
-def bilinear_pool(x, eps=DEFAULT_EPS):
-    """A = X X^T / N + eps I per sample, x of shape (B, H, W, C) -> (B, C, C)."""
-    x = tf.convert_to_tensor(x)
-    check_feature_map(x.shape, "channels_last")
-    x = _check_finite(x, "feature map")
-    compute = tf.cast(x, compute_dtype(x))
+MAP_RANK_MESSAGE = "expected a batch of feature maps (B, H, W, C) (channels_last) of rank 4"
+
+
+def _pool(x, eps):
+    compute = tf.cast(with_rank(x, 4, MAP_RANK_MESSAGE), compute_dtype(x))
     shape = tf.shape(compute)
     features = tf.reshape(compute, (shape[0], shape[1] * shape[2], shape[3]))
     n = tf.cast(shape[1] * shape[2], compute.dtype)
@@ -72,27 +105,77 @@ def bilinear_pool(x, eps=DEFAULT_EPS):
     return tf.cast(a + eps * _eye_like(a), x.dtype)
 
 
-def _lyapunov_in_eigenbasis(u, s, g):
+def bilinear_pool(x, eps=DEFAULT_EPS):
+    """A = X X^T / N + eps I per sample, x of shape (B, H, W, C) -> (B, C, C)."""
+    x = as_tensor(x, "feature map")
+    check_feature_map(static_shape(x), "channels_last")
+    check_non_negative(eps, "eps")
+    x = assert_finite(x, NON_FINITE_MESSAGE.format(name="feature map"))
+    a = assert_finite(_pool(x, eps), OVERFLOW_MESSAGE)
+    check_all_finite([(x, NON_FINITE_MESSAGE.format(name="feature map")), (a, OVERFLOW_MESSAGE)])
+    return a
+
+
+def _root_floor(s, dtype):
+    """Smallest root the Lyapunov denominators s_i + s_j are allowed to see, per matrix; `dtype`
+    is the one the gradient is returned in. See reference.conventions: u s_max relative,
+    sqrt(tiny) absolute."""
+    info = _finfo(dtype)
+    largest = tf.reduce_max(s, axis=-1)[..., None, None]
+    return tf.maximum(info.eps * largest, tf.cast(info.tiny**0.5, s.dtype))
+
+
+def _lyapunov_in_eigenbasis(u, s, g, result_dtype=None):
     """Symmetric part of X solving Z X + X Z = G, Z = U diag(s) U^T with s >= 0."""
     denominator = s[..., :, None] + s[..., None, :]
-    # Two zero eigenvalues (eps = 0 on rank-deficient input) make the true gradient infinite;
-    # a floor at round-off of the largest root keeps it finite and large.
-    info = _finfo(s.dtype)
-    floor = tf.maximum(info.eps * tf.reduce_max(s, axis=-1)[..., None, None], info.tiny)
-    denominator = tf.maximum(denominator, floor)
+    # Two zero eigenvalues (eps = 0 on rank-deficient input) make the true gradient infinite.
+    denominator = tf.maximum(denominator, 2 * _root_floor(s, result_dtype or s.dtype))
     return u @ ((_transpose(u) @ _symmetric_part(g) @ u) / denominator) @ _transpose(u)
 
 
-@tf.custom_gradient
-def _eigh_sqrtm(a):
-    """Exact root by eigendecomposition; backward by the closed-form Lyapunov solution."""
-    eigenvalues, u = tf.linalg.eigh(a)
+def _eigh(a):
+    """tf.linalg.eigh that survives convergence failures on finite input in eager mode (clusters
+    of repeated eigenvalues): retry in float64, then with a jitter of a few units of round-off
+    that splits the clusters. A graph cannot catch the error; non-finite input is the caller's."""
+    if not tf.executing_eagerly():
+        return tf.linalg.eigh(a)
+    try:
+        return tf.linalg.eigh(a)
+    except tf.errors.InvalidArgumentError:
+        if not bool(tf.reduce_all(tf.math.is_finite(a))):
+            raise
+    wide = tf.cast(a, tf.float64)
+    try:
+        eigenvalues, u = tf.linalg.eigh(wide)
+    except tf.errors.InvalidArgumentError:
+        scale = _frobenius_norm(wide)
+        c = tf.shape(a)[-1]
+        steps = tf.cast(tf.range(c), tf.float64) / tf.cast(c, tf.float64)
+        jitter = _finfo(a.dtype).eps * scale * tf.linalg.diag(steps)
+        eigenvalues, u = tf.linalg.eigh(wide + jitter)
+    return tf.cast(eigenvalues, a.dtype), tf.cast(u, a.dtype)
+
+
+def _eigh_root(a):
+    """U sqrt(max(lambda, 0)) U^T: negative eigenvalues are clamped at 0 (reference.conventions)."""
+    eigenvalues, u = _eigh(a)
     s = tf.sqrt(tf.maximum(eigenvalues, 0))
+    return (u * s[..., None, :]) @ _transpose(u), u, s
 
-    def grad(g):
-        return _lyapunov_in_eigenbasis(u, s, g)
 
-    return (u * s[..., None, :]) @ _transpose(u), grad
+def _eigh_sqrtm(a, result_dtype=None):
+    """Exact root by eigendecomposition; backward by the closed-form Lyapunov solution."""
+
+    @tf.custom_gradient
+    def root(a):
+        z, u, s = _eigh_root(a)
+
+        def grad(g):
+            return _lyapunov_in_eigenbasis(u, s, g, result_dtype)
+
+        return z, grad
+
+    return root(a)
 
 
 def _newton_schulz_root(a, num_iters):
@@ -107,10 +190,16 @@ def _newton_schulz_root(a, num_iters):
 
 
 def _newton_schulz_lyapunov(z, g, num_iters):
-    """Coupled Newton-Schulz sign iteration on [[Z, G], [0, -Z]] / ||Z||_F; its corner is 2X."""
-    norm = _frobenius_norm(z)
+    """Coupled Newton-Schulz sign iteration on [[Z, G], [0, -Z]] / ||Z||_F; its corner is 2X.
+
+    Z is shifted by the same floor as the eigenbasis solver's roots: Z = 0 (eps = 0 on a dead map)
+    would leave the sign iteration nothing to converge to and grow G by 3/2 per step."""
     eye = _eye_like(z)
-    p, q = z / norm, g / norm
+    info = _finfo(z.dtype)
+    norm = tf.norm(z, ord="fro", axis=(-2, -1), keepdims=True)
+    shifted = z + tf.maximum(info.eps * norm, info.tiny**0.5) * eye
+    norm = tf.norm(shifted, ord="fro", axis=(-2, -1), keepdims=True)
+    p, q = shifted / norm, g / norm
     for _ in range(num_iters):
         p_squared = p @ p
         q = (q @ (3 * eye - p_squared) - p @ (p @ q - q @ p)) / 2
@@ -118,17 +207,43 @@ def _newton_schulz_lyapunov(z, g, num_iters):
     return _symmetric_part(q / 2)
 
 
+def _diverged(z):
+    """Samples whose Newton-Schulz iterates blew up: the iteration diverges on negative
+    eigenvalues (reference.conventions)."""
+    return tf.logical_not(tf.reduce_all(tf.math.is_finite(z), axis=(-2, -1), keepdims=True))
+
+
+def _clamp_diverged(a, z, num_iters, differentiable):
+    """Recompute the diverged samples by eigh (which clamps), and, for a root differentiated
+    through its iterations, the others by a fresh iteration, so that no NaN of a diverged sample
+    sits in the graph that the gradient walks back. A graph decides with tf.cond, which runs the
+    recomputation only when some sample diverged."""
+
+    def recompute():
+        bad = _diverged(tf.stop_gradient(z))
+        eye = _eye_like(a)
+        if not differentiable:
+            return tf.where(bad, _eigh_root(a)[0], z)
+        converging = _newton_schulz_root(tf.where(bad, eye, a), num_iters)
+        return tf.where(bad, _eigh_sqrtm(tf.where(bad, a, eye)), converging)
+
+    any_diverged = tf.reduce_any(_diverged(z))
+    if tf.executing_eagerly():
+        return recompute() if bool(any_diverged) else z
+    return tf.cond(any_diverged, recompute, lambda: z)
+
+
 def _newton_schulz_sqrtm(a, num_iters, backward):
     """Newton-Schulz root with an exact (eigenbasis) or iterative (sign iteration) backward."""
 
     @tf.custom_gradient
     def root(a):
-        z = _newton_schulz_root(a, num_iters)
+        z = _clamp_diverged(a, _newton_schulz_root(a, num_iters), num_iters, differentiable=False)
 
         def grad(g):
             if backward == "newton_schulz":
                 return _newton_schulz_lyapunov(z, g, num_iters)
-            eigenvalues, u = tf.linalg.eigh(_symmetric_part(z))
+            eigenvalues, u = _eigh(_symmetric_part(z))
             return _lyapunov_in_eigenbasis(u, tf.maximum(eigenvalues, 0), g)
 
         return z, grad
@@ -146,45 +261,69 @@ def _resolve_auto(method, backward):
     return "newton_schulz", "newton_schulz", None
 
 
+def check_sqrtm_options(method, num_iters, backward):
+    check_choice(method, SQRTM_METHODS, "sqrtm method")
+    check_positive_int(num_iters, "num_iters")
+    check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
+
+
+_MATRIX_RANK_MESSAGE = "expected a batch of square matrices (B, C, C) of rank 3"
+
+
+def _root(a, method, num_iters, backward, checks):
+    """The root of the symmetric part of `a`, then one finiteness check of it: NaN or inf in
+    anything it came from (`checks`, (tensor, message) pairs, first cause first) shows there."""
+    method, backward, eigh_dtype = _resolve_auto(method, backward)
+    symmetric = _symmetric_part(tf.cast(with_rank(a, 3, _MATRIX_RANK_MESSAGE), compute_dtype(a)))
+    try:
+        if method == "eigh" and eigh_dtype is not None:
+            wide = tf.cast(symmetric, eigh_dtype)
+            z = tf.cast(_eigh_sqrtm(wide, symmetric.dtype), symmetric.dtype)
+        elif method == "eigh":
+            z = _eigh_sqrtm(symmetric)
+        elif backward == "autograd":
+            z = _clamp_diverged(
+                symmetric, _newton_schulz_root(symmetric, num_iters), num_iters, True
+            )
+        else:
+            z = _newton_schulz_sqrtm(symmetric, num_iters, backward)
+    except tf.errors.InvalidArgumentError:
+        check_all_finite(checks)  # the eigensolver refused NaN or inf: name it
+        raise
+    check_all_finite([*checks, (z, NON_FINITE_MESSAGE.format(name="square root"))])
+    return tf.cast(z, a.dtype)
+
+
 def sqrtm(
     a,
     method=DEFAULT_SQRTM_METHOD,
     num_iters=DEFAULT_NEWTON_SCHULZ_ITERATIONS,
     backward=DEFAULT_NEWTON_SCHULZ_BACKWARD,
 ):
-    """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch.
+    """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch;
+    negative eigenvalues count as 0, for every method (reference.conventions).
 
     method: "auto" (the device's fastest accurate method, see reference.conventions), "eigh"
     (exact) or "newton_schulz" (`num_iters` coupled iterations, matrix products only).
     backward (Newton-Schulz only): "lyapunov" (exact), "newton_schulz" (iterative, same
     iteration count) or "autograd" (through the iterations).
     """
-    a = tf.convert_to_tensor(a)
-    check_square_batch(a.shape)
-    check_choice(method, SQRTM_METHODS, "sqrtm method")
-    check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
-    a = _check_finite(a, "matrix")
-    method, backward, eigh_dtype = _resolve_auto(method, backward)
-    symmetric = _symmetric_part(tf.cast(a, compute_dtype(a)))
-    if method == "eigh" and eigh_dtype is not None:
-        z = tf.cast(_eigh_sqrtm(tf.cast(symmetric, eigh_dtype)), symmetric.dtype)
-    elif method == "eigh":
-        z = _eigh_sqrtm(symmetric)
-    elif backward == "autograd":
-        z = _newton_schulz_root(symmetric, num_iters)
-    else:
-        z = _newton_schulz_sqrtm(symmetric, num_iters, backward)
-    return tf.cast(z, a.dtype)
+    a = as_tensor(a, "matrix")
+    check_square_batch(static_shape(a))
+    check_sqrtm_options(method, num_iters, backward)
+    message = NON_FINITE_MESSAGE.format(name="matrix")
+    return _root(assert_finite(a, message), method, num_iters, backward, [(a, message)])
 
 
-def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
-    """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)), elementwise."""
-    z = tf.convert_to_tensor(z)
-
+def _signed_sqrt(z, delta):
     @tf.custom_gradient
     def signed_root(z):
         def grad(g):
-            return g / (2 * tf.sqrt(tf.abs(z) + delta))
+            # delta = 0 makes the slope at z = 0 infinite: floored at the root floor of sqrtm.
+            slope_denominator = tf.maximum(
+                2 * tf.sqrt(tf.abs(z) + delta), _finfo(z.dtype).tiny ** 0.5
+            )
+            return g / slope_denominator
 
         # sign(z) (sqrt(|z| + delta) - sqrt(delta)) spelled without cancellation for |z| << delta
         # (delta = 0 is allowed: the floor keeps 0 / 0 at z = 0 from turning into NaN.)
@@ -194,11 +333,32 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
     return tf.cast(signed_root(tf.cast(z, compute_dtype(z))), z.dtype)
 
 
-def l2_normalize(y):
-    """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
-    y = tf.convert_to_tensor(y)
+def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
+    """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)), elementwise."""
+    z = as_tensor(z, "signed sqrt input")
+    check_non_negative(delta, "delta")
+    message = NON_FINITE_MESSAGE.format(name="signed sqrt input")
+    z = assert_finite(z, message)
+    check_all_finite([(z, message)])
+    return _signed_sqrt(z, delta)
+
+
+def _l2_normalize(y):
     wide = tf.cast(y, compute_dtype(y))
     flat = tf.reshape(wide, (tf.shape(wide)[0], -1))
-    norms = tf.maximum(tf.norm(flat, axis=1), L2_NORM_FLOOR)
+    # The floor sits under the square root: tf.norm's gradient at 0 is 0 / 0 = NaN, and a
+    # maximum after it multiplies that NaN by 0, which stays NaN (an all-zero sample).
+    squares = tf.reduce_sum(tf.square(flat), axis=1)
+    norms = tf.sqrt(tf.maximum(squares, tf.cast(L2_NORM_FLOOR**2, wide.dtype)))
     v = wide / tf.reshape(norms, tf.concat([[-1], tf.ones([tf.rank(wide) - 1], tf.int32)], 0))
     return tf.cast(v, y.dtype)
+
+
+def l2_normalize(y):
+    """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
+    y = as_tensor(y, "L2 input")
+    check_sample_batch(static_shape(y), "L2 input")
+    message = NON_FINITE_MESSAGE.format(name="L2 input")
+    y = assert_finite(y, message)
+    check_all_finite([(y, message)])
+    return _l2_normalize(y)
