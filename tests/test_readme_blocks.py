@@ -7,6 +7,7 @@ document with `register_document`) in the module that writes it, and lists that 
 RENDERING_MODULES below.
 """
 
+import difflib
 import importlib
 import pathlib
 
@@ -33,8 +34,6 @@ for _module in RENDERING_MODULES:
 
 
 def _diff_message(path: str, expected: str, actual: str) -> str:
-    import difflib
-
     diff = difflib.unified_diff(
         actual.splitlines(keepends=True),
         expected.splitlines(keepends=True),
