@@ -17,8 +17,8 @@ from impls.minimax_polynomials import (
     quintic_schedule,
 )
 from impls.testing.accuracy import realistic_case
-from impls.testing.strategies import feature_maps_with_dead_channels
-from impls.testing.tolerances import relative_error, tolerance
+from impls.testing.strategies import feature_maps_with_dead_channels, spd_batches
+from impls.testing.tolerances import condition_number, relative_error, tolerance
 from reference.contracts import IBPInputError
 from reference.conventions import AUTO_STATED_ACCURACY
 from tests.conftest import import_framework
@@ -61,6 +61,14 @@ def _unconverged_bound(num_iters):
     ||Z||_F^2 = tr A >= ||A||_F, so the relative forward error is at most sqrt(C) times it."""
     x = np.linspace(0.0, 1.0, 200_001)
     return float(np.max(x * np.abs(1 - _composed_schedule(x, num_iters))))
+
+
+def _roundoff_amplification():
+    """How much the schedule amplifies round-off over a direct method: the first step maps some
+    eigenvalues of a well-conditioned input down to l_1 = 1 - E_0 (its equioscillation points),
+    and the error committed there grows with them back to 1, by up to 1 / l_1 (~120)."""
+    x = np.geomspace(DESIGN_LOWER_BOUND, 1.0, 100_001)
+    return 1 / float(np.min(_composed_schedule(x, 1)))
 
 
 @pytest.fixture(scope="module", params=[64, 512], ids=lambda c: f"C{c}")
@@ -113,6 +121,38 @@ def test_products_within_budget():
     assert through_autograd["products"] <= PRODUCT_BUDGET
 
 
+# Enough steps to converge down to the strategies' condition number: float32 draws reach 1e3
+# (eigenvalues of the sign iterate >= 1.7e-2, inside the design interval), float64 draws 1e6
+# (>= 5e-4, half the design bound: three more steps).
+STEPS_TO_ROUNDOFF = {
+    "float32": DEFAULT_MINIMAX_ITERATIONS,
+    "float64": DEFAULT_MINIMAX_ITERATIONS + 3,
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@given(data=st.data())
+def test_converges_to_roundoff(backend, dtype, data):
+    """Against the reference at the tolerance table's round-off bound, times the schedule's
+    round-off amplification: a converged root is as good as a direct method up to that factor."""
+    a = data.draw(spd_batches(max_condition=1e6 if dtype == "float64" else 1e3))
+    g = np.random.default_rng(0).standard_normal(a.shape)
+    module = _module(backend)
+    out, (grad,) = backend.value_and_vjp(
+        lambda m: module.minimax_sqrtm(m, STEPS_TO_ROUNDOFF[dtype], "newton_schulz"),
+        [backend.tensor(a, dtype)],
+        g,
+    )
+    z = reference.sqrtm(a)
+    c, kappa, amplification = a.shape[-1], condition_number(a), _roundoff_amplification()
+    allowed = tolerance("sqrtm", "forward", dtype, c, kappa, amplification)
+    assert relative_error(out, z) <= allowed
+    allowed = tolerance("sqrtm", "backward", dtype, c, kappa, amplification)
+    assert relative_error(grad, reference.sqrtm_vjp(z, g)) <= allowed
+
+
+# eps = 0 on rank-deficient input: SciPy warns that the reference's matrix is singular, as expected.
+@pytest.mark.filterwarnings("ignore:Matrix is singular")
 @given(x=feature_maps_with_dead_channels(), eps=st.sampled_from([0.0, 1e-12, 1e-8, 1e-5]))
 def test_float32_stable_on_rank_deficient_input(backend, x, eps):
     """Dead channels and N < C with eps from 0 up: eigenvalues far below the design interval,
