@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from bench.accuracy import report
 from bench.accuracy.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, STUDIES
-from bench.accuracy.data import EMBEDDED_DATASETS
+from bench.accuracy.data import EMBEDDED_DATASETS, Dataset
 from bench.accuracy.image_folders import image_folder
 from bench.accuracy.training import RunCache, TrainingOptions, train
 from impls.architectures import BACKBONES
@@ -150,7 +150,9 @@ def _parser():
     return parser
 
 
-def parse_args(argv=None, parser=None):
+def parse_args(
+    argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
     """The arguments, checked one by one; what needs the data or the file system is checked by
     `prepare`."""
     parser = parser or _parser()
@@ -180,7 +182,7 @@ def parse_args(argv=None, parser=None):
     return args
 
 
-def default_output_dir(args):
+def default_output_dir(args: argparse.Namespace) -> Path:
     if "imagefolder" not in args.dataset:
         return RESULTS_DIR
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -296,7 +298,7 @@ def _check_models(runners, datasets, args):
                 ) from None
 
 
-def prepare(args):
+def prepare(args: argparse.Namespace) -> tuple[list, list[Dataset]]:
     """Everything checked before any training: (runners, data sets). Raises IBPInputError."""
     if args.weights not in (None, "imagenet") and not Path(args.weights).is_file():
         raise IBPInputError(f"--weights {args.weights}: no such file (or use imagenet)")
@@ -320,7 +322,9 @@ def prepare(args):
     return runners, datasets
 
 
-def run(args, runners, datasets):
+def run(
+    args: argparse.Namespace, runners: list, datasets: list[Dataset]
+) -> tuple[list[dict], float]:
     """Train every (data set, framework, configuration); return the run records and seconds."""
     started = time.perf_counter()
     options = TrainingOptions(args.epochs, args.batch_size, args.seed, not args.no_progress)
@@ -338,7 +342,7 @@ def run(args, runners, datasets):
     return runs, time.perf_counter() - started
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser()
     args = parse_args(argv, parser)

@@ -588,3 +588,37 @@ def test_seed_pretrained_starts_from_the_backbone_that_ibp_trained(backend):
         "unanimous_batches", "batch_majority_answers", "majority_class_answers",
         "batch_majority_ceiling",
     }  # fmt: skip
+
+
+def _fake_run(config, accuracies, diverged_at=None, dataset="synthetic", framework="torch"):
+    history = [{"epoch": e + 1, "test_accuracy": a} for e, a in enumerate(accuracies)]
+    answers = dict.fromkeys(
+        ("unanimous_batches", "batch_majority_answers", "majority_class_answers"), 0.0
+    )
+    return {
+        "config": config, "dataset": dataset, "framework": framework, "history": history,
+        "chance_rate": 1 / 7, "diverged_at_epoch": diverged_at,
+        "answers": {**answers, "batch_majority_ceiling": 0.28},
+    }  # fmt: skip
+
+
+def test_plot_separates_families_and_equal_curves_and_labels_divergence(tmp_path):
+    runs = [
+        _fake_run("ibp", [0.5, 0.9]),
+        _fake_run("seed", [1 / 7, 1 / 7]),
+        _fake_run("seed_fix_eps_ones", [1 / 7, 1 / 7]),
+        _fake_run("seed_fix_frozen_backbone", [0.0], diverged_at=1),
+    ]
+    metadata = {"command": "reproduce-accuracy --quick", "commit": "abc", "seed": 0}
+    figure = report.plot(runs, tmp_path / "plot.png", metadata)
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    assert "reproduce-accuracy --quick" in figure.get_suptitle()
+    (axis,) = figure.axes
+    lines = {line.get_label(): line for line in axis.get_lines()}
+    # The two seed curves have the same numbers but are drawn apart; ibp is drawn as measured.
+    assert lines["seed"].get_ydata()[0] != lines["seed_fix_eps_ones"].get_ydata()[0]
+    np.testing.assert_allclose(lines["ibp"].get_ydata(), [50, 90])
+    assert lines["ibp"].get_color() != lines["seed"].get_color()
+    assert report.family("seed") == report.family("seed_fix_eps_ones") != report.family("ibp")
+    labels = [text.get_text() for text in axis.texts]
+    assert labels == ["seed_fix_frozen_backbone: diverged (NaN loss)"]

@@ -173,7 +173,13 @@ def _unbalanced_shuffled_labels(num_classes, total, majority_share, rng):
     return rng.permutation(np.repeat(np.arange(num_classes), counts))
 
 
-def synthetic(seed, train_per_class=160, test_per_class=64, image_size=32, majority_share=None):
+def synthetic(
+    seed: int,
+    train_per_class: int = 160,
+    test_per_class: int = 64,
+    image_size: int = 32,
+    majority_share: float | None = None,
+) -> Dataset:
     """The synthetic textures, balanced, or (`majority_share`) with class 0 holding that share of
     as many samples as the balanced set has: the question's own data (784 training images, 7
     classes) may well have been unbalanced."""
@@ -210,7 +216,9 @@ def synthetic(seed, train_per_class=160, test_per_class=64, image_size=32, major
 UNBALANCED_MAJORITY_SHARE = question.REPORTED_ACCURACY
 
 
-def synthetic_unbalanced(seed, train_per_class=160, test_per_class=64, image_size=32):
+def synthetic_unbalanced(
+    seed: int, train_per_class: int = 160, test_per_class: int = 64, image_size: int = 32
+) -> Dataset:
     return synthetic(seed, train_per_class, test_per_class, image_size, UNBALANCED_MAJORITY_SHARE)
 
 

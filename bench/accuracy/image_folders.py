@@ -187,7 +187,7 @@ def _check_headers(paths):
             raise IBPInputError(f"cannot read image {path}: {error}") from None
 
 
-def image_folder(data_dir, image_size):
+def image_folder(data_dir: str | Path, image_size: int) -> Dataset:
     """The data set under `data_dir` in one of the layouts of this module's docstring."""
     root = Path(data_dir)
     if not root.is_dir():

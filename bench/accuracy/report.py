@@ -336,7 +336,7 @@ MOSTLY = 0.9
 FOLLOWS = 0.5
 
 
-def mechanism(run):
+def mechanism(run: dict) -> str:
     """What a run's answers show (training.answer_statistics), in words."""
     answers = run["answers"]
     if run["diverged_at_epoch"] is not None:
@@ -431,7 +431,7 @@ _MARKERS = "osD^vP*Xh<>"
 _SEED_OFFSET_POINTS = 0.6
 
 
-def family(config):
+def family(config: str) -> str:
     configuration = CONFIGURATIONS[config]
     if configuration.pretrained_by:
         return "question's set-up, pretrained backbone"
@@ -465,7 +465,7 @@ def _offsets(runs):
     return offsets
 
 
-def plot(runs, path, metadata):
+def plot(runs: list[dict], path: Path, metadata: dict) -> Figure:
     """Test accuracy per epoch: one panel per data set and framework, one colour family per kind
     of configuration, diverged runs marked where they diverged."""
     datasets, frameworks = _datasets(runs), _frameworks(runs)
@@ -539,18 +539,19 @@ def plot(runs, path, metadata):
     figure.set_figheight(height)
     figure.tight_layout(rect=(0, legend_height / height, 1, 1))  # it makes room for the title
     figure.savefig(path, dpi=110, format="png")
+    return figure
 
 
-def stem(study=None):
+def stem(study: str | None = None) -> str:
     """The result files' name without suffix: one set for the default run, one per study."""
     return f"accuracy-{study}" if study else "accuracy"
 
 
-def result_files(study=None):
+def result_files(study: str | None = None) -> tuple[str, ...]:
     return tuple(f"{stem(study)}.{suffix}" for suffix in ("json", "md", "png"))
 
 
-def check_writable(output_dir):
+def check_writable(output_dir: Path) -> None:
     """Create `output_dir` and write a probe file there, so that a folder that cannot take the
     results is found before hours of training, not after. Raises OSError."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -558,7 +559,9 @@ def check_writable(output_dir):
         pass
 
 
-def write(output_dir, metadata, runs, datasets, paper_key=None):
+def write(
+    output_dir: Path, metadata: dict, runs: list[dict], datasets: list, paper_key: str | None = None
+) -> None:
     """Write the result files (json, md, png) all or nothing: each goes to a temporary file
     beside its final name, and only once all three are complete do they replace the old set (a
     rename within one folder is atomic), so a failure leaves the previous results whole."""

@@ -158,7 +158,7 @@ class Runner:
 
         return run
 
-    def predict(self, model, inputs, from_features):
+    def predict(self, model, inputs, from_features: bool) -> np.ndarray:
         key = (model.name, from_features)
         if key not in self._predictors or self._predictors[key][0] is not model:
             forward = model.get_layer(HEAD_LAYER) if from_features else model
@@ -167,7 +167,7 @@ class Runner:
         with tf.device(self.device):
             return self._predictors[key][1](inputs).numpy()
 
-    def copy_backbone(self, source, model):
+    def copy_backbone(self, source, model) -> None:
         model.get_layer(BACKBONE_LAYER).set_weights(source.get_layer(BACKBONE_LAYER).get_weights())
 
 

@@ -135,7 +135,7 @@ class Runner:
 
         return step
 
-    def predict(self, model, inputs, from_features):
+    def predict(self, model, inputs, from_features: bool) -> np.ndarray:
         model.eval()
         with torch.no_grad():
             try:
@@ -145,7 +145,7 @@ class Runner:
         answers = logits.argmax(dim=1).where(torch.isfinite(logits).all(dim=1), -1)
         return answers.cpu().numpy()
 
-    def copy_backbone(self, source, model):
+    def copy_backbone(self, source, model) -> None:
         model.backbone.load_state_dict(source.backbone.state_dict())
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench.accuracy.configurations import CONFIGURATIONS
+from bench.accuracy.configurations import CONFIGURATIONS, Configuration
+from bench.accuracy.data import Dataset
 
 #: Images per forward pass when only features are needed.
 _INFERENCE_BATCH = 64
@@ -44,7 +45,7 @@ class RunCache:
         self._features = {}
         self._trained = {}
 
-    def features(self, runner, model, dataset, split_name, backbone):
+    def features(self, runner, model, dataset: Dataset, split_name: str, backbone: str):
         """`backbone`: "initial" or the name of the configuration that trained it."""
         split = getattr(dataset, split_name)
         key = (runner.name, dataset.name, backbone, split_name)
@@ -63,10 +64,10 @@ class RunCache:
             )
         return features
 
-    def remember(self, runner, dataset, configuration, model):
+    def remember(self, runner, dataset: Dataset, configuration: Configuration, model) -> None:
         self._trained[runner.name, dataset.name, configuration.name] = model
 
-    def trained(self, runner, dataset, name):
+    def trained(self, runner, dataset: Dataset, name: str):
         return self._trained.get((runner.name, dataset.name, name))
 
 
@@ -77,7 +78,9 @@ def _batch(runner, features, split, indices, rng):
     return runner.images(split.load(indices, rng))
 
 
-def evaluate(runner, model, dataset, batch_size, full_batches_only, features=None):
+def evaluate(
+    runner, model, dataset: Dataset, batch_size: int, full_batches_only: bool, features=None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The test batches as evaluated (full batches only where the model needs them) and the
     model's answer for each of their samples (-1 where its logits are not finite)."""
     batches = batch_indices(len(dataset.test), batch_size, full_batches_only=full_batches_only)
@@ -90,14 +93,14 @@ def evaluate(runner, model, dataset, batch_size, full_batches_only, features=Non
     return batches, answers
 
 
-def accuracy(dataset, batches, answers):
+def accuracy(dataset: Dataset, batches: list, answers: list) -> float:
     right = sum(
         int(np.sum(a == dataset.test.labels[i])) for i, a in zip(batches, answers, strict=True)
     )
     return right / sum(len(indices) for indices in batches)
 
 
-def answer_statistics(dataset, batches, answers):
+def answer_statistics(dataset: Dataset, batches: list, answers: list) -> dict[str, float]:
     """What a model's answers show about how it decides, on the test batches as evaluated:
     - unanimous_batches: share of batches in which every sample gets the same answer (a model
       that sees one feature vector per batch can do nothing else);
@@ -146,7 +149,14 @@ def _starting_backbone(runner, configuration, dataset, options, model_options, c
     return cache.trained(runner, dataset, configuration.pretrained_by)
 
 
-def train(runner, configuration, dataset, options, model_options, cache):
+def train(
+    runner,
+    configuration: Configuration,
+    dataset: Dataset,
+    options: TrainingOptions,
+    model_options: dict,
+    cache: "RunCache",
+) -> dict:
     """Train one configuration from the seed; return its run record."""
     source = _starting_backbone(runner, configuration, dataset, options, model_options, cache)
     runner.seed(options.seed)
