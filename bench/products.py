@@ -8,33 +8,45 @@ both relative errors (worst sample, against SciPy in float64) within ACCURACY_TA
 covariances in float32. eigh is listed for comparison: its products are the few around the
 eigendecomposition, which is not a matrix product and dominates its cost.
 
-`python -m bench.products [--channels 64 128 256 512] [--batch 2] [--output-dir results]` writes
-results/products.json (rows and metadata) and results/products.md (the table).
+    python -m bench.products [--channels 64 128 256 512] [--output results]
+
+writes <output>/products.json and <output>/products.md (the table).
 """
 
 import argparse
 import dataclasses
-import json
 import pathlib
-from collections.abc import Callable
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm import tqdm
 
-from bench.cases import ACCURACY_TARGET, MAX_SEARCHED_ITERATIONS
+from bench.cases import ACCURACY_TARGET, MAX_SEARCHED_ITERATIONS, Cell, get_profile
 from bench.errors import fewest_iterations
+from bench.inputs import SEED, Inputs
 from impls.minimax_polynomials import DEFAULT_MINIMAX_ITERATIONS
-from impls.testing.accuracy import realistic_case
-from impls.testing.metadata import collect
+from impls.testing import readme_blocks
+from impls.testing.metadata import collect, read_results, write_results
 from impls.testing.tolerances import relative_error
 from impls.torch import sqrtm
 from impls.torch.minimax_newton_schulz import MINIMAX_BACKWARDS, minimax_sqrtm
-from reference.conventions import NEWTON_SCHULZ_BACKWARDS
+from reference.conventions import DEFAULT_EPS, NEWTON_SCHULZ_BACKWARDS
 
 #: The GPU-cost target of the minimax root (issue 13): half the 149 products that the classic
 #: Newton-Schulz iteration needed at C = 512.
 PRODUCT_BUDGET = 75
+
+DEFAULT_OUTPUT = pathlib.Path("results")
+FILE_NAME = "products.json"
+DOCUMENT = "results/products.md"
+#: The benchmarks' headline batch: at C=512 these are exactly the headline cell's matrices.
+BATCH = get_profile("default", "cpu").headline.batch
 
 _PRODUCT_OPS = {
     torch.ops.aten.mm,
@@ -148,25 +160,29 @@ def measure_method(method: Method, case: tuple) -> dict:
     return {"iterations": k, "meets_target": k is not None, **measured[last if k is None else k]}
 
 
-def measure(channels: list[int], batch: int, seed: int) -> list[dict]:
+def measure(channels: Sequence[int]) -> list[dict[str, Any]]:
+    """One row per (C, method, backward), on the benchmarks' seeded covariances."""
+    inputs = Inputs()
     rows = []
-    for c in channels:
-        case = realistic_case(c, batch=batch, seed=seed)
-        for method in methods():
-            row = measure_method(method, case)
-            rows.append(
-                {
-                    "channels": c,
-                    "method": method.method,
-                    "backward": method.backward,
-                    "matmul_only": method.matmul_only,
-                    **row,
-                }
-            )
+    with tqdm(total=len(channels) * len(methods()), desc="matrix products") as bar:
+        for c in channels:
+            cell = Cell(c, BATCH, "float32")
+            case = (inputs.covariances(cell), inputs.cotangent(cell), *inputs.reference(cell))
+            for method in methods():
+                rows.append(
+                    {
+                        **cell.info(),
+                        "method": method.method,
+                        "backward": method.backward,
+                        "matmul_only": method.matmul_only,
+                        **measure_method(method, case),
+                    }
+                )
+                bar.update()
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """Products (forward + backward) to reach the target, one column per C."""
     channels = sorted({r["channels"] for r in rows})
     keys = list(dict.fromkeys((r["method"], r["backward"], r["matmul_only"]) for r in rows))
@@ -194,40 +210,59 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--channels", type=int, nargs="+", default=[64, 128, 256, 512])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", type=pathlib.Path, default=pathlib.Path("results"))
-    args = parser.parse_args(argv)
+def render(path: pathlib.Path) -> str:
+    """results/products.md from the results file `path` alone."""
+    metadata, document = read_results(path)
+    return (
+        f"# Matrix products to reach {metadata['target']:g}\n\n"
+        f"{readme_blocks.provenance(metadata)}\n\n"
+        "Matrix products (aten mm/bmm calls) of forward + backward, at the fewest iterations "
+        f"(xK) that bring both relative errors within {metadata['target']:g} of SciPy (float64), "
+        f"float32, the benchmarks' seeded covariances of 28x28 ReLU feature maps + eps I, batch "
+        f"{metadata['batch']}. The target for the best matmul-only method at C = 512: at most "
+        f"{metadata['product_budget']}.\n\n" + markdown_table(document["rows"]) + "\n"
+    )
 
-    rows = measure(args.channels, args.batch, args.seed)
-    metadata = collect("cpu", "products")
-    metadata.update(
-        seed=args.seed,
-        batch=args.batch,
+
+@readme_blocks.register_document(DOCUMENT)
+def committed_document(root: pathlib.Path) -> str:
+    return render(root / "results" / FILE_NAME)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.products", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--channels", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
+    arguments = parser.parse_args(argv)
+
+    start = time.monotonic()
+    rows = measure(arguments.channels)
+    metadata = collect(
+        "cpu",
+        "products",
+        command=shlex.join(["python", "-m", "bench.products", *argv]),
+        wall_seconds=time.monotonic() - start,
+        seed=SEED,
+        batch=BATCH,
         dtype="float32",
+        eps=DEFAULT_EPS,
         target=ACCURACY_TARGET,
         product_budget=PRODUCT_BUDGET,
         counted_ops=sorted(str(op) for op in _PRODUCT_OPS),
-        input="covariances of 28x28 ReLU feature maps + eps I "
-        "(impls.testing.matrices.relu_covariances)",
+        input="the benchmarks' seeded covariances of 28x28 ReLU feature maps + eps I "
+        "(bench.inputs.Inputs.covariances), rounded to float32",
     )
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "products.json").write_text(
-        json.dumps({"metadata": metadata, "rows": rows}, indent=2) + "\n"
-    )
-    commit = (metadata["git_commit"] or "unknown")[:12]
-    table = markdown_table(rows)
-    intro = (
-        f"Matrix products (forward + backward, with the iteration count) to reach "
-        f"{ACCURACY_TARGET:g} relative error forward and backward, float32, batch {args.batch}; "
-        f"generated by `python -m bench.products` at {commit}, {metadata['date_utc']}.\n\n"
-    )
-    (args.output_dir / "products.md").write_text(intro + table + "\n")
-    print(table)
+    arguments.output.mkdir(parents=True, exist_ok=True)
+    path = arguments.output / FILE_NAME
+    write_results(path, metadata, rows=rows)
+    (arguments.output / pathlib.Path(DOCUMENT).name).write_text(render(path))
+    print(markdown_table(rows))
+    print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -76,9 +76,9 @@ def _minimax_with_gradient(a, num_iters, backward):
             if backward == "newton_schulz":
                 return _lyapunov_from_iterates(y, scale, squares, polynomials, g, num_iters)
             # stages imports this module for its sqrtm dispatch: import its solver at call time.
-            from impls.tf.stages import _lyapunov_in_eigenbasis
+            from impls.tf.stages import _eigh, _lyapunov_in_eigenbasis
 
-            eigenvalues, u = tf.linalg.eigh(_symmetric_part(y))
+            eigenvalues, u = _eigh(_symmetric_part(y))
             s = tf.maximum(eigenvalues, 0) * tf.sqrt(scale)[..., 0]
             return _lyapunov_in_eigenbasis(u, s, g)
 

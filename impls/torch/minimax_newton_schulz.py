@@ -84,9 +84,9 @@ class MinimaxSqrtm(torch.autograd.Function):
             x = _lyapunov_from_iterates(y, scale, squares, polynomials, g, ctx.num_iters)
             return x, None, None
         # stages imports this module for its sqrtm dispatch: import its solver at call time.
-        from impls.torch.stages import _lyapunov_in_eigenbasis
+        from impls.torch.stages import _eigh, _lyapunov_in_eigenbasis
 
-        eigenvalues, u = torch.linalg.eigh(_symmetric_part(y))
+        eigenvalues, u = _eigh(_symmetric_part(y))
         s = eigenvalues.clamp_min(0) * scale.sqrt()[..., 0]
         return _lyapunov_in_eigenbasis(u, s, g), None, None
 
