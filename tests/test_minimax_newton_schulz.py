@@ -34,17 +34,23 @@ def _module(backend):
     return importlib.import_module(f"{backend.impl_module}.minimax_newton_schulz")
 
 
-def _errors(backend, case, num_iters=DEFAULT_MINIMAX_ITERATIONS, backward="newton_schulz"):
-    """(forward, backward) relative errors in float32. The cotangent is made symmetric: autograd
-    differentiates the entries of A one by one, and sqrtm's convention (the symmetric part of the
-    Lyapunov solution) is what it returns for a symmetric cotangent."""
-    a, g, z, dz = case
+def _root_and_gradient(backend, a, g, num_iters, backward="newton_schulz", dtype="float32"):
+    """The root of `a` and the gradient of <g, root>, NumPy in and out. The cotangent is made
+    symmetric: autograd differentiates the entries of A one by one, and sqrtm's convention (the
+    symmetric part of the Lyapunov solution) is what it returns for a symmetric cotangent."""
     module = _module(backend)
     out, (grad,) = backend.value_and_vjp(
         lambda m: module.minimax_sqrtm(m, num_iters, backward),
-        [backend.tensor(a, "float32")],
+        [backend.tensor(a, dtype)],
         _symmetric_part(g),
     )
+    return out, grad
+
+
+def _errors(backend, case, num_iters=DEFAULT_MINIMAX_ITERATIONS, backward="newton_schulz"):
+    """(forward, backward) relative errors in float32 on a `realistic_case`."""
+    a, g, z, dz = case
+    out, grad = _root_and_gradient(backend, a, g, num_iters, backward)
     return relative_error(out, z), relative_error(grad, dz)
 
 
@@ -137,12 +143,7 @@ def test_converges_to_roundoff(backend, dtype, data):
     round-off amplification: a converged root is as good as a direct method up to that factor."""
     a = data.draw(spd_batches(max_condition=1e6 if dtype == "float64" else 1e3))
     g = np.random.default_rng(0).standard_normal(a.shape)
-    module = _module(backend)
-    out, (grad,) = backend.value_and_vjp(
-        lambda m: module.minimax_sqrtm(m, STEPS_TO_ROUNDOFF[dtype], "newton_schulz"),
-        [backend.tensor(a, dtype)],
-        g,
-    )
+    out, grad = _root_and_gradient(backend, a, g, STEPS_TO_ROUNDOFF[dtype], dtype=dtype)
     z = reference.sqrtm(a)
     c, kappa, amplification = a.shape[-1], condition_number(a), _roundoff_amplification()
     allowed = tolerance("sqrtm", "forward", dtype, c, kappa, amplification)
@@ -160,19 +161,36 @@ def test_float32_stable_on_rank_deficient_input(backend, x, eps):
     The root stays within its unconverged-eigenvalue bound plus round-off at the design interval's
     condition number, and both root and gradient stay finite."""
     a = reference.bilinear_pool(x, eps)
-    g = _symmetric_part(np.random.default_rng(0).standard_normal(a.shape))
-    module = _module(backend)
-    out, (grad,) = backend.value_and_vjp(
-        lambda m: module.minimax_sqrtm(m, DEFAULT_MINIMAX_ITERATIONS, "newton_schulz"),
-        [backend.tensor(a, "float32")],
-        g,
-    )
+    g = np.random.default_rng(0).standard_normal(a.shape)
+    out, grad = _root_and_gradient(backend, a, g, DEFAULT_MINIMAX_ITERATIONS)
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(grad))
     channels = a.shape[-1]
     allowed = math.sqrt(channels) * _unconverged_bound(DEFAULT_MINIMAX_ITERATIONS) + tolerance(
         "sqrtm", "forward", "float32", channels, condition=DESIGN_LOWER_BOUND**-2
     )
     assert relative_error(out, reference.sqrtm(a)) <= allowed
+
+
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_frameworks_agree(backward):
+    """The two implementations are one algorithm: in float64 they differ by round-off only."""
+    import_framework("torch")
+    import_framework("tensorflow")
+    from impls.backends import BACKENDS
+
+    a, g, _, _ = realistic_case(16)
+    torch_out, torch_grad, tf_out, tf_grad = (
+        result
+        for name in ("torch", "tf")
+        for result in _root_and_gradient(
+            BACKENDS[name], a, g, DEFAULT_MINIMAX_ITERATIONS, backward, "float64"
+        )
+    )
+    kappa, amplification = condition_number(a), _roundoff_amplification()
+    forward = tolerance("sqrtm", "forward", "float64", 16, kappa, amplification)
+    assert relative_error(tf_out, torch_out) <= forward
+    backward_allowed = tolerance("sqrtm", "backward", "float64", 16, kappa, amplification)
+    assert relative_error(tf_grad, torch_grad) <= backward_allowed
 
 
 def test_needs_a_step(backend):
