@@ -3,7 +3,7 @@ minimax quintic steps of `impls.minimax_polynomials`, and a backward that reuses
 
 Products per call, K steps: forward 4K - 3, iterative backward 5K - 1 (59 in all at K = 7).
 Input: a symmetric (B, C, C) float tensor, already validated by `impls.tf.stages.sqrtm`.
-Mirrors `impls.torch.minimax_newton_schulz` line by line.
+Mirrors `impls.torch.minimax_newton_schulz` line by line; its docstring compares the backwards.
 """
 
 import numpy as np

@@ -3,6 +3,12 @@ minimax quintic steps of `impls.minimax_polynomials`, and a backward that reuses
 
 Products per call, K steps: forward 4K - 3, iterative backward 5K - 1 (59 in all at K = 7).
 Input: a symmetric (B, C, C) float tensor, already validated by `impls.torch.stages.sqrtm`.
+
+Backward options, and why "newton_schulz" is this method's matmul-only choice: it reuses the
+forward's squared iterates and step polynomials (2K + 1 saved matrices) and costs 5K - 1 products;
+"autograd" differentiates through the steps, 8K - 6 products (50 at K = 7) and every intermediate
+kept; "lyapunov" is exact for the computed root at 4 products, but through an eigendecomposition,
+which is what a GPU path avoids.
 """
 
 import torch
