@@ -1,0 +1,5 @@
+import sys
+
+from impls.testing.model_check.cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""The model checks run in a supervised child process, as the stage checks do
+(`impls.testing.sandbox`): a model that ends the process, crashes it or runs past the per-call
+time limit fails the check it was in, with that cause; what it prints is kept apart."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from impls.testing.sandbox import (
+    START_TIMEOUT,
+    TargetStopped,
+    TargetUnusable,
+    _exit_cause,
+    _redirect_output,
+)
+
+#: The checks the child runs, by name, in the report's order.
+CHECKS = (
+    "per-sample independence (inference mode)",
+    "per-sample independence (training mode)",
+    "gradient flow",
+    "learning-rate scale",
+    "learnability",
+)
+
+
+class ModelSandbox:
+    """One child that builds the user's model and runs the whole-model checks on it."""
+
+    def __init__(self, call_timeout: float) -> None:
+        self.call_timeout = call_timeout
+        context = multiprocessing.get_context("spawn")
+        self._directory = tempfile.TemporaryDirectory(prefix="ibp-check-model-")
+        self._capture = Path(self._directory.name) / "target-output.txt"
+        self._capture.touch()
+        parent, child = context.Pipe()
+        self._process = context.Process(target=serve, args=(child, str(self._capture)), daemon=True)
+        self._process.start()
+        child.close()
+        self._connection = parent
+
+    def __enter__(self) -> ModelSandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _exchange(self, message: tuple, timeout: float, slow: str) -> tuple:
+        if not self._process.is_alive():
+            raise TargetStopped("the process running the model is gone (it ended earlier)")
+        try:
+            self._connection.send(message)
+            if not self._connection.poll(timeout):
+                self._process.kill()
+                raise TargetStopped(slow)
+            return self._connection.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self._process.join(5)
+            raise TargetStopped(_exit_cause(self._process.exitcode)) from None
+
+    def load(self, target: str, framework: str | None, input_shape: Any, seed: int) -> dict:
+        """Build the model in the child; its summary. Raises TargetUnusable."""
+        slow = f"building the model took longer than {START_TIMEOUT:g} s"
+        try:
+            answer = self._exchange(
+                ("load", target, framework, input_shape, seed), START_TIMEOUT, slow
+            )
+        except TargetStopped as stopped:
+            raise TargetUnusable(f"building {target}: {stopped.diagnosis}") from None
+        if answer[0] == "usage":
+            raise TargetUnusable(answer[1])
+        return answer[1]
+
+    def run(self, name: str) -> Any:
+        """The Finding of the check `name`; raises TargetStopped."""
+        slow = (
+            f"the check took longer than {self.call_timeout:g} s (--call-timeout): the model "
+            "hangs or is far too slow"
+        )
+        answer = self._exchange(("check", name), self.call_timeout, slow)
+        return answer[1]
+
+    def captured(self) -> str:
+        return self._capture.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            try:
+                self._connection.send(("stop",))
+                self._process.join(5)
+            except (BrokenPipeError, OSError):
+                pass
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(5)
+        self._connection.close()
+        self._directory.cleanup()
+
+
+def _error_finding(name: str, error: BaseException) -> Any:
+    from impls.testing.model_check.checks import Finding
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return Finding(name, "FAIL", "the check could run", [f"raised {type(error).__name__}: {text}"])
+
+
+def _load(message: tuple) -> tuple[Any, tuple]:
+    from impls.testing.check_target import UsageError
+    from impls.testing.model_check import checks
+
+    _, target, framework, input_shape, seed = message
+    try:
+        session = checks.Session(target, framework, input_shape, seed)
+    except UsageError as error:
+        return None, ("usage", str(error))
+    except Exception as error:  # the model fails to build or to run at any batch size
+        return None, ("usage", f"{target}: {type(error).__name__}: {error}")
+    summary = {
+        "framework": session.framework,
+        "batch": session.batch,
+        "batch_finding": session.batch_finding,
+        "located": checks.locate_head(session),
+        "layers": [(call.name, call.kind) for call in session.calls],
+    }
+    return session, ("loaded", summary)
+
+
+def serve(connection: Any, capture: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _redirect_output(capture)
+    from impls.testing.model_check import checks
+
+    run = {
+        CHECKS[0]: lambda s: checks.independence(s, training=False),
+        CHECKS[1]: lambda s: checks.independence(s, training=True),
+        CHECKS[2]: checks.gradient_flow,
+        CHECKS[3]: checks.learning_rate,
+        CHECKS[4]: checks.learnability,
+    }
+    session = None
+    while True:
+        message = connection.recv()
+        if message[0] == "stop":
+            return
+        if message[0] == "load":
+            session, answer = _load(message)
+        else:
+            try:
+                answer = ("ok", run[message[1]](session))
+            except Exception as error:  # the user's model may raise anything
+                answer = ("ok", _error_finding(message[1], error))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        connection.send(answer)
