@@ -502,7 +502,7 @@ def check(
             continue
         remaining = time_limit - (time.perf_counter() - started)
         if stop is not None:
-            results[prop.name] = _not_checked(prop, f"the function stopped: {stop.diagnosis}")
+            results[prop.name] = _not_checked(prop, f"the function stopped ({stopped_in})")
         elif remaining <= 0:
             results[prop.name] = _not_checked(
                 prop, f"the run's time limit ({time_limit:g} s) ran out"
