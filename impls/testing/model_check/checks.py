@@ -113,7 +113,9 @@ def independence(session: Session, training: bool) -> Finding:
     name = f"per-sample independence ({mode} mode)"
     model = session.fresh()
     calls = model.trace(session.x, training=training)
-    mixing, notes, largest = [], [], 0.0
+    mixing: list[tuple[str, str]] = []
+    notes: list[str] = []
+    largest = allowed_first = 0.0
     for call in calls:
         if any(other.startswith(call.name + ".") for other, _ in mixing):
             continue  # a module holding a layer already named mixes through it
@@ -139,13 +141,14 @@ def independence(session: Session, training: bool) -> Finding:
             )
             continue
         mixing.append((call.name, f"{call.name} ({call.kind}): relative change {change:.2g}"))
+        allowed_first = allowed if len(mixing) == 1 else allowed_first
     checks = "changing one sample leaves every other sample's output unchanged, layer by layer"
     if not mixing:
         return Finding(name, "PASS", checks, notes, {"largest_change": largest})
     first, *others = mixing
     cause = (
         f"layer {first[1]} mixes samples: the output of every other sample changes when one "
-        f"sample changes (allowed: rounding, {call.input[0].size * UNIT_ROUNDOFF['float32']:.1g} "
+        f"sample changes (allowed: rounding, {allowed_first:.1g} "
         "at most); each sample's features then depend on the rest of its batch, so a model can "
         "give at most one answer per batch"
     )
@@ -347,13 +350,11 @@ def learnability(session: Session) -> Finding:
     # The question's batch, unless the model only works at its own.
     batch = session.batch if session.batch_finding.status == "FAIL" else PROBE_BATCH
     rng = np.random.default_rng(session.seed + 1)
-    splits = []
+    splits, model = [], session.fresh()
     for per_class in (PROBE_TRAIN_PER_CLASS, PROBE_TEST_PER_CLASS):
         count = (classes * per_class) // batch * batch
         labels = rng.permutation(np.repeat(np.arange(classes), per_class))[:count]
-        splits.append(
-            (_features(session.fresh(), probe_images(session.model, labels, rng), batch), labels)
-        )
+        splits.append((_features(model, probe_images(model, labels, rng), batch), labels))
     (train, train_labels), (test, test_labels) = splits
     weights = _train_linear(train, train_labels, classes, batch)
     scores = np.hstack([test, np.ones((len(test), 1))]) @ weights

@@ -47,7 +47,9 @@ class KerasModel:
         import keras
 
         self.model = model
-        self.optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        self.optimizer: Any = (
+            optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        )
         if not model.inputs:
             raise UsageError("the Keras model has no input shape: start it with keras.Input")
         self.input_shape = tuple(model.inputs[0].shape[1:])
@@ -205,7 +207,19 @@ class TorchModel:
             return _numpy(self.model.get_submodule(name)(self._torch.from_numpy(x)))
 
     def frozen(self) -> list[str]:
-        return [name for name, p in self.model.named_parameters() if not p.requires_grad]
+        """Frozen submodules, named at the highest level that is frozen throughout."""
+        names = []
+        for name, module in self.model.named_children():
+            flags = [p.requires_grad for p in module.parameters()]
+            if flags and not any(flags):
+                names.append(name)
+            else:
+                names += [
+                    f"{name}.{n}" for n, p in module.named_parameters() if not p.requires_grad
+                ]
+        return names + [
+            n for n, p in self.model.named_parameters(recurse=False) if not p.requires_grad
+        ]
 
     def _loss(self, output: Any, labels: np.ndarray) -> Any:
         functional = self._torch.nn.functional

@@ -106,7 +106,7 @@ def _error_finding(name: str, error: BaseException) -> Any:
     from impls.testing.model_check.checks import Finding
 
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return Finding(name, "FAIL", "the check could run", [f"raised {type(error).__name__}: {text}"])
+    return Finding(name, "FAIL", "", [f"the check raised {type(error).__name__}: {text}"])
 
 
 def _load(message: tuple) -> tuple[Any, tuple]:
@@ -142,7 +142,7 @@ def serve(connection: Any, capture: str) -> None:
         CHECKS[3]: checks.learning_rate,
         CHECKS[4]: checks.learnability,
     }
-    session = None
+    session: Any = None
     while True:
         message = connection.recv()
         if message[0] == "stop":
