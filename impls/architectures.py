@@ -61,6 +61,14 @@ TORCHVISION_URLS = {
 }
 
 
+def total_stride(name):
+    """Input pixels per feature-map location along each side: also the smallest image side the
+    backbone takes (smaller images leave it no location to pool)."""
+    if name in SEQUENTIAL_PLANS:
+        return 2 ** SEQUENTIAL_PLANS[name].count("M")
+    return 2 ** (2 + len(RESNET50_STAGES) - 1)  # conv1 and the max-pool, then three strided stages
+
+
 def check_backbone_name(name):
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

@@ -36,6 +36,10 @@ NEWTON_SCHULZ_STATED_ACCURACY = 1e-4
 #: round-off of the largest are noise, and absolute, since the all-zero matrix has s_max = 0 and
 #: eigenvalues below tiny have no digits left. Gradients are then finite for every finite input
 #: and every eps >= 0, and huge (not infinite) where the true one is infinite.
+#: The signed sqrt's slope 1 / (2 sqrt(|z| + delta)) is infinite at z = 0 when delta = 0; it is
+#: held at 1 / (2 sqrt(u)) below |z| + delta = u (never reached with the default delta). With the
+#: L2 floor's 1 / L2_NORM_FLOOR and the root floor's 1 / (2 sqrt(tiny)), the head's backward on an
+#: all-zero map with eps = delta = 0 is then at most ~1e34 times the cotangent in float32, finite.
 SQRTM_METHODS = ("auto", "eigh", "newton_schulz")
 #: "auto" is the fastest method measured to meet AUTO_STATED_ACCURACY on the device at hand
 #: (results/BENCHMARKS.md). CPU: eigh with the eigendecomposition in float64, since float32

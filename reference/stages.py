@@ -71,7 +71,9 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
 
 def signed_sqrt_vjp(z, g, delta=SIGNED_SQRT_DELTA):
     z = np.asarray(z, dtype=np.float64)
-    return np.asarray(g, dtype=np.float64) / (2 * np.sqrt(np.abs(z) + delta))
+    # delta = 0 makes the slope at z = 0 infinite: held at 1 / (2 sqrt(u)) below |z| + delta = u.
+    shifted = np.maximum(np.abs(z) + delta, np.finfo(np.float64).eps)
+    return np.asarray(g, dtype=np.float64) / (2 * np.sqrt(shifted))
 
 
 def _sample_norms(y):

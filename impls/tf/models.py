@@ -26,8 +26,10 @@ from impls.architectures import (
     out_channels,
     recipe_stage,
     sequential_layers,
+    total_stride,
 )
 from impls.tf.layers import IBPHead
+from reference.contracts import check_images
 
 BACKBONE_LAYER, HEAD_LAYER = "backbone", "head"
 
@@ -35,11 +37,14 @@ BACKBONE_LAYER, HEAD_LAYER = "backbone", "head"
 @keras.saving.register_keras_serializable(package="ibp")
 class ImageNormalization(keras.layers.Layer):
     """(x - mean) / std per channel, the constants kept as non-trainable weights so that
-    weight files record the preprocessing."""
+    weight files record the preprocessing. It is the model's first layer, so it checks the
+    images: RGB floats of at least `min_side` pixels per side (the backbone's total stride)."""
 
-    def __init__(self, mean=TORCHVISION_MEAN, std=TORCHVISION_STD, **kwargs):
+    def __init__(self, mean=TORCHVISION_MEAN, std=TORCHVISION_STD, min_side=1, **kwargs):
+        kwargs.setdefault("autocast", False)  # a uint8 image must reach the check uncast
         super().__init__(**kwargs)
         self.initial_mean, self.initial_std = tuple(mean), tuple(std)
+        self.min_side = min_side
 
     def build(self, input_shape):
         self.mean = self._constant("mean", self.initial_mean)
@@ -52,10 +57,20 @@ class ImageNormalization(keras.layers.Layer):
         )
 
     def call(self, images):
+        # Called on Keras' symbolic tensors (tuple shapes, dtype names) and on tf.Tensors alike.
+        shape = None if getattr(images.shape, "rank", 0) is None else tuple(images.shape)
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        check_images(shape, dtype, "channels_last", self.min_side)
+        images = keras.ops.cast(images, self.compute_dtype)
         return (images - self.mean) / self.std
 
     def get_config(self):
-        return {**super().get_config(), "mean": self.initial_mean, "std": self.initial_std}
+        return {
+            **super().get_config(),
+            "mean": self.initial_mean,
+            "std": self.initial_std,
+            "min_side": self.min_side,
+        }
 
 
 def _conv(x, filters, kernel, stride, name, use_bias=True):
@@ -127,7 +142,7 @@ def _resnet_trunk(x, name):
 
 def _backbone_network(name, reduce_dim, input_shape, preprocessing):
     images = keras.Input(shape=input_shape, name="images")
-    x = ImageNormalization(*preprocessing, name="preprocess")(images)
+    x = ImageNormalization(*preprocessing, total_stride(name), name="preprocess")(images)
     x = (_sequential_trunk if name in SEQUENTIAL_PLANS else _resnet_trunk)(x, name)
     if reduce_dim:
         # iSQRT-COV's 1x1 conv + BN + ReLU that shrinks the channels before pooling.

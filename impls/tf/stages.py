@@ -312,18 +312,28 @@ def sqrtm(
     check_square_batch(static_shape(a))
     check_sqrtm_options(method, num_iters, backward)
     message = NON_FINITE_MESSAGE.format(name="matrix")
-    return _root(assert_finite(a, message), method, num_iters, backward, [(a, message)])
+    return _root(assert_finite(_square(a), message), method, num_iters, backward, [(a, message)])
+
+
+def _square(a):
+    """A traced matrix of unknown size gets its squareness checked when the graph runs."""
+    if tf.executing_eagerly() or (a.shape.rank is not None and a.shape[-1] == a.shape[-2]):
+        return a
+    a = with_rank(a, 3, _MATRIX_RANK_MESSAGE)
+    shape = tf.shape(a)
+    square = tf.debugging.assert_equal(shape[-1], shape[-2], message="matrix must be square")
+    with tf.control_dependencies([square]):
+        return tf.identity(a)
 
 
 def _signed_sqrt(z, delta):
     @tf.custom_gradient
     def signed_root(z):
         def grad(g):
-            # delta = 0 makes the slope at z = 0 infinite: floored at the root floor of sqrtm.
-            slope_denominator = tf.maximum(
-                2 * tf.sqrt(tf.abs(z) + delta), _finfo(z.dtype).tiny ** 0.5
-            )
-            return g / slope_denominator
+            # delta = 0 makes the slope at z = 0 infinite: held at 1 / (2 sqrt(u)) below
+            # |z| + delta = u (reference.conventions).
+            shifted = tf.maximum(tf.abs(z) + delta, _finfo(z.dtype).eps)
+            return g / (2 * tf.sqrt(shifted))
 
         # sign(z) (sqrt(|z| + delta) - sqrt(delta)) spelled without cancellation for |z| << delta
         # (delta = 0 is allowed: the floor keeps 0 / 0 at z = 0 from turning into NaN.)

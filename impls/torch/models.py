@@ -24,8 +24,11 @@ from impls.architectures import (
     out_channels,
     recipe_stage,
     sequential_layers,
+    total_stride,
 )
 from impls.torch.layers import IBPHead
+from impls.torch.stages import dtype_name
+from reference.contracts import check_images
 
 #: Keys of torchvision checkpoints that belong to the ImageNet classifier, not the backbone.
 _CLASSIFIER_PREFIXES = ("classifier.", "fc.")
@@ -66,13 +69,16 @@ def _channel_reduction(in_channels, reduce_dim):
 
 
 class _Backbone(nn.Module):
-    def __init__(self, trunk_channels, reduce_dim):
+    def __init__(self, name, trunk_channels, reduce_dim):
         super().__init__()
+        self.min_side = total_stride(name)
         self.preprocess = ImageNormalization()
         self.reduce = _channel_reduction(trunk_channels, reduce_dim) if reduce_dim else None
         self.out_channels = reduce_dim or trunk_channels
 
     def forward(self, images):
+        # Before the normalisation, which would broadcast one grey channel to three.
+        check_images(images.shape, dtype_name(images), "channels_first", self.min_side)
         x = self.trunk(self.preprocess(images))
         return x if self.reduce is None else self.reduce(x)
 
@@ -82,7 +88,7 @@ class SequentialBackbone(_Backbone):
 
     def __init__(self, name, reduce_dim=None):
         plan = SEQUENTIAL_PLANS[name]
-        super().__init__(plan[-1], reduce_dim)
+        super().__init__(name, plan[-1], reduce_dim)
         layers, channels = [], 3
         for _, kind, width in sequential_layers(plan):
             if kind == "conv":
@@ -129,7 +135,7 @@ class ResNetBackbone(_Backbone):
 
     def __init__(self, name, reduce_dim=None):
         variant = RESNET_VARIANTS[name]
-        super().__init__(out_channels(name), reduce_dim)
+        super().__init__(name, out_channels(name), reduce_dim)
         self.conv1 = _he_init(nn.Conv2d(3, 64, 7, 2, 3, bias=variant["conv_bias"]))
         self.bn1 = _batch_norm(64, variant["bn_eps"])
         self.relu = nn.ReLU(inplace=True)

@@ -186,9 +186,9 @@ class _NewtonSchulzSqrtm(torch.autograd.Function):
     """Newton-Schulz root with an exact (eigenbasis) or iterative (sign iteration) backward."""
 
     @staticmethod
-    def forward(ctx, a, num_iters, backward):
+    def forward(ctx, a, num_iters, backward, clamp):
         z = _newton_schulz_root(a, num_iters)
-        if not torch.compiler.is_compiling() and bool(_diverged(z).any()):
+        if clamp:
             z = torch.where(_diverged(z), _eigh_root(a)[0], z)
         ctx.num_iters, ctx.backward_method = num_iters, backward
         ctx.save_for_backward(z)
@@ -199,17 +199,17 @@ class _NewtonSchulzSqrtm(torch.autograd.Function):
     def backward(ctx, g):
         (z,) = ctx.saved_tensors
         if ctx.backward_method == "newton_schulz":
-            return _newton_schulz_lyapunov(z, g, ctx.num_iters), None, None
+            return _newton_schulz_lyapunov(z, g, ctx.num_iters), None, None, None
         eigenvalues, u = _eigh(_symmetric_part(z))
-        return _lyapunov_in_eigenbasis(u, eigenvalues.clamp_min(0), g), None, None
+        return _lyapunov_in_eigenbasis(u, eigenvalues.clamp_min(0), g), None, None, None
 
 
-def _autograd_newton_schulz(a, num_iters):
-    """Newton-Schulz differentiated through its iterations; samples that diverge are recomputed
-    by eigh (whose gradient is the Lyapunov solution), the others by a fresh iteration, so that no
-    NaN of a diverged sample sits in the graph that autograd walks back."""
+def _autograd_newton_schulz(a, num_iters, clamp):
+    """Newton-Schulz differentiated through its iterations. With `clamp`, samples that diverge are
+    recomputed by eigh (whose gradient is the Lyapunov solution), the others by a fresh iteration,
+    so that no NaN of a diverged sample sits in the graph that autograd walks back."""
     z = _newton_schulz_root(a, num_iters)
-    if torch.compiler.is_compiling() or not bool(_diverged(z).any()):
+    if not clamp:
         return z
     bad = _diverged(z.detach())
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
@@ -233,25 +233,40 @@ def check_sqrtm_options(method, num_iters, backward):
 
 
 def _root(a, method, num_iters, backward, checks):
-    """The root of the symmetric part of `a`, then one finiteness check of it: NaN or inf in
-    anything it came from (`checks`, (tensor, message) pairs, first cause first) shows there."""
+    """The root of the symmetric part of `a`, then one finiteness check of it (one host read):
+    NaN or inf in anything it came from (`checks`, (tensor, message) pairs, first cause first)
+    shows there, and so does a Newton-Schulz iteration that diverged on negative eigenvalues,
+    which is then computed again with those samples clamped. Under torch.compile the checks are
+    assertion ops, and a diverged iteration fails the last one instead of being recomputed."""
     method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type)
+    compiling = torch.compiler.is_compiling()
+    if compiling:
+        check_all_finite(checks)  # before the eigensolver, which would refuse NaN in its own words
     with torch.autocast(a.device.type, enabled=False):
         symmetric = _symmetric_part(a.to(compute_dtype(a)))
-        try:
+
+        def root(clamp):
             if method == "eigh" and eigh_dtype is not None:
                 wide = symmetric.to(eigh_dtype)
-                z = _EighSqrtm.apply(wide, symmetric.dtype).to(symmetric.dtype)
-            elif method == "eigh":
-                z = _EighSqrtm.apply(symmetric)
-            elif backward == "autograd":
-                z = _autograd_newton_schulz(symmetric, num_iters)
-            else:
-                z = _NewtonSchulzSqrtm.apply(symmetric, num_iters, backward)
+                return _EighSqrtm.apply(wide, symmetric.dtype).to(symmetric.dtype)
+            if method == "eigh":
+                return _EighSqrtm.apply(symmetric)
+            if backward == "autograd":
+                return _autograd_newton_schulz(symmetric, num_iters, clamp)
+            return _NewtonSchulzSqrtm.apply(symmetric, num_iters, backward, clamp)
+
+        try:
+            z = root(clamp=False)
         except torch.linalg.LinAlgError:
             check_all_finite(checks)  # the eigensolver refused NaN or inf: name it
             raise
-    check_all_finite([*checks, (z, NON_FINITE_MESSAGE.format(name="square root"))])
+        diverged = NON_FINITE_MESSAGE.format(name="Newton-Schulz root (negative eigenvalues)")
+        if compiling:
+            check_all_finite([(z, diverged)])
+        elif not bool(torch.isfinite(z).all()):
+            check_all_finite(checks)
+            z = root(clamp=True)
+            check_all_finite([(z, diverged)])
     return z.to(a.dtype)
 
 
@@ -288,11 +303,10 @@ class _SignedSqrt(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (z,) = ctx.saved_tensors
-        # delta = 0 makes the slope at z = 0 infinite: floored at the root floor of sqrtm.
-        slope_denominator = (2 * torch.sqrt(z.abs() + ctx.delta)).clamp_min(
-            torch.finfo(z.dtype).tiny ** 0.5
-        )
-        return g / slope_denominator, None
+        # delta = 0 makes the slope at z = 0 infinite: held at 1 / (2 sqrt(u)) below
+        # |z| + delta = u (reference.conventions).
+        shifted = (z.abs() + ctx.delta).clamp_min(torch.finfo(z.dtype).eps)
+        return g / (2 * torch.sqrt(shifted)), None
 
 
 def _signed_sqrt(z, delta):
