@@ -110,11 +110,13 @@ def _error_finding(name: str, error: BaseException) -> Any:
 
 
 def _load(message: tuple) -> tuple[Any, tuple]:
-    from impls.testing.check_target import UsageError
+    from impls.testing.check_target import UsageError, framework_of
     from impls.testing.model_check import checks
+    from impls.testing.model_check.frameworks import single_threaded
 
     _, target, framework, input_shape, seed = message
     try:
+        single_threaded(framework or framework_of(target))
         session = checks.Session(target, framework, input_shape, seed)
     except UsageError as error:
         return None, ("usage", str(error))
