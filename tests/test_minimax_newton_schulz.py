@@ -115,7 +115,8 @@ def test_error_falls_with_steps(backend):
 def test_products_within_budget():
     """Matrix products at torch's dispatcher: forward 4K - 3, iterative backward 5K - 1."""
     import_framework("torch")
-    from bench.products import PRODUCT_BUDGET, count_products
+    from bench.product_count import count_products
+    from bench.products import PRODUCT_BUDGET
     from impls.torch.minimax_newton_schulz import minimax_sqrtm
 
     a, g, _, _ = realistic_case(8)

@@ -1,0 +1,161 @@
+"""Counting the matrix products of torch square roots at the dispatcher, and the fewest
+iterations of each method that reach ACCURACY_TARGET: the measurement behind `bench.products`.
+
+Products are every aten mm/bmm/addmm/baddbmm call that actually runs, whatever Python spelling
+produced it, for forward and backward separately.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm import tqdm
+
+from bench.cases import ACCURACY_TARGET, MAX_SEARCHED_ITERATIONS, Cell
+from bench.errors import fewest_iterations
+from bench.inputs import Inputs
+from impls.minimax_polynomials import DEFAULT_MINIMAX_ITERATIONS
+from impls.testing.tolerances import relative_error
+from impls.torch import sqrtm
+from impls.torch.minimax_newton_schulz import MINIMAX_BACKWARDS, minimax_sqrtm
+from reference.conventions import NEWTON_SCHULZ_BACKWARDS
+
+_PRODUCT_OPS = {
+    torch.ops.aten.mm,
+    torch.ops.aten.bmm,
+    torch.ops.aten.addmm,
+    torch.ops.aten.baddbmm,
+    torch.ops.aten.addbmm,
+}
+
+
+#: What the envelope records as counted.
+COUNTED_OPS = sorted(str(op) for op in _PRODUCT_OPS)
+
+
+class ProductCounter(TorchDispatchMode):
+    """Counts the matrix products that reach torch's dispatcher while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in _PRODUCT_OPS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _minimax(a: torch.Tensor, num_iters: int, backward: str) -> torch.Tensor:
+    # The input sqrtm's dispatch gives it: the symmetric part, as a differentiable operation.
+    return minimax_sqrtm((a + a.mT) / 2, num_iters, backward)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A square root (method, backward) and how to call it at an iteration count."""
+
+    method: str
+    backward: str | None
+    root: Callable[[torch.Tensor, int | None], torch.Tensor]
+    #: Iteration counts scanned for the fewest that reach the target; None: not iterative.
+    iterations: tuple[int, int] | None
+
+    @property
+    def matmul_only(self) -> bool:
+        return self.method != "eigh" and self.backward != "lyapunov"
+
+
+def methods() -> list[Method]:
+    """Every matmul-only method and backward, and eigh for comparison."""
+    newton_schulz = [
+        Method(
+            "newton_schulz",
+            backward,
+            lambda a, k, backward=backward: sqrtm(
+                a, method="newton_schulz", num_iters=k, backward=backward
+            ),
+            (5, MAX_SEARCHED_ITERATIONS),
+        )
+        for backward in NEWTON_SCHULZ_BACKWARDS
+    ]
+    minimax = [
+        Method(
+            "minimax_newton_schulz",
+            backward,
+            lambda a, k, backward=backward: _minimax(a, k, backward),
+            (1, 3 * DEFAULT_MINIMAX_ITERATIONS),
+        )
+        for backward in MINIMAX_BACKWARDS
+    ]
+    eigh = Method("eigh", None, lambda a, _: sqrtm(a, method="eigh"), None)
+    return [*minimax, *newton_schulz, eigh]
+
+
+def count_products(
+    root: Callable[[torch.Tensor], torch.Tensor], a: np.ndarray, cotangent: np.ndarray
+) -> dict:
+    """Products of root's forward and of its backward on float32 `a`, the output and gradient."""
+    leaf = torch.tensor(a, dtype=torch.float32, requires_grad=True)
+    with ProductCounter() as forward:
+        z = root(leaf)
+    with ProductCounter() as backward:
+        (gradient,) = torch.autograd.grad(z, leaf, torch.tensor(cotangent, dtype=torch.float32))
+    return {
+        "forward_products": forward.count,
+        "backward_products": backward.count,
+        "products": forward.count + backward.count,
+        "root": z.detach().numpy(),
+        "gradient": gradient.numpy(),
+    }
+
+
+def measure_method(method: Method, case: tuple) -> dict:
+    """The fewest iterations of `method` that reach ACCURACY_TARGET on `case`, with its products
+    and errors there (iterations None: none in the scanned range reaches it)."""
+    a, cotangent, reference_root, reference_gradient = case
+
+    def run(k):
+        counted = count_products(lambda m: method.root(m, k), a, cotangent)
+        counted["forward_error"] = relative_error(counted.pop("root"), reference_root)
+        counted["backward_error"] = relative_error(counted.pop("gradient"), reference_gradient)
+        return counted
+
+    if method.iterations is None:
+        counted = run(None)
+        meets = max(counted["forward_error"], counted["backward_error"]) <= ACCURACY_TARGET
+        return {"iterations": None, "meets_target": meets, **counted}
+    measured = {}
+
+    def errors_at(k):
+        measured[k] = run(k)
+        return measured[k]["forward_error"], measured[k]["backward_error"]
+
+    k = fewest_iterations(errors_at, ACCURACY_TARGET, *method.iterations)
+    last = max(measured)
+    return {"iterations": k, "meets_target": k is not None, **measured[last if k is None else k]}
+
+
+def measure(channels: Sequence[int], batch: int) -> list[dict[str, Any]]:
+    """One row per (C, method, backward), on the benchmarks' seeded covariances."""
+    inputs = Inputs()
+    rows = []
+    with tqdm(total=len(channels) * len(methods()), desc="matrix products") as bar:
+        for c in channels:
+            cell = Cell(c, batch, "float32")
+            case = (inputs.covariances(cell), inputs.cotangent(cell), *inputs.reference(cell))
+            for method in methods():
+                rows.append(
+                    {
+                        **cell.info(),
+                        "method": method.method,
+                        "backward": method.backward,
+                        "matmul_only": method.matmul_only,
+                        **measure_method(method, case),
+                    }
+                )
+                bar.update()
+    return rows
