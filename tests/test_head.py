@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import reference
+from impls.testing.tolerances import condition_number, relative_error, tolerance
 
 
 def test_head_with_classifier_matches_reference(backend):
@@ -56,6 +57,20 @@ def test_keras_model_trains_in_graph_mode_and_reloads(tmp_path, method):
     np.testing.assert_allclose(
         reloaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_head_keeps_the_input_dtype(backend, dtype):
+    """Half precision is computed in float32 inside and returned in its dtype; float64 is computed
+    in float64 (so it meets the float64 reference at float64 round-off)."""
+    x = np.random.default_rng(5).random((2, 3, 4, 4))
+    head = backend.impl.IBPHead(3)
+    out = head(backend.feature_map(x, dtype))
+    assert backend.dtype_name(out) == dtype
+    expected = reference.ibp_head(x)
+    kappa = condition_number(reference.bilinear_pool(x))
+    allowed = tolerance("head", "forward", dtype, 3, kappa)
+    assert relative_error(backend.numpy(out), expected) < allowed
 
 
 def test_keras_head_config_round_trip():

@@ -271,6 +271,15 @@ CASES = [
         "3 \\(RGB\\) channels",
     ),
     Case(
+        "uint8 images into a model",
+        call(
+            lambda b, impl: impl.build_model("small", 3)(
+                typed(b, b.numpy(b.feature_map(255 * IMAGES)), "uint8")
+            )
+        ),
+        "scale to \\[0, 1\\] floats",
+    ),
+    Case(
         "1x1 image into a model",
         call(lambda b, impl: impl.build_model("small", 3)(feature_map(b, IMAGES[:, :, :1, :1]))),
         "too small for this backbone",

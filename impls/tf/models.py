@@ -10,6 +10,7 @@ is the nested model named "backbone" and the head the layer named "head".
 import os
 
 import keras
+import numpy as np
 
 from impls.architectures import (
     BN_EPS,
@@ -71,6 +72,17 @@ class ImageNormalization(keras.layers.Layer):
             "std": self.initial_std,
             "min_side": self.min_side,
         }
+
+
+@keras.saving.register_keras_serializable(package="ibp")
+class ImageModel(keras.Model):
+    """A functional model of images that refuses integer images before Keras converts them to its
+    input's float dtype, which would pass 0..255 pixels on unscaled."""
+
+    def __call__(self, images, *args, **kwargs):
+        dtype = getattr(images, "dtype", None) or np.asarray(images).dtype
+        check_images(None, keras.backend.standardize_dtype(dtype), "channels_last", 1)
+        return super().__call__(images, *args, **kwargs)
 
 
 def _conv(x, filters, kernel, stride, name, use_bias=True):
@@ -148,7 +160,7 @@ def _backbone_network(name, reduce_dim, input_shape, preprocessing):
         # iSQRT-COV's 1x1 conv + BN + ReLU that shrinks the channels before pooling.
         x = _batch_norm(_conv(x, reduce_dim, 1, 1, "reduce.0", use_bias=False), "reduce.1")
         x = keras.layers.ReLU(name="reduce.2")(x)
-    return keras.Model(images, x, name=BACKBONE_LAYER)
+    return ImageModel(images, x, name=BACKBONE_LAYER)
 
 
 def build_backbone(name, weights=None, reduce_dim=None, input_shape=(None, None, 3)):
@@ -185,7 +197,7 @@ def build_model(
     channels = out_channels(backbone, reduce_dim)
     head = IBPHead(channels, num_classes, name=HEAD_LAYER, **head_kwargs)
     images = keras.Input(shape=input_shape, name="images")
-    model = keras.Model(images, head(features(images)), name=f"ibp_{backbone}")
+    model = ImageModel(images, head(features(images)), name=f"ibp_{backbone}")
     if local_file:
         _load_weights(model, weights, part=None)
     return model
