@@ -1,0 +1,233 @@
+"""`ibp-check model` and the assertions for users' test suites: the founding question's model
+fails naming its bugs, the fixed model passes, a low learning rate alone fails alone, and
+`assert_stage` in a user's pytest file reports the diagnosis."""
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from impls.testing import founding_question as question
+from impls.testing.assertions import target_of
+from impls.testing.model_check import main
+from impls.testing.model_check.checks import PROBE_MARGIN_SE, locate_head
+from impls.testing.model_check.frameworks import LayerCall
+from reference.contracts import IBPInputError
+from tests.conftest import import_framework
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: framework -> (package, one sample's shape for --input-shape, the examples' file suffix)
+FRAMEWORKS = {"tf": ("tensorflow", None, "keras"), "torch": ("torch", (3, 32, 32), "torch")}
+QUESTION_HEAD = [
+    ("bilinear_pool", "pool"),
+    ("svd_square_root", "sqrtm"),
+    ("signed_sqrt", "signed-sqrt"),
+    ("l2_normalise", "l2"),
+]
+
+
+@pytest.fixture(params=sorted(FRAMEWORKS), ids=str)
+def framework(request):
+    import_framework(FRAMEWORKS[request.param][0])
+    return request.param
+
+
+@functools.cache
+def _report(framework, example, function):
+    from impls.testing.assertions import check_model
+
+    _, shape, suffix = FRAMEWORKS[framework]
+    return check_model(f"{EXAMPLES / f'{example}_{suffix}.py'}:{function}", framework, shape)
+
+
+def _finding(report, name):
+    return next(f for f in report.findings if f.name == name)
+
+
+def _causes(report, name):
+    return " ".join(_finding(report, name).causes)
+
+
+@pytest.mark.slow
+def test_question_model_names_its_bugs(framework):
+    report = _report(framework, "question_model", "question_model")
+    assert not report.passed
+    assert report.head == QUESTION_HEAD
+    assert report.batch == question.BATCH_SIZE
+    assert f"a batch size of {question.BATCH_SIZE} is hard-coded" in _causes(report, "batch sizes")
+    for mode in ("inference", "training"):
+        mixing = _finding(report, f"per-sample independence ({mode} mode)")
+        assert mixing.status == "FAIL"
+        assert mixing.causes[0].startswith("layer bilinear_pool")
+        assert mixing.measurements["mixing_layers"] == ["bilinear_pool", "l2_normalise"]
+    rate = _finding(report, "learning-rate scale")
+    assert rate.status == "FAIL" and "the classifier's logits move by" in rate.causes[0]
+    assert "SGD at lr 1.0" in rate.causes[0]
+    probe = _finding(report, "learnability")
+    assert probe.status == "FAIL" and "batch-majority ceiling" in probe.causes[0]
+    assert probe.measurements["accuracy"] <= probe.measurements["batch_majority_ceiling"]
+    assert "eps * ones" in _causes(report, "pool stage on layer bilinear_pool")
+    assert "applied twice" in _causes(report, "sqrtm stage on layer svd_square_root")
+    assert "whole batch" in _causes(report, "l2 stage on layer l2_normalise")
+
+
+@pytest.mark.slow
+def test_fixed_model_with_the_recipe_passes(framework):
+    report = _report(framework, "fixed_model", "fixed_model")
+    failed = [(f.name, f.causes) for f in report.findings if f.status == "FAIL"]
+    assert failed == []
+    assert [stage for _, stage in report.head] == ["pool", "sqrtm", "signed-sqrt", "l2"]
+    probe = _finding(report, "learnability").measurements
+    margin = PROBE_MARGIN_SE * np.sqrt(0.25 / probe["test_images"])
+    assert probe["accuracy"] > probe["batch_majority_ceiling"] + margin
+
+
+@pytest.mark.slow
+def test_low_learning_rate_fails_on_the_learning_rate_alone(framework):
+    report = _report(framework, "fixed_model", "low_learning_rate_model")
+    assert [f.name for f in report.findings if f.status == "FAIL"] == ["learning-rate scale"]
+    assert "the learning rate is far too small" in _causes(report, "learning-rate scale")
+
+
+def _call(name, kind, x, y, parametrised=False):
+    return LayerCall(name, kind, x, y, False, parametrised)
+
+
+def test_locate_head_by_inputs_and_outputs():
+    rng = np.random.default_rng(0)
+    feature_map = rng.random((2, 3, 4, 5))  # torch layout: 3 channels
+    pooled = np.einsum("bchw,bdhw->bcd", feature_map, feature_map)
+    root = pooled / 2.0 + 0.1  # any (B, C, C) -> (B, C, C) map that is not another stage
+    signed = np.sign(root) * np.sqrt(np.abs(root))
+    flat = signed.reshape(2, -1)
+    normalised = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    calls = [
+        _call("backbone", "Sequential", feature_map, feature_map, parametrised=True),
+        _call("pool", "Pool", feature_map, pooled),
+        _call("root", "Root", pooled, root),
+        _call("signed", "Signed", root, signed),
+        _call("flatten", "Flatten", signed, flat),
+        _call("norm", "Norm", flat, normalised),
+        _call("classifier", "Linear", normalised, normalised[:, :2], parametrised=True),
+    ]
+    session = SimpleNamespace(framework="torch", calls=calls)
+    located = locate_head(session)
+    assert located == [
+        ("pool", "pool"),
+        ("root", "sqrtm"),
+        ("signed", "signed-sqrt"),
+        ("norm", "l2"),
+    ]
+
+
+def test_a_whole_head_is_located_as_one_layer():
+    feature_map = np.random.default_rng(1).random((2, 4, 4, 3))  # Keras layout
+    pooled = np.einsum("bhwc,bhwd->bcd", feature_map, feature_map).reshape(2, -1)
+    head = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    session = SimpleNamespace(framework="tf", calls=[_call("ibp", "IBPHead", feature_map, head)])
+    assert locate_head(session) == [("ibp", "head")]
+
+
+@pytest.mark.parametrize("shape", ["3,32", "3,0,32", "a,b,c"])
+def test_cli_refuses_a_bad_input_shape_with_exit_2(shape, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["examples/fixed_model_torch.py:fixed_model", "--input-shape", shape])
+    assert exit_.value.code == 2
+    assert "--input-shape" in capsys.readouterr().err
+
+
+def test_a_local_function_is_refused_with_a_clear_error():
+    def local(x):
+        return x
+
+    with pytest.raises(IBPInputError, match="top level of a module"):
+        target_of(local)
+
+
+@pytest.mark.slow
+def test_assert_stage_in_a_users_pytest_file_reports_the_diagnosis(tmp_path):
+    import_framework("torch")
+    user_tests = tmp_path / "test_user_layers.py"
+    user_tests.write_text(
+        textwrap.dedent(
+            """\
+            import torch
+
+            from impls.testing.assertions import assert_stage
+
+
+            def my_l2(y):
+                return y / torch.linalg.vector_norm(y.flatten(1), dim=1)[:, None, None]
+
+
+            def my_batch_l2(y):
+                return y / torch.linalg.vector_norm(y)
+
+
+            def test_my_l2():
+                assert_stage("l2", my_l2, max_examples=10)
+
+
+            def test_my_batch_l2():
+                assert_stage("l2", my_batch_l2, max_examples=10)
+            """
+        )
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "impls.testing.pytest_plugin",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(user_tests),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(EXAMPLES.parent)},
+    )
+    assert "1 failed, 1 passed" in run.stdout, run.stdout + run.stderr
+    assert "ibp-check failed" in run.stdout
+    assert "FAIL  per-sample independence" in run.stdout
+    assert "whole batch" in run.stdout
+    assert not (tmp_path / ".hypothesis").exists()
+
+
+@pytest.mark.slow
+def test_batchnorm_in_training_mode_is_a_note_not_a_failure(tmp_path):
+    import_framework("torch")
+    from impls.testing.model_check import checks
+
+    model_file = tmp_path / "small_model.py"
+    model_file.write_text(
+        textwrap.dedent(
+            """\
+            from torch import nn
+
+
+            def model():
+                return nn.Sequential(
+                    nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                    nn.Linear(4 * 6 * 6, 3),
+                )
+            """
+        )
+    )
+    session = checks.Session(f"{model_file}:model", "torch", (3, 8, 8), seed=0)
+    assert session.batch_finding.status == "PASS"
+    training = checks.independence(session, training=True)
+    assert training.status == "PASS"
+    assert any("1 (BatchNorm2d) mixes samples in training mode" in note for note in training.causes)
+    assert checks.independence(session, training=False).status == "PASS"
+    assert checks.learning_rate(session).status == "SKIP"  # no optimizer returned
