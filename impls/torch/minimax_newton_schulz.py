@@ -9,6 +9,11 @@ forward's squared iterates and step polynomials (2K + 1 saved matrices) and cost
 "autograd" differentiates through the steps, 8K - 6 products (50 at K = 7) and every intermediate
 kept; "lyapunov" is exact for the computed root at 4 products, but through an eigendecomposition,
 which is what a GPU path avoids.
+
+Like every Newton-Schulz root it needs A positive semidefinite: a negative eigenvalue -mu of
+A / ||A||_F is multiplied by h_k(-mu)^2 > 1 in every step instead of converging. Round-off of a
+covariance (mu ~ 1e-8, also at C = 512 with eps = 0 and fewer locations than channels) stays
+harmless at K = 7; mu ~ 1e-6 leaves a wrong root, and 1e-5 overflows to inf.
 """
 
 import torch
