@@ -23,11 +23,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RENDERING_MODULES = (
     "bench.report.document",
     "bench.sqrtm_error",
+    "bench.products",
     "bench.accuracy.report",
     "impls.testing.check_catalogue",
 )
 #: Results files written by those modules: each carries the full envelope.
-ENVELOPED_RESULTS = ("sqrtm_error.json",)
+ENVELOPED_RESULTS = ("sqrtm_error.json", "products.json")
 
 for _module in RENDERING_MODULES:
     importlib.import_module(_module)
