@@ -18,8 +18,10 @@ from impls.testing.bug_catalogue import BUGS, CORRECT
 from impls.testing.check_catalogue import run_bug, run_correct
 from impls.testing.sandbox import Sandbox
 
-#: A hanging layer costs the call timeout: short here, far above any correct call's time.
-FAST = {"max_examples": 10, "max_channels": 5, "call_timeout": 30.0, "seconds_per_property": 2.0}
+#: The fixed realistic cases run whatever these settings: the search adds few small examples.
+FAST = {"max_examples": 5, "max_channels": 5, "seconds_per_property": 1.0}
+#: The hanging layer costs its call timeout: short, and far above any correct call's time.
+HANG_TIMEOUT = 5.0
 FAST_CLI = ["--max-examples", "4", "--size", "3"]
 
 REPORT_KEYS = {
@@ -82,7 +84,8 @@ def sandboxes():
 def test_catalogued_bug_fails_with_its_diagnosis(backend, bug, sandboxes):
     if backend.name not in bug.frameworks:
         pytest.skip(f"{backend.name} cannot express {bug.name}")
-    outcome = run_bug(bug, backend.name, sandbox=sandboxes(backend.name), **FAST)
+    settings = FAST | ({"call_timeout": HANG_TIMEOUT} if bug.name == "hangs" else {})
+    outcome = run_bug(bug, backend.name, sandbox=sandboxes(backend.name), **settings)
     assert outcome.caught, (
         f"{bug.name} [{backend.name}]: no diagnosis holds {bug.expected!r}; "
         f"failed: {outcome.failed_properties}"
@@ -279,3 +282,14 @@ def test_hostile_targets_fail_with_their_cause_and_json_stays_valid(tmp_path, mo
     assert json.loads(captured.out)["target_output"].count("noise from the layer") >= 1
     assert "noise from the layer" in captured.err
     assert list(caller.iterdir()) == []
+
+
+@pytest.mark.usefixtures("torch_installed")
+def test_a_function_of_another_stage_is_named_so(capsys):
+    """A pooling function checked as the root: its errors point at STAGE, and the header shows
+    the matrix stage's input, not a feature-map layout."""
+    target = "impls.testing.bug_catalogue.torch_correct:pool_einsum"
+    assert check.main(["sqrtm", target, *FAST_CLI]) == 1
+    out = capsys.readouterr().out
+    assert "matrices (B, C, C)" in out and "channels-" not in out.splitlines()[1]
+    assert "check STAGE" in out
