@@ -622,3 +622,16 @@ def test_plot_separates_families_and_equal_curves_and_labels_divergence(tmp_path
     assert report.family("seed") == report.family("seed_fix_eps_ones") != report.family("ibp")
     labels = [text.get_text() for text in axis.texts]
     assert labels == ["seed_fix_frozen_backbone: diverged (NaN loss)"]
+
+
+def test_the_study_names_the_runs_near_30_percent_and_their_mechanism():
+    prior = _fake_run("seed_pretrained", [0.3], dataset="synthetic-30")
+    prior.update(test_accuracy=0.299, chance_rate=0.299)
+    prior["answers"].update(unanimous_batches=1.0, majority_class_answers=1.0)
+    prior["initial_answers"] = {**prior["answers"], "majority_class_answers": 0.0}
+    balanced = _fake_run("seed", [1 / 7])
+    balanced.update(test_accuracy=1 / 7, initial_answers=balanced["answers"])
+    text = "\n".join(report._study([prior, balanced]))
+    assert "- `seed_pretrained` on `synthetic-30` (torch): 29.9 %; it answers the majority" in text
+    assert "so training taught it that" in text
+    assert "- `seed` on" not in text

@@ -166,7 +166,8 @@ STUDIES = {
         ("synthetic", "synthetic-30"),
         ("ibp", "seed", "seed_pretrained", "seed_pretrained_fix_low_lr"),
         "Where does the question's 30 % come from? Its set-up on a frozen backbone that already "
-        "separates the classes, at its learning rate and at one that can exploit the batch sum, "
-        "on balanced classes and with one class at 30 %.",
+        "separates the classes, at its learning rate and at the authors' classifier rate (fast "
+        "enough to exploit the batch sum if it can be), on balanced classes and with one class "
+        "at 30 %.",
     ),
 }

@@ -74,7 +74,8 @@ MECHANISMS = {
     "seed_pretrained_fix_low_lr": "`seed_pretrained` at the authors' classifier rate (SGD lr "
     "1.0, momentum 0.9). The batch sum stays, so the classifier still sees one vector per batch; "
     "but that vector is the root of a sum of covariances of features that separate the classes, "
-    "and a fast classifier can learn to answer the batch's dominant class from it.",
+    "so a fast classifier could learn to answer the batch's dominant class from it: the answers "
+    "below show whether it does.",
     "first_order": "Global average pooling instead of bilinear pooling, same recipe as ibp. This "
     "is first-order in the backbone's features, not in the pixels: the mean of ReLU(w . x) grows "
     "with the variance w^T S w of the filter response, a second-order statistic of the image, so "
@@ -353,6 +354,12 @@ def mechanism(run: dict) -> str:
     return "answers per sample"
 
 
+def _learned(run):
+    before = run["initial_answers"]["majority_class_answers"]
+    after = run["answers"]["majority_class_answers"]
+    return ", so training taught it that" if after >= MOSTLY > before else ""
+
+
 def _study(runs):
     """The answers of every run as a table, and which configuration plateaus near the
     question's 30 % and why, from the numbers."""
@@ -411,7 +418,9 @@ def _study(runs):
         f"- `{run['config']}` on `{run['dataset']}` ({run['framework']}): "
         f"{_percent(run['test_accuracy'])}; it {mechanism(run)} (ceiling "
         f"{_percent(run['answers']['batch_majority_ceiling'])}, majority-class rate "
-        f"{_percent(run['chance_rate'])})."
+        f"{_percent(run['chance_rate'])}; before training "
+        f"{_percent(run['initial_answers']['majority_class_answers'])} of its answers were the "
+        f"majority class{_learned(run)})."
         for run in near
     ]
     return lines
