@@ -3,6 +3,7 @@ fails naming its bugs, the fixed model passes, a low learning rate alone fails a
 `assert_stage` in a user's pytest file reports the diagnosis."""
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from impls.testing.assertions import target_of
 from impls.testing.model_check import main
 from impls.testing.model_check.checks import PROBE_MARGIN_SE, locate_head
 from impls.testing.model_check.frameworks import LayerCall
+from impls.testing.model_check.supervisor import CHECKS
 from reference.contracts import IBPInputError
 from tests.conftest import import_framework
 
@@ -225,9 +227,56 @@ def test_batchnorm_in_training_mode_is_a_note_not_a_failure(tmp_path):
         )
     )
     session = checks.Session(f"{model_file}:model", "torch", (3, 8, 8), seed=0)
+    session.probe()
     assert session.batch_finding.status == "PASS"
     training = checks.independence(session, training=True)
     assert training.status == "PASS"
     assert any("1 (BatchNorm2d) mixes samples in training mode" in note for note in training.causes)
     assert checks.independence(session, training=False).status == "PASS"
     assert checks.learning_rate(session).status == "SKIP"  # no optimizer returned
+
+
+TINY_TORCH_MODEL = """\
+import time
+
+import torch
+from torch import nn
+
+
+class Hangs(nn.Module):
+    def forward(self, x):
+        time.sleep(3600)
+
+
+def model():
+    print("building the model")
+    network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    return network, torch.optim.SGD(network.parameters(), lr=0.1)
+
+
+def hanging_model():
+    return Hangs()
+"""
+
+
+@pytest.mark.slow
+def test_json_report_stays_valid_when_the_model_prints(tmp_path, capsys):
+    import_framework("torch")
+    (tmp_path / "tiny.py").write_text(TINY_TORCH_MODEL)
+    status = main([f"{tmp_path / 'tiny.py'}:model", "--input-shape", "3,8,8", "--json"])
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert status == (0 if report["passed"] else 1)
+    assert [f["name"] for f in report["findings"]][:2] == ["batch sizes", CHECKS[0]]
+    assert report["head"] == []  # no IBP head: a note, no stage checks
+    assert "building the model" in err and "building the model" in report["target_output"]
+
+
+@pytest.mark.slow
+def test_a_hanging_model_fails_within_the_call_timeout(tmp_path, capsys):
+    import_framework("torch")
+    (tmp_path / "tiny.py").write_text(TINY_TORCH_MODEL)
+    target = f"{tmp_path / 'tiny.py'}:hanging_model"
+    assert main([target, "--input-shape", "3,8,8", "--call-timeout", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  batch sizes" in out and "took longer than 2 s" in out

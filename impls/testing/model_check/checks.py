@@ -58,13 +58,17 @@ def probe_images(model: Any, labels: np.ndarray, rng: np.random.Generator) -> np
 
 
 class Session:
-    """The target, the batch size it works at, and its layers as traced once."""
+    """The target, the batch size it works at, and its layers as traced once (`probe`)."""
 
     def __init__(self, target: str, framework: str | None, input_shape: Any, seed: int) -> None:
         self.target, self.input_shape, self.seed = target, input_shape, seed
         self.model = build(target, framework, input_shape, seed)
         self.framework = self.model.framework
         self.rng = np.random.default_rng(seed)
+
+    def probe(self) -> None:
+        """The first calls: the batch size the model works at, and its layers' calls. Raises
+        RuntimeError when it works at no batch size tried."""
         self.batch, self.batch_finding = self._working_batch()
         self.x = probe_images(self.model, np.arange(self.batch), self.rng)
         self.calls = self.model.trace(self.x)
@@ -381,8 +385,12 @@ def learnability(session: Session) -> Finding:
     if accuracy >= bar:
         return Finding(name, "PASS", checks, [said], measurements)
     plateau = (
-        "no better than the batch-majority ceiling: the plateau of a model whose features "
-        "cannot tell the samples of a batch apart, so that it answers each batch with one class"
+        "no better than the batch-majority ceiling: the plateau of a model that answers each "
+        "batch with one class (its features cannot tell a batch's samples apart, or carry too "
+        "little of the classes)"
+        if accuracy <= ceiling
+        else "above the batch-majority ceiling, but not by the margin: the features carry little "
+        "of the classes"
     )
     return Finding(name, "FAIL", checks, [f"{said}: {plateau}"], measurements)
 

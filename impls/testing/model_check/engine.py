@@ -26,7 +26,7 @@ STAGE_SECONDS_PER_PROPERTY = 3.0
 class ModelReport:
     target: str
     framework: str
-    batch: int  # the batch size the checks ran at
+    batch: int | None  # the batch size the checks ran at; None where the model ran at none
     layers: list  # (name, kind) in the order the model calls them
     head: list  # (layer, stage) of the IBP head found in the model
     findings: list
@@ -95,22 +95,31 @@ def check_model(
     sandbox.TargetUnusable when the model cannot be built or run."""
     started = time.perf_counter()
     with ModelSandbox(call_timeout) as box:
-        summary = box.load(target, framework, input_shape, seed)
-        framework = summary["framework"]
-        findings, stopped = [summary["batch_finding"]], None
-        for name in CHECKS:
-            if stopped is not None:
-                findings.append(Finding(name, "FAIL", "", [f"not checked: {stopped}"]))
-                continue
-            try:
-                findings.append(box.run(name))
-            except TargetStopped as stop:
-                stopped = f"the model stopped in {name}"
-                findings.append(Finding(name, "FAIL", "", [stop.diagnosis]))
+        framework = box.load(target, framework, input_shape, seed)
+        try:
+            summary = box.probe()
+        except TargetStopped as stop:
+            summary = {"failed": Finding("batch sizes", "FAIL", "", [stop.diagnosis])}
+        if "failed" in summary:
+            why = "not checked: the model's first calls failed (see batch sizes)"
+            findings = [summary["failed"]] + [Finding(n, "FAIL", "", [why]) for n in CHECKS]
+            summary = {"batch": None, "layers": [], "located": []}
+        else:
+            findings = [summary["batch_finding"]] + _child_findings(box)
         output = box.captured()
-    findings += _stage_findings(
-        target, framework, input_shape, seed, summary["located"], call_timeout, stage_examples
-    )
+    if summary["located"]:
+        findings += _stage_findings(
+            target, framework, input_shape, seed, summary["located"], call_timeout, stage_examples
+        )
+    elif summary["layers"]:
+        findings.append(
+            Finding(
+                "IBP head",
+                "NOTE",
+                "no layer turns a feature map into a (B, C, C) matrix or its flattening: no "
+                "stage checks ran",
+            )
+        )
     report = ModelReport(
         target,
         framework,
@@ -124,16 +133,22 @@ def check_model(
     return report
 
 
+def _child_findings(box: ModelSandbox) -> list[Finding]:
+    """The whole-model checks; after the model stopped, the rest are not checked."""
+    findings, stopped = [], None
+    for name in CHECKS:
+        if stopped is not None:
+            findings.append(Finding(name, "FAIL", "", [f"not checked: {stopped}"]))
+            continue
+        try:
+            findings.append(box.run(name))
+        except TargetStopped as stop:
+            stopped = f"the model stopped in {name}"
+            findings.append(Finding(name, "FAIL", "", [stop.diagnosis]))
+    return findings
+
+
 def _stage_findings(target, framework, input_shape, seed, located, call_timeout, examples):
-    if not located:
-        return [
-            Finding(
-                "IBP head",
-                "NOTE",
-                "no layer turns a feature map into a (B, C, C) "
-                "matrix or its flattening: no stage checks ran",
-            )
-        ]
     findings = []
     with (
         tempfile.TemporaryDirectory(prefix="ibp-check-layers-") as folder,

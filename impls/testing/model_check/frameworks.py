@@ -79,7 +79,11 @@ class KerasModel:
         calls, h = [], x
         if self._chain is not False:
             for layer in self.layers:
-                out = layer(h, training=training)
+                try:
+                    out = layer(h, training=training)
+                except Exception:  # a layer of a branching model refuses its predecessor's output
+                    self._chain = False
+                    break
                 calls.append(
                     LayerCall(
                         layer.name,
@@ -91,7 +95,9 @@ class KerasModel:
                     )
                 )
                 h = out
-            if self._chain is None:
+            if self._chain is False:
+                calls = []
+            elif self._chain is None:
                 whole = self.forward(x, training=False)
                 chained = calls if not training else self.trace(x, training=False)
                 self._chain = chained[-1].output.shape == whole.shape and np.allclose(

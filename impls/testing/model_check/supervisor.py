@@ -63,8 +63,8 @@ class ModelSandbox:
             self._process.join(5)
             raise TargetStopped(_exit_cause(self._process.exitcode)) from None
 
-    def load(self, target: str, framework: str | None, input_shape: Any, seed: int) -> dict:
-        """Build the model in the child; its summary. Raises TargetUnusable."""
+    def load(self, target: str, framework: str | None, input_shape: Any, seed: int) -> str:
+        """Build the model in the child; its framework. Raises TargetUnusable."""
         slow = f"building the model took longer than {START_TIMEOUT:g} s"
         try:
             answer = self._exchange(
@@ -76,14 +76,20 @@ class ModelSandbox:
             raise TargetUnusable(answer[1])
         return answer[1]
 
-    def run(self, name: str) -> Any:
-        """The Finding of the check `name`; raises TargetStopped."""
+    def _call(self, message: tuple) -> Any:
         slow = (
             f"the check took longer than {self.call_timeout:g} s (--call-timeout): the model "
             "hangs or is far too slow"
         )
-        answer = self._exchange(("check", name), self.call_timeout, slow)
-        return answer[1]
+        return self._exchange(message, self.call_timeout, slow)[1]
+
+    def probe(self) -> dict:
+        """The model's first calls (see `_probe`); raises TargetStopped."""
+        return self._call(("probe",))
+
+    def run(self, name: str) -> Any:
+        """The Finding of the check `name`; raises TargetStopped."""
+        return self._call(("check", name))
 
     def captured(self) -> str:
         return self._capture.read_text(errors="replace")
@@ -120,16 +126,25 @@ def _load(message: tuple) -> tuple[Any, tuple]:
         session = checks.Session(target, framework, input_shape, seed)
     except UsageError as error:
         return None, ("usage", str(error))
-    except Exception as error:  # the model fails to build or to run at any batch size
-        return None, ("usage", f"{target}: {type(error).__name__}: {error}")
-    summary = {
-        "framework": session.framework,
+    except Exception as error:  # the function fails to build a model
+        return None, ("usage", f"building the model: {type(error).__name__}: {error}")
+    return session, ("loaded", session.framework)
+
+
+def _probe(session: Any) -> dict:
+    """The first calls' summary, or {"failed": Finding} where the model runs at no batch size."""
+    from impls.testing.model_check import checks
+
+    try:
+        session.probe()
+    except Exception as error:  # the user's model may raise anything
+        return {"failed": _error_finding("batch sizes", error)}
+    return {
         "batch": session.batch,
         "batch_finding": session.batch_finding,
         "located": checks.locate_head(session),
         "layers": [(call.name, call.kind) for call in session.calls],
     }
-    return session, ("loaded", summary)
 
 
 def serve(connection: Any, capture: str) -> None:
@@ -151,6 +166,8 @@ def serve(connection: Any, capture: str) -> None:
             return
         if message[0] == "load":
             session, answer = _load(message)
+        elif message[0] == "probe":
+            answer = ("ok", _probe(session))
         else:
             try:
                 answer = ("ok", run[message[1]](session))
