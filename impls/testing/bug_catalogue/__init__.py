@@ -134,7 +134,8 @@ BUGS = (
         "sqrtm",
         "sqrtm_returns_float64",
         "returns float64 for float32 input",
-        "a correct root, computed and returned in float64",
+        "an eigh root computed and returned in float64, differentiated by autodiff",
+        also=("autodiff through eigh/svd",),
     ),
     Bug(
         "overwrites-saved-tensor",

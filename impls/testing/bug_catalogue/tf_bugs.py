@@ -187,6 +187,7 @@ def sqrtm_hangs(a):
 
 
 def sqrtm_returns_float64(a):
-    """A correct root computed and returned in float64, whatever the input's dtype."""
+    """An eigh root computed and returned in float64, whatever the input's dtype (its autodiff
+    gradient is wrong on repeated eigenvalues too)."""
     eigenvalues, u = tf.linalg.eigh(tf.cast(a, tf.float64))
     return (u * tf.sqrt(tf.maximum(eigenvalues, 0))[:, None, :]) @ _transpose(u)

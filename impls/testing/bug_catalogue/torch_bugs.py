@@ -197,7 +197,8 @@ def sqrtm_hangs(a):
 
 
 def sqrtm_returns_float64(a):
-    """A correct root computed and returned in float64, whatever the input's dtype."""
+    """An eigh root computed and returned in float64, whatever the input's dtype (its autodiff
+    gradient is wrong on repeated eigenvalues too)."""
     eigenvalues, u = torch.linalg.eigh(a.double())
     return (u * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ u.mT
 
