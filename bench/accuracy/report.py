@@ -62,8 +62,10 @@ MECHANISMS = {
     "seed_fix_frozen_backbone": "Everything trains (still SGD lr 0.001), so gradients now flow "
     "through the question's SVD root (bug 6). torch's SVD gradient divides by differences of "
     "singular values, so equal ones (dead ReLU channels of the random backbone give them) make it "
-    "NaN; TensorFlow's SVD gradient drops the terms of equal singular values and stays finite, "
-    "but there the batch sum and lr 0.001 remain.",
+    "NaN. TensorFlow's SVD gradient drops the terms of equal singular values, but its SVD of these "
+    "nearly singular matrices can fail to converge (Eigen's BDCSVD then logs error code 3 and "
+    "returns NaN); where it converges, the batch sum and lr 0.001 remain and the run stays at "
+    "chance.",
     "seed_fix_batch_sum_and_low_lr": "Bugs 1 and 5 fixed together: per-sample pooling and the "
     "authors' classifier optimizer. The fourth root, eps * ones and the batch-wide L2 stay; the "
     "distance to `ibp_frozen` is what they cost.",
