@@ -8,6 +8,8 @@ with the messages defined here, so that eager code and graph assertion ops say t
 import math
 import numbers
 
+from reference.conventions import ITERATIVE_DEFAULTS, NEWTON_SCHULZ_BACKWARDS, SQRTM_METHODS
+
 LAYOUT_AXES = {"channels_first": "(B, C, H, W)", "channels_last": "(B, H, W, C)"}
 
 #: dtypes the stages compute in; half precision is widened to float32 inside.
@@ -153,3 +155,21 @@ def check_images(shape, dtype_name, layout, min_side):
             f"images of {spatial[0]} x {spatial[1]} pixels are too small for this backbone: it "
             f"needs at least {min_side} x {min_side} (its total stride)"
         )
+
+
+def check_sqrtm_options(method, num_iters, backward):
+    """sqrtm's options; None for num_iters or backward means the method's default."""
+    check_choice(method, SQRTM_METHODS, "sqrtm method")
+    check_positive_int(num_iters, "num_iters", allow_none=True)
+    if backward is not None:
+        check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
+
+
+def with_method_defaults(method, num_iters, backward):
+    """(num_iters, backward) with None replaced by `method`'s default (ITERATIVE_DEFAULTS); eigh
+    has neither and ignores both."""
+    default_iters, default_backward = ITERATIVE_DEFAULTS.get(method, (None, None))
+    return (
+        default_iters if num_iters is None else num_iters,
+        default_backward if backward is None else backward,
+    )

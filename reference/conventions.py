@@ -40,7 +40,7 @@ NEWTON_SCHULZ_STATED_ACCURACY = 1e-4
 #: held at 1 / (2 sqrt(u)) below |z| + delta = u (never reached with the default delta). With the
 #: L2 floor's 1 / L2_NORM_FLOOR and the root floor's 1 / (2 sqrt(tiny)), the head's backward on an
 #: all-zero map with eps = delta = 0 is then at most ~1e34 times the cotangent in float32, finite.
-SQRTM_METHODS = ("auto", "eigh", "newton_schulz")
+SQRTM_METHODS = ("auto", "eigh", "newton_schulz", "minimax_newton_schulz")
 #: "auto" is the fastest method measured to meet AUTO_STATED_ACCURACY on the device at hand
 #: (results/BENCHMARKS.md). CPU: eigh with the eigendecomposition in float64, since float32
 #: divide-and-conquer eigensolvers (LAPACK syevd, which torch calls) leave ~3e-3 backward error on
@@ -53,3 +53,16 @@ AUTO_STATED_ACCURACY = 1e-3
 #: through the forward iterations (iSQRT-COV style; memory grows with the iteration count).
 NEWTON_SCHULZ_BACKWARDS = ("lyapunov", "newton_schulz", "autograd")
 DEFAULT_NEWTON_SCHULZ_BACKWARD = "lyapunov"
+
+#: Steps of the minimax Newton-Schulz root (impls/minimax_polynomials.py derives the count: the
+#: seventh step leaves every eigenvalue of its design interval within 1e-8 of the root), and its
+#: default backward: the same steps on [[Z, dZ], [0, -Z]], reusing the forward's iterates, so that
+#: forward and backward together are 59 matrix products and nothing else (results/products.md).
+DEFAULT_MINIMAX_ITERATIONS = 7
+DEFAULT_MINIMAX_BACKWARD = "newton_schulz"
+
+#: What `num_iters=None` and `backward=None` mean for each iterative method.
+ITERATIVE_DEFAULTS = {
+    "newton_schulz": (DEFAULT_NEWTON_SCHULZ_ITERATIONS, DEFAULT_NEWTON_SCHULZ_BACKWARD),
+    "minimax_newton_schulz": (DEFAULT_MINIMAX_ITERATIONS, DEFAULT_MINIMAX_BACKWARD),
+}

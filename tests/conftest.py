@@ -17,7 +17,9 @@ load_profile()
 #: error instead of a skip, so a broken install cannot pass as a green run.
 REQUIRED = {name for name in os.environ.get("IBP_REQUIRE_BACKENDS", "").split(",") if name}
 
-_outcomes = collections.defaultdict(collections.Counter)
+_outcomes: collections.defaultdict[str, collections.Counter[str]] = collections.defaultdict(
+    collections.Counter
+)
 
 
 _BACKEND_OF_PACKAGE = {"tensorflow": "tf", "keras": "tf", "torch": "torch"}

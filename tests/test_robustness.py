@@ -6,7 +6,9 @@ IBPInputError; inside a graph (tf.function, Keras fit, torch.compile) a data-dep
 the framework's assertion op, which raises its own error type with the same words.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,13 +23,16 @@ ROOTS = {
     "ns-lyapunov": {"method": "newton_schulz", "backward": "lyapunov"},
     "ns-iterative": {"method": "newton_schulz", "backward": "newton_schulz"},
     "ns-autograd": {"method": "newton_schulz", "backward": "autograd"},
+    "minimax-iterative": {"method": "minimax_newton_schulz"},
+    "minimax-lyapunov": {"method": "minimax_newton_schulz", "backward": "lyapunov"},
+    "minimax-autograd": {"method": "minimax_newton_schulz", "backward": "autograd"},
 }
 
 
 @dataclass(frozen=True)
 class Case:
     id: str
-    run: callable  # backend -> (output, gradients or None) as NumPy, or raises
+    run: Callable[[Any], Any]  # backend -> (output, gradients or None) as NumPy, or raises
     expect: str  # FINITE or a regular expression the error's message must match
 
 

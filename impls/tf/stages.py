@@ -3,27 +3,24 @@
 import numpy as np
 import tensorflow as tf
 
+from impls.tf.minimax_newton_schulz import minimax_sqrtm
 from reference.contracts import (
     NON_FINITE_MESSAGE,
     OVERFLOW_MESSAGE,
     IBPInputError,
-    check_choice,
     check_dtype,
     check_feature_map,
     check_non_negative,
-    check_positive_int,
     check_sample_batch,
+    check_sqrtm_options,
     check_square_batch,
+    with_method_defaults,
 )
 from reference.conventions import (
     DEFAULT_EPS,
-    DEFAULT_NEWTON_SCHULZ_BACKWARD,
-    DEFAULT_NEWTON_SCHULZ_ITERATIONS,
     DEFAULT_SQRTM_METHOD,
     L2_NORM_FLOOR,
-    NEWTON_SCHULZ_BACKWARDS,
     SIGNED_SQRT_DELTA,
-    SQRTM_METHODS,
 )
 
 _HALF_DTYPES = (tf.float16, tf.bfloat16)
@@ -233,6 +230,15 @@ def _clamp_diverged(a, z, num_iters, differentiable):
     return tf.cond(any_diverged, recompute, lambda: z)
 
 
+def _eigh_if_diverged(a, z):
+    """A minimax root that diverged on negative eigenvalues is recomputed by eigh (which clamps),
+    the whole batch, as torch does: a graph decides with tf.cond."""
+    any_diverged = tf.reduce_any(_diverged(tf.stop_gradient(z)))
+    if tf.executing_eagerly():
+        return _eigh_sqrtm(a) if bool(any_diverged) else z
+    return tf.cond(any_diverged, lambda: _eigh_sqrtm(a), lambda: z)
+
+
 def _newton_schulz_sqrtm(a, num_iters, backward):
     """Newton-Schulz root with an exact (eigenbasis) or iterative (sign iteration) backward."""
 
@@ -258,13 +264,7 @@ def _resolve_auto(method, backward):
         return method, backward, None
     if not tf.config.list_logical_devices("GPU"):
         return "eigh", backward, tf.float64
-    return "newton_schulz", "newton_schulz", None
-
-
-def check_sqrtm_options(method, num_iters, backward):
-    check_choice(method, SQRTM_METHODS, "sqrtm method")
-    check_positive_int(num_iters, "num_iters")
-    check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
+    return "minimax_newton_schulz", backward, None
 
 
 _MATRIX_RANK_MESSAGE = "expected a batch of square matrices (B, C, C) of rank 3"
@@ -274,6 +274,7 @@ def _root(a, method, num_iters, backward, checks):
     """The root of the symmetric part of `a`, then one finiteness check of it: NaN or inf in
     anything it came from (`checks`, (tensor, message) pairs, first cause first) shows there."""
     method, backward, eigh_dtype = _resolve_auto(method, backward)
+    num_iters, backward = with_method_defaults(method, num_iters, backward)
     symmetric = _symmetric_part(tf.cast(with_rank(a, 3, _MATRIX_RANK_MESSAGE), compute_dtype(a)))
     try:
         if method == "eigh" and eigh_dtype is not None:
@@ -281,6 +282,8 @@ def _root(a, method, num_iters, backward, checks):
             z = tf.cast(_eigh_sqrtm(wide, symmetric.dtype), symmetric.dtype)
         elif method == "eigh":
             z = _eigh_sqrtm(symmetric)
+        elif method == "minimax_newton_schulz":
+            z = _eigh_if_diverged(symmetric, minimax_sqrtm(symmetric, num_iters, backward))
         elif backward == "autograd":
             z = _clamp_diverged(
                 symmetric, _newton_schulz_root(symmetric, num_iters), num_iters, True
@@ -297,16 +300,18 @@ def _root(a, method, num_iters, backward, checks):
 def sqrtm(
     a,
     method=DEFAULT_SQRTM_METHOD,
-    num_iters=DEFAULT_NEWTON_SCHULZ_ITERATIONS,
-    backward=DEFAULT_NEWTON_SCHULZ_BACKWARD,
+    num_iters=None,
+    backward=None,
 ):
     """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch;
     negative eigenvalues count as 0, for every method (reference.conventions).
 
     method: "auto" (the device's fastest accurate method, see reference.conventions), "eigh"
-    (exact) or "newton_schulz" (`num_iters` coupled iterations, matrix products only).
-    backward (Newton-Schulz only): "lyapunov" (exact), "newton_schulz" (iterative, same
-    iteration count) or "autograd" (through the iterations).
+    (exact), "newton_schulz" (`num_iters` coupled iterations, default 20, matrix products only)
+    or "minimax_newton_schulz" (the same iteration with minimax quintic steps, default 7).
+    backward (iterative methods only): "lyapunov" (exact, eigenbasis), "newton_schulz"
+    (iterative, same steps; minimax's default) or "autograd" (through the iterations).
+    None means the method's default (reference.conventions.ITERATIVE_DEFAULTS).
     """
     a = as_tensor(a, "matrix")
     check_square_batch(static_shape(a))

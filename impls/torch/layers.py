@@ -22,8 +22,6 @@ from reference.contracts import (
 )
 from reference.conventions import (
     DEFAULT_EPS,
-    DEFAULT_NEWTON_SCHULZ_BACKWARD,
-    DEFAULT_NEWTON_SCHULZ_ITERATIONS,
     DEFAULT_SQRTM_METHOD,
     SIGNED_SQRT_DELTA,
 )
@@ -42,8 +40,8 @@ class IBPHead(nn.Module):
         num_classes=None,
         eps=DEFAULT_EPS,
         method=DEFAULT_SQRTM_METHOD,
-        num_iters=DEFAULT_NEWTON_SCHULZ_ITERATIONS,
-        backward=DEFAULT_NEWTON_SCHULZ_BACKWARD,
+        num_iters=None,
+        backward=None,
         delta=SIGNED_SQRT_DELTA,
     ):
         super().__init__()

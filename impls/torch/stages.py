@@ -3,27 +3,24 @@
 import torch
 from torch.autograd.function import once_differentiable
 
+from impls.torch.minimax_newton_schulz import minimax_sqrtm
 from reference.contracts import (
     NON_FINITE_MESSAGE,
     OVERFLOW_MESSAGE,
     IBPInputError,
-    check_choice,
     check_dtype,
     check_feature_map,
     check_non_negative,
-    check_positive_int,
     check_sample_batch,
+    check_sqrtm_options,
     check_square_batch,
+    with_method_defaults,
 )
 from reference.conventions import (
     DEFAULT_EPS,
-    DEFAULT_NEWTON_SCHULZ_BACKWARD,
-    DEFAULT_NEWTON_SCHULZ_ITERATIONS,
     DEFAULT_SQRTM_METHOD,
     L2_NORM_FLOOR,
-    NEWTON_SCHULZ_BACKWARDS,
     SIGNED_SQRT_DELTA,
-    SQRTM_METHODS,
 )
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -223,13 +220,7 @@ def _resolve_auto(method, backward, device_type):
         return method, backward, None
     if device_type == "cpu":
         return "eigh", backward, torch.float64
-    return "newton_schulz", "newton_schulz", None
-
-
-def check_sqrtm_options(method, num_iters, backward):
-    check_choice(method, SQRTM_METHODS, "sqrtm method")
-    check_positive_int(num_iters, "num_iters")
-    check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
+    return "minimax_newton_schulz", backward, None
 
 
 def _root(a, method, num_iters, backward, checks):
@@ -239,6 +230,7 @@ def _root(a, method, num_iters, backward, checks):
     which is then computed again with those samples clamped. Under torch.compile the checks are
     assertion ops, and a diverged iteration fails the last one instead of being recomputed."""
     method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type)
+    num_iters, backward = with_method_defaults(method, num_iters, backward)
     compiling = torch.compiler.is_compiling()
     if compiling:
         check_all_finite(checks)  # before the eigensolver, which would refuse NaN in its own words
@@ -249,8 +241,10 @@ def _root(a, method, num_iters, backward, checks):
             if method == "eigh" and eigh_dtype is not None:
                 wide = symmetric.to(eigh_dtype)
                 return _EighSqrtm.apply(wide, symmetric.dtype).to(symmetric.dtype)
-            if method == "eigh":
+            if method == "eigh" or (method == "minimax_newton_schulz" and clamp):
                 return _EighSqrtm.apply(symmetric)
+            if method == "minimax_newton_schulz":
+                return minimax_sqrtm(symmetric, num_iters, backward)
             if backward == "autograd":
                 return _autograd_newton_schulz(symmetric, num_iters, clamp)
             return _NewtonSchulzSqrtm.apply(symmetric, num_iters, backward, clamp)
@@ -273,16 +267,18 @@ def _root(a, method, num_iters, backward, checks):
 def sqrtm(
     a,
     method=DEFAULT_SQRTM_METHOD,
-    num_iters=DEFAULT_NEWTON_SCHULZ_ITERATIONS,
-    backward=DEFAULT_NEWTON_SCHULZ_BACKWARD,
+    num_iters=None,
+    backward=None,
 ):
     """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch;
     negative eigenvalues count as 0, for every method (reference.conventions).
 
     method: "auto" (the device's fastest accurate method, see reference.conventions), "eigh"
-    (exact) or "newton_schulz" (`num_iters` coupled iterations, matrix products only).
-    backward (Newton-Schulz only): "lyapunov" (exact), "newton_schulz" (iterative, same
-    iteration count) or "autograd" (through the iterations).
+    (exact), "newton_schulz" (`num_iters` coupled iterations, default 20, matrix products only)
+    or "minimax_newton_schulz" (the same iteration with minimax quintic steps, default 7).
+    backward (iterative methods only): "lyapunov" (exact, eigenbasis), "newton_schulz"
+    (iterative, same steps; minimax's default) or "autograd" (through the iterations).
+    None means the method's default (reference.conventions.ITERATIVE_DEFAULTS).
     """
     check_dtype(dtype_name(a), "matrix")
     check_square_batch(a.shape)
