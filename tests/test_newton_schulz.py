@@ -40,7 +40,7 @@ def test_default_iterations_meet_stated_accuracy(backend, case, backward):
 
 
 def test_five_iterations_are_far_from_the_root(backend, case):
-    """DESIGN.md: the paper's 5 iterations are enough for accuracy of a classifier, not for the
+    """The paper's 5 iterations are enough for accuracy of a classifier, not for the
     matrix. If this ever fails, the README's statement about it is wrong."""
     forward, _ = sqrtm_errors(backend, case, method="newton_schulz", num_iters=5)
     assert forward > 0.1

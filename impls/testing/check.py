@@ -1,7 +1,9 @@
 """ibp-check: verify your own IBP layer against the float64 reference.
 
     ibp-check STAGE TARGET [--framework torch|tf] [--size C] [--tolerance REL] [--json]
+    ibp-check model TARGET [--framework torch|tf] [--input-shape C,H,W] [--json]
 
+`ibp-check model` checks a whole model (see `ibp-check model --help`).
 STAGE is pool, sqrtm, signed-sqrt, l2 or head (feature map -> normalised (B, C*C) or (B, C, C)).
 TARGET is path/to/file.py:function or package.module:function; the function takes one tensor
 (PyTorch channels-first (B, C, H, W), TensorFlow channels-last (B, H, W, C), matrices (B, C, C))
@@ -229,6 +231,11 @@ def _run(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["model"]:
+        from impls.testing.model_check import main as model_main
+
+        return model_main(argv[1:])
     try:
         args = parser().parse_args(argv)
         # Hypothesis caches what it learns of the code under test in .hypothesis/ of the current

@@ -4,7 +4,7 @@ bug's cause named / no cause named) and the false alarms on correct layers, writ
 metadata to results/ibp_check.json and results/ibp_check.md.
 
     python -m impls.testing.check_catalogue [--max-examples N] [--size C] [--output-dir results]
-        [--readme README.md]
+        [--readme README.md [--example-only]]
 """
 
 import argparse
@@ -193,6 +193,12 @@ def worked_example():
     return "```\n" + "\n\n".join(parts) + "\n```"
 
 
+def _write_worked_example(readme: Path, options: list[str]) -> None:
+    commit = (collect(device="cpu", profile="ibp-check example")["git_commit"] or "unknown")[:12]
+    provenance = f"`{' '.join([COMMAND, *options])}` at {commit}"
+    replace_block(readme, "ibp-check-example", worked_example(), provenance)
+
+
 def main(argv=None):
     arguments = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arguments.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES)
@@ -211,7 +217,17 @@ def main(argv=None):
         default=None,
         help="also run the README's worked example and rewrite its output block there",
     )
+    arguments.add_argument(
+        "--example-only",
+        action="store_true",
+        help="with --readme: only rerun the worked example (seconds, not the whole catalogue)",
+    )
     args = arguments.parse_args(argv)
+    if args.example_only:
+        if args.readme is None:
+            arguments.error("--example-only needs --readme")
+        _write_worked_example(args.readme, ["--readme", str(args.readme), "--example-only"])
+        return 0
     started = time.perf_counter()
     settings = {
         "max_examples": args.max_examples,
@@ -251,9 +267,7 @@ def main(argv=None):
     (args.output_dir / "ibp_check.md").write_text(markdown({ENVELOPE_KEY: metadata, **payload}))
     print(json.dumps(summary))
     if args.readme is not None:
-        commit = (metadata["git_commit"] or "unknown")[:12]
-        provenance = f"`python -m impls.testing.check_catalogue --readme {args.readme}` at {commit}"
-        replace_block(args.readme, "ibp-check-example", worked_example(), provenance)
+        _write_worked_example(args.readme, ["--readme", str(args.readme)])
     perfect = summary["diagnosis"]["expected"] == summary["bugs"] and not summary["false_alarms"]
     return 0 if perfect else 1
 
