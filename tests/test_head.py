@@ -6,6 +6,8 @@ import pytest
 import reference
 from impls.testing.tolerances import condition_number, relative_error, tolerance
 
+from .conftest import import_framework
+
 
 def test_head_with_classifier_matches_reference(backend):
     rng = np.random.default_rng(0)
@@ -28,7 +30,7 @@ def test_head_with_classifier_matches_reference(backend):
 
 @pytest.mark.parametrize("method", ["eigh", "newton_schulz"])
 def test_keras_model_trains_in_graph_mode_and_reloads(tmp_path, method):
-    keras = pytest.importorskip("keras")
+    keras = import_framework("keras")
     import impls.tf as ibp_tf
 
     rng = np.random.default_rng(1)
@@ -74,7 +76,7 @@ def test_head_keeps_the_input_dtype(backend, dtype):
 
 
 def test_keras_head_config_round_trip():
-    pytest.importorskip("tensorflow")
+    import_framework("tensorflow")
     import impls.tf as ibp_tf
 
     head = ibp_tf.IBPHead(
@@ -91,7 +93,7 @@ def test_keras_head_config_round_trip():
 
 
 def test_torch_head_under_autocast_stays_float32_inside():
-    torch = pytest.importorskip("torch")
+    torch = import_framework("torch")
     import impls.torch as ibp_torch
 
     x = torch.rand(2, 6, 5, 5)
@@ -114,7 +116,7 @@ def test_torch_head_under_autocast_stays_float32_inside():
 
 
 def test_torch_state_dict_round_trip():
-    torch = pytest.importorskip("torch")
+    torch = import_framework("torch")
     import impls.torch as ibp_torch
 
     head = ibp_torch.IBPHead(in_channels=4, num_classes=3)

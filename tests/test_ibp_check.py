@@ -18,6 +18,8 @@ from impls.testing.bug_catalogue import BUGS, CORRECT
 from impls.testing.check_catalogue import run_bug, run_correct
 from impls.testing.sandbox import Sandbox
 
+from .conftest import import_framework
+
 #: The fixed realistic cases run whatever these settings: the search adds few small examples.
 FAST = {"max_examples": 5, "max_channels": 5, "seconds_per_property": 1.0}
 #: The hanging layer costs its call timeout: short, and far above any correct call's time.
@@ -68,7 +70,7 @@ TORCH_SIGNED_SQRT = """
 @pytest.fixture
 def torch_installed():
     """The command-line tests check PyTorch targets: without torch they have nothing to run."""
-    pytest.importorskip("torch")
+    import_framework("torch")
 
 
 @pytest.fixture(scope="module")

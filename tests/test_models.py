@@ -14,9 +14,11 @@ import contextlib
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+from .conftest import import_framework
+
+torch = import_framework("torch")
+tf = import_framework("tensorflow")
+keras = import_framework("keras")
 
 import impls  # noqa: E402
 import reference  # noqa: E402

@@ -11,14 +11,11 @@ from impls.testing.stage_specs import FEATURE_MAP, STAGES
 from impls.testing.strategies import feature_maps, spd_batches
 from impls.testing.tolerances import jacobian_scale, relative_error
 
-from .conftest import REQUIRED
+from .conftest import import_framework
 
 FRAMEWORKS = [BACKENDS["torch"], BACKENDS["tf"]]
-_missing = [b.package for b in FRAMEWORKS if not b.is_available()]
-if _missing and {b.name for b in FRAMEWORKS} <= REQUIRED:
-    pytest.fail(f"parity needs {', '.join(_missing)} (IBP_REQUIRE_BACKENDS)", pytrace=False)
-if _missing:
-    pytest.skip("parity needs both torch and tensorflow", allow_module_level=True)
+for _framework in FRAMEWORKS:
+    import_framework(_framework.package)
 
 CASES = {
     "pool": {},

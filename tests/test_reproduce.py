@@ -36,6 +36,8 @@ from impls.backends import BACKENDS, available_backends
 from impls.testing import founding_question
 from reference.contracts import IBPInputError
 
+from .conftest import import_framework
+
 
 @pytest.fixture(autouse=True)
 def _restore_torch_settings():
@@ -187,9 +189,9 @@ BUG_SETS = [frozenset(SEED_BUGS), frozenset()] + [frozenset(SEED_BUGS) - {b} for
 
 @pytest.mark.parametrize("bugs", BUG_SETS, ids=lambda bugs: "+".join(sorted(bugs)) or "none")
 def test_question_head_is_the_same_in_both_frameworks(bugs):
-    backends = [b for b in BACKENDS.values() if b.is_available()]
-    if len(backends) < 2:
-        pytest.skip("needs both frameworks")
+    backends = [BACKENDS[name] for name in ("torch", "tf")]
+    for backend in backends:
+        import_framework(backend.package)
     # No dead channel: with eps * ones its singular value is float32 round-off, whose (fourth)
     # root differs from one SVD implementation to the next. That is the question's bug, not ours.
     x = _feature_maps(dead_channel=False)
@@ -201,8 +203,7 @@ def test_question_head_in_tensorflow_is_the_question_code():
     """With every bug on, the TensorFlow head computes what the question's own functions
     (examples/seed_question_tf.py, kept verbatim) compute."""
     example = Path(__file__).parents[1] / "examples" / "seed_question_tf.py"
-    if not example.exists() or not BACKENDS["tf"].is_available():
-        pytest.skip("needs TensorFlow and examples/seed_question_tf.py")
+    import_framework("tensorflow")
     spec = importlib.util.spec_from_file_location("seed_question_tf", example)
     question = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(question)

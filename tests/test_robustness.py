@@ -16,6 +16,8 @@ import pytest
 from reference import IBPInputError
 from reference.conventions import AUTO_STATED_ACCURACY
 
+from .conftest import import_framework
+
 FINITE = "finite"
 ROOTS = {
     "auto": {"method": "auto"},
@@ -350,8 +352,10 @@ def test_torch_head_reads_the_device_once(monkeypatch):
     """A CUDA-free proxy for the cost of the finiteness check on a GPU: every host read of a
     tensor (bool, item, ...) waits for the device. The head checks once per call, after the root,
     where NaN or inf in the map or an overflow of its covariance shows up, whatever the method."""
-    backend = pytest.importorskip("impls.backends").BACKENDS["torch"]
-    torch = backend.fw
+    from impls.backends import BACKENDS
+
+    backend = BACKENDS["torch"]
+    torch = import_framework("torch")
     reads = []
     for name in ("__bool__", "item", "__float__", "__int__", "tolist"):
         original = getattr(torch.Tensor, name)

@@ -72,3 +72,12 @@ def test_our_layers_pass_the_same_checks(backend, name, feature_map, covariance_
     properties.check_batch_consistency(backend, spec, fn, x, "float64")
     if name == "sqrtm":
         properties.check_square_root(backend, fn, x, "float64", spec)
+
+
+def test_the_readme_explains_every_bug_of_the_question():
+    """The README's table of the question's bugs carries the one numbering of founding_question."""
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    for bug in founding_question.BUGS:
+        assert f"| {bug.number} | `{bug.key}` |" in readme, bug.key
