@@ -28,7 +28,7 @@ RENDERING_MODULES = (
     "impls.testing.check_catalogue",
 )
 #: Results files written by those modules: each carries the full envelope.
-ENVELOPED_RESULTS = ("sqrtm_error.json", "products.json")
+ENVELOPED_RESULTS = ("sqrtm_error.json", "products.json", "ibp_check.json")
 
 for _module in RENDERING_MODULES:
     importlib.import_module(_module)
