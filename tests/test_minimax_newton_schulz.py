@@ -21,7 +21,8 @@ from impls.testing.strategies import feature_maps_with_dead_channels, spd_batche
 from impls.testing.tolerances import condition_number, relative_error, tolerance
 from reference.contracts import IBPInputError
 from reference.conventions import AUTO_STATED_ACCURACY
-from tests.conftest import import_framework
+
+from .conftest import import_framework
 
 BACKWARDS = ["newton_schulz", "autograd", "lyapunov"]
 

@@ -21,7 +21,8 @@ from impls.testing.model_check.checks import PROBE_MARGIN_SE, locate_head
 from impls.testing.model_check.frameworks import LayerCall
 from impls.testing.model_check.supervisor import CHECKS
 from reference.contracts import IBPInputError
-from tests.conftest import import_framework
+
+from .conftest import import_framework
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: framework -> (package, one sample's shape for --input-shape, the examples' file suffix)
