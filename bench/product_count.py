@@ -69,15 +69,28 @@ class Method:
         return self.method != "eigh" and self.backward != "lyapunov"
 
 
+def _newton_schulz_root(backward: str) -> Callable[[torch.Tensor, int | None], torch.Tensor]:
+    def root(a: torch.Tensor, k: int | None) -> torch.Tensor:
+        return sqrtm(a, method="newton_schulz", num_iters=k, backward=backward)
+
+    return root
+
+
+def _minimax_root(backward: str) -> Callable[[torch.Tensor, int | None], torch.Tensor]:
+    def root(a: torch.Tensor, k: int | None) -> torch.Tensor:
+        assert k is not None  # the minimax root is iterative: it is always given a count
+        return _minimax(a, k, backward)
+
+    return root
+
+
 def methods() -> list[Method]:
     """Every matmul-only method and backward, and eigh for comparison."""
     newton_schulz = [
         Method(
             "newton_schulz",
             backward,
-            lambda a, k, backward=backward: sqrtm(
-                a, method="newton_schulz", num_iters=k, backward=backward
-            ),
+            _newton_schulz_root(backward),
             (5, MAX_SEARCHED_ITERATIONS),
         )
         for backward in NEWTON_SCHULZ_BACKWARDS
@@ -86,7 +99,7 @@ def methods() -> list[Method]:
         Method(
             "minimax_newton_schulz",
             backward,
-            lambda a, k, backward=backward: _minimax(a, k, backward),
+            _minimax_root(backward),
             (1, 3 * DEFAULT_MINIMAX_ITERATIONS),
         )
         for backward in MINIMAX_BACKWARDS

@@ -5,6 +5,7 @@ pipelines start from; the torch runner transposes.
 """
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +32,18 @@ _SECOND_COMPONENT_AMPLITUDE = 0.6
 TEXTURE_NAMES = ("brick", "grass", "gravel")
 
 
+class Batches(Protocol):
+    """What a data set's split provides: integer labels and `load`, which returns a batch of
+    images (`Split` in memory, `image_folders.FileSplit` from files)."""
+
+    @property
+    def labels(self) -> np.ndarray: ...
+
+    def __len__(self) -> int: ...
+
+    def load(self, indices: Any, rng: Any = None) -> np.ndarray: ...
+
+
 @dataclass
 class Split:
     """Images in memory with integer labels; `load` returns a batch of them."""
@@ -50,8 +63,8 @@ class Split:
 class Dataset:
     name: str
     class_names: list
-    train: Split
-    test: Split
+    train: Batches
+    test: Batches
     #: Whether `train.load` augments: frozen-backbone features can be computed once only if not.
     augments: bool = False
     description: str = ""
@@ -209,7 +222,7 @@ def synthetic(
         f"{SYNTHETIC_MEAN} and standard deviation {SYNTHETIC_STD}; {balance}"
     )
     name = "synthetic" if majority_share is None else f"synthetic-{round(100 * majority_share)}"
-    return Dataset(name, class_names, *splits, description=description)
+    return Dataset(name, class_names, splits[0], splits[1], description=description)
 
 
 #: The unbalanced variant's majority share: the question's reported plateau.

@@ -10,6 +10,7 @@ import os
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -472,7 +473,7 @@ def _offsets(runs):
             and CONFIGURATIONS[run["config"]].head == "seed"
         ]
         for rank, config in enumerate(seeds):
-            offsets[(*panel, config)] = (rank - (len(seeds) - 1) / 2) * _SEED_OFFSET_POINTS
+            offsets[panel + (config,)] = (rank - (len(seeds) - 1) / 2) * _SEED_OFFSET_POINTS
     return offsets
 
 
@@ -483,7 +484,8 @@ def plot(runs: list[dict], path: Path, metadata: dict) -> Figure:
     panel_height = 3.8
     figure = Figure(figsize=(6.0 * len(frameworks), panel_height * len(datasets)))
     axes = figure.subplots(len(datasets), len(frameworks), squeeze=False, sharey=True)
-    legend, offsets = {}, _offsets(runs)
+    legend: dict[str, Any] = {}
+    offsets = _offsets(runs)
     for run in runs:
         axis = axes[datasets.index(run["dataset"])][frameworks.index(run["framework"])]
         colour, marker = _style(run["config"])
@@ -588,9 +590,9 @@ def write(
     temporary = {}
     try:
         for suffix, name in names.items():
-            handle, path = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.", suffix=".tmp")
+            handle, temp_name = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.", suffix=".tmp")
             os.close(handle)
-            temporary[name] = Path(path)
+            temporary[name] = Path(temp_name)
             writers[suffix](temporary[name])
         for name, path in temporary.items():
             os.replace(path, output_dir / name)

@@ -11,6 +11,7 @@ another configuration trained: `RunCache` keeps both apart and checks them).
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -179,7 +180,8 @@ def train(
         leave=False,
         disable=not options.progress,
     )
-    history, diverged_at, initial_answers = [], None, None
+    history: list[dict[str, Any]] = []
+    diverged_at, initial_answers = None, None
     started = time.perf_counter()
     for stage in stages:
         if diverged_at is not None:

@@ -202,11 +202,11 @@ class PropertyResult:
     name: str
     status: str  # PASS, FAIL or SKIP
     checks: str
-    diagnosis: str = None
-    counterexample: str = None  # the minimal failing input in words
-    counterexample_shape: tuple = None  # in the framework's layout
-    error: float = None
-    tolerance: float = None
+    diagnosis: str | None = None
+    counterexample: str | None = None  # the minimal failing input in words
+    counterexample_shape: tuple | None = None  # in the framework's layout
+    error: float | None = None
+    tolerance: float | None = None
     examples: int = 0
     seconds: float = 0.0
     stopped_early: str | None = None  # why the search ended before max_examples

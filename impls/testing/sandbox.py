@@ -14,12 +14,16 @@ script that calls `check` must guard its entry point with `if __name__ == "__mai
 
 from __future__ import annotations
 
+import io
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -62,12 +66,12 @@ class Sandbox:
     def __init__(self, call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
         self.call_timeout = call_timeout
         self._context = multiprocessing.get_context("spawn")
-        self._process = None
-        self._connection = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._connection: multiprocessing.connection.Connection | None = None
         self._directory = tempfile.TemporaryDirectory(prefix="ibp-check-")
         self._capture = Path(self._directory.name) / "target-output.txt"
         self._capture.touch()
-        self._loaded = None  # (target, framework) the child holds
+        self._loaded: tuple[str, str] | None = None  # (target, framework) the child holds
 
     def __enter__(self) -> Sandbox:
         return self
@@ -95,26 +99,29 @@ class Sandbox:
             self._process.kill()
         self._process.join(5)
         code = self._process.exitcode
+        assert self._connection is not None  # set together with the process
         self._connection.close()
         self._process = self._connection = self._loaded = None
         return code
 
     def _exchange(self, message: tuple, timeout: float, slow: str) -> tuple:
         """Send a message and wait for the answer; the child's death or silence raises."""
+        assert self._process is not None and self._connection is not None
+        process, connection = self._process, self._connection
         try:
-            self._connection.send(message)
-            if not self._connection.poll(timeout):
+            connection.send(message)
+            if not connection.poll(timeout):
                 self._stop_child()
                 raise TargetStopped(slow)
-            return self._connection.recv()
+            return connection.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
-            self._process.join(5)
+            process.join(5)
             raise TargetStopped(_exit_cause(self._stop_child())) from None
 
     def load(self, target: str, framework: str | None) -> str:
         """Import `target` in the child; returns its framework. Raises TargetUnusable."""
-        if (target, framework) == self._loaded and self._alive():
-            return framework
+        if self._loaded is not None and (target, framework) == self._loaded and self._alive():
+            return self._loaded[1]
         if not self._alive():
             self._start()
         slow = f"importing {target} took longer than {START_TIMEOUT:g} s"
@@ -154,6 +161,7 @@ class Sandbox:
 
     def close(self) -> None:
         if self._alive():
+            assert self._process is not None and self._connection is not None
             try:
                 self._connection.send(("stop",))
                 self._process.join(5)
@@ -175,7 +183,7 @@ def _redirect_output(capture: str) -> int:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    sys.stdout.reconfigure(line_buffering=True)
+    cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     return original
 
 

@@ -1,8 +1,10 @@
 """Each IBP stage as the property code sees it: its input kind, reference, our implementation, and
 the inputs `ibp-check` draws for it."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
@@ -29,31 +31,37 @@ class StageInputs:
     """What `ibp-check` feeds a stage. Strategies take (max_channels, batch strategy) and draw
     inputs in the reference layout."""
 
-    accuracy: (
-        callable  # shape, independence, batch sizes, forward: what the stage meets in a network
-    )
-    gradient: callable
-    degenerate: callable  # rank-deficient covariances, dead channels, repeated eigenvalues
-    first: callable  # (rng, batch, channels) -> the first input a function sees, before any search
-    realistic: callable = None  # (rng, batch) -> the fixed realistic cases run before any search
+    #: shape, independence, batch sizes, forward: what the stage meets in a network
+    accuracy: Callable[..., Any]
+    gradient: Callable[..., Any]
+    #: rank-deficient covariances, dead channels, repeated eigenvalues
+    degenerate: Callable[..., Any]
+    #: (rng, batch, channels) -> the first input a function sees, before any search
+    first: Callable[..., Any]
+    #: (rng, batch) -> the fixed realistic cases run before any search
+    realistic: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
 class StageSpec:
     name: str
     input_kind: str
-    forward: callable  # float64 NumPy reference, input channels-first where it is a feature map
-    vjp: callable  # (input, cotangent) -> gradient with respect to the input
-    conditioned_matrix: callable  # input -> the SPD matrix whose condition number sets the error
-    implementation: callable  # backend, **options -> our function of one native tensor
-    amplification: callable = lambda x, direction: 1.0  # error growth after the root (tolerances)
-    inputs: StageInputs = None
+    #: float64 NumPy reference, input channels-first where it is a feature map
+    forward: Callable[..., Any]
+    vjp: Callable[..., Any]  # (input, cotangent) -> gradient with respect to the input
+    #: input -> the SPD matrix whose condition number sets the error
+    conditioned_matrix: Callable[..., Any]
+    implementation: Callable[..., Any]  # backend, **options -> our function of one native tensor
+    #: error growth after the root (tolerances)
+    amplification: Callable[..., Any] = lambda x, direction: 1.0
+    inputs: StageInputs | None = None
     flat_output: bool = False  # the output is (B, C*C); a (B, C, C) output is accepted too
     # Set by `ibp-check` only: the suite holds our own layers to the tightest standard.
     approximate: bool = False  # accuracy is judged against tolerances.APPROXIMATION_BUDGET too
     symmetric_gradient: bool = False  # compare symmetric parts: the root of a symmetric matrix
-    convention: str = None  # the harmless convention that `forward` and `vjp` were adjusted to
-    tolerance_override: float = None  # the user's --tolerance
+    #: the harmless convention that `forward` and `vjp` were adjusted to
+    convention: str | None = None
+    tolerance_override: float | None = None  # the user's --tolerance
 
     def channels(self, x):
         return x.shape[1]

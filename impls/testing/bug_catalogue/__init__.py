@@ -64,7 +64,7 @@ BUGS = (
             also=ALSO.get(bug.key, ()),
         )
         for bug in founding_question.BUGS
-        if bug.function is not None
+        if bug.function is not None and bug.stage is not None and bug.expected_diagnosis is not None
     ),
     Bug(
         "l2-backward-rescale-only",

@@ -8,8 +8,10 @@ output) the one that explains the output best, the first in order of preference 
 accepts it if it explains the output to the tolerance.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -30,12 +32,13 @@ NO_DELTA = "without a regulariser the signed square root's slope is infinite at 
 @dataclass(frozen=True)
 class Convention:
     note: str
-    forward: callable  # x (reference layout) -> the reference's output under this convention
-    vjp: callable  # (x, cotangent) -> its gradient
+    #: x (reference layout) -> the reference's output under this convention
+    forward: Callable[..., Any]
+    vjp: Callable[..., Any]  # (x, cotangent) -> its gradient
     #: the head's tolerance inputs under this convention: its pooled matrix (whose condition
     #: number counts) and the signed sqrt's error growth, with its own eps and delta
-    conditioned_matrix: callable = None
-    amplification: callable = None
+    conditioned_matrix: Callable[..., Any] | None = None
+    amplification: Callable[..., Any] | None = None
 
 
 def _note(what, caveats=()):
@@ -114,9 +117,9 @@ class SignedSqrtFamily:
     """sign(z) * s(|z|, delta) for one spelling of the regulariser."""
 
     spelling: str
-    forward: callable  # (z, delta)
-    vjp: callable  # (z, g, delta)
-    estimate: callable  # (|z|, |y|) -> delta per entry
+    forward: Callable[..., Any]  # (z, delta)
+    vjp: Callable[..., Any]  # (z, g, delta)
+    estimate: Callable[..., Any]  # (|z|, |y|) -> delta per entry
 
 
 SIGNED_SQRT_FAMILIES = (

@@ -1,7 +1,9 @@
 """Known mistakes, each as the NumPy output that the mistaken stage gives and the words that name
 the cause and the fix. An output that matches one (up to a scale) is explained by it."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +14,8 @@ from reference.conventions import DEFAULT_EPS
 @dataclass(frozen=True)
 class Deviation:
     cause: str
-    forward: callable  # (x in the reference layout, framework layout) -> the mistaken output
+    #: (x in the reference layout, framework layout) -> the mistaken output
+    forward: Callable[..., Any]
 
 
 def _swap(m):
