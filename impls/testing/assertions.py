@@ -17,17 +17,14 @@ instance assigned there): it runs in a separate process, as under `ibp-check`.
 from __future__ import annotations
 
 import inspect
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
-
-from hypothesis.configuration import set_hypothesis_home_dir
 
 from impls.testing import check_runner
 from impls.testing.check import format_report as format_stage_report
 from impls.testing.model_check import engine
 from impls.testing.model_check.report import format_report as format_model_report
+from impls.testing.sandbox import no_hypothesis_files
 from reference.contracts import IBPInputError
 
 
@@ -57,23 +54,12 @@ def target_of(fn: Callable | str) -> str:
     return f"{path}:{name}"
 
 
-@contextmanager
-def _no_hypothesis_files() -> Iterator[None]:
-    """Hypothesis' example database goes to a temporary folder, not the caller's directory."""
-    with tempfile.TemporaryDirectory(prefix="ibp-check-hypothesis-") as home:
-        set_hypothesis_home_dir(home)
-        try:
-            yield
-        finally:
-            set_hypothesis_home_dir(None)
-
-
 def check_stage(
     stage: str, fn: Callable | str, framework: str | None = None, **options: Any
 ) -> check_runner.CheckReport:
     """The report of `ibp-check STAGE` on `fn`; options as `check_runner.check` takes them
     (dtype, max_channels, max_examples, tolerance, forward_only, call_timeout, time_limit)."""
-    with _no_hypothesis_files():
+    with no_hypothesis_files():
         return check_runner.check(stage, target_of(fn), framework, **options)
 
 
@@ -96,7 +82,7 @@ def check_model(
     **options: Any,
 ) -> engine.ModelReport:
     """The report of `ibp-check model` on the model `fn` builds; options: seed, call_timeout."""
-    with _no_hypothesis_files():
+    with no_hypothesis_files():
         return engine.check_model(target_of(fn), framework, input_shape, **options)
 
 

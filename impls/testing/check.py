@@ -23,10 +23,7 @@ import json
 import math
 import os
 import sys
-import tempfile
 import textwrap
-
-from hypothesis.configuration import set_hypothesis_home_dir
 
 from impls.testing.check_runner import (
     DEFAULT_MAX_CHANNELS,
@@ -35,7 +32,7 @@ from impls.testing.check_runner import (
     check,
 )
 from impls.testing.check_target import UsageError
-from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, TargetUnusable
+from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, TargetUnusable, no_hypothesis_files
 from impls.testing.stage_specs import FEATURE_MAP, REALISTIC_CHANNELS, STAGES
 
 #: Overrides the default --max-examples (tests run the CLI with a handful).
@@ -238,14 +235,8 @@ def main(argv=None):
         return model_main(argv[1:])
     try:
         args = parser().parse_args(argv)
-        # Hypothesis caches what it learns of the code under test in .hypothesis/ of the current
-        # directory: nothing of a check belongs in the user's directory.
-        with tempfile.TemporaryDirectory(prefix="ibp-check-hypothesis-") as home:
-            set_hypothesis_home_dir(home)
-            try:
-                return _run(args)
-            finally:
-                set_hypothesis_home_dir(None)
+        with no_hypothesis_files():
+            return _run(args)
     except (UsageError, TargetUnusable) as error:
         print(f"ibp-check: error: {error}", file=sys.stderr)
         return 2

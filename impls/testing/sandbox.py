@@ -22,15 +22,32 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
 import numpy as np
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from impls.testing.properties import DtypeViolation, PropertyViolation
 
 #: How long a call may run before the target is judged to hang.
 DEFAULT_CALL_TIMEOUT = 60.0
+
+
+@contextmanager
+def no_hypothesis_files() -> Iterator[None]:
+    """Hypothesis keeps what it learns of the code under test in .hypothesis/ of the current
+    directory; a check writes nothing there, so its database goes to a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="ibp-check-hypothesis-") as home:
+        set_hypothesis_home_dir(home)
+        try:
+            yield
+        finally:
+            set_hypothesis_home_dir(None)
+
+
 #: How long starting the child and importing a target may take (TensorFlow alone takes ~10 s, much
 #: more on a loaded machine).
 START_TIMEOUT = 300.0

@@ -163,16 +163,9 @@ def head_bcnn(x):
     return F.normalize(y.flatten(1), dim=1)
 
 
-class _EighRootNonSymmetricBackward(torch.autograd.Function):
+class _EighRootNonSymmetricBackward(_EighRoot):
     """The backward returns the Lyapunov solution X of Z X + X Z = G for the raw, non-symmetric
     G, as most published roots do: its symmetric part is the gradient of a symmetric input."""
-
-    @staticmethod
-    def forward(ctx, a):
-        eigenvalues, u = torch.linalg.eigh((a + a.mT) / 2)
-        root = eigenvalues.clamp_min(0).sqrt()
-        ctx.save_for_backward(u, root)
-        return u @ torch.diag_embed(root) @ u.mT
 
     @staticmethod
     def backward(ctx, g):

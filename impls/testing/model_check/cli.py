@@ -20,15 +20,12 @@ interrupted (Ctrl-C).
 import argparse
 import json
 import sys
-import tempfile
-
-from hypothesis.configuration import set_hypothesis_home_dir
 
 from impls.testing.check import MAX_SECONDS, bounded
 from impls.testing.check_target import UsageError
 from impls.testing.model_check.engine import check_model
 from impls.testing.model_check.report import format_report
-from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, TargetUnusable
+from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, TargetUnusable, no_hypothesis_files
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,18 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     """`ibp-check model`; returns the exit status."""
     try:
         args = parser().parse_args(argv)
-        with tempfile.TemporaryDirectory(prefix="ibp-check-hypothesis-") as home:
-            set_hypothesis_home_dir(home)
-            try:
-                report = check_model(
-                    args.target,
-                    args.framework,
-                    args.input_shape,
-                    seed=args.seed,
-                    call_timeout=args.call_timeout,
-                )
-            finally:
-                set_hypothesis_home_dir(None)
+        with no_hypothesis_files():
+            report = check_model(
+                args.target,
+                args.framework,
+                args.input_shape,
+                seed=args.seed,
+                call_timeout=args.call_timeout,
+            )
     except (UsageError, TargetUnusable) as error:
         print(f"ibp-check model: error: {error}", file=sys.stderr)
         return 2
