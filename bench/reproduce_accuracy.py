@@ -244,27 +244,26 @@ def model_options(args):
 
 
 def metadata(args, runners, total_seconds, argv):
-    where = collect(device="cpu", profile="reproduce-accuracy")
-    commit = (where["git_commit"] or "unknown")[:12]
-    versions = {"python": where["python"], **where["versions"]}
+    """The results envelope (impls.testing.metadata) with this run's settings."""
+    devices = {runner.name: runner.describe_device() for runner in runners}
+    versions = {}
     for runner in runners:
         versions.update(runner.versions())
-    return {
-        "command": shlex.join(["reproduce-accuracy", *argv]),
-        "commit": commit + (" + uncommitted changes" if where["git_dirty"] else ""),
-        "versions": versions,
-        "device": ", ".join(f"{r.name}: {r.describe_device()}" for r in runners),
-        "cpu": where["cpu_model"],
-        "threads": {runner.name: runner.threads for runner in runners},
-        "date": where["date_utc"],
-        "seed": args.seed,
-        "study": args.study,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "quick": args.quick,
-        "model": model_options(args),
-        "total_seconds": round(total_seconds, 1),
-    }
+    return collect(
+        device="cpu" if set(devices.values()) == {"cpu"} else ", ".join(devices.values()),
+        profile="reproduce-accuracy",
+        command=shlex.join(["reproduce-accuracy", *argv]),
+        wall_seconds=total_seconds,
+        framework_devices=devices,
+        framework_versions=versions,
+        framework_threads={runner.name: runner.threads for runner in runners},
+        seed=args.seed,
+        study=args.study,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        quick=args.quick,
+        model=model_options(args),
+    )
 
 
 def _check_full_batches(dataset, configurations, batch_size):

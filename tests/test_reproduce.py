@@ -3,7 +3,6 @@ model, determinism, and the image-folder path. Nothing here downloads anything."
 
 import importlib
 import importlib.util
-import json
 import re
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from bench.accuracy.training import (
 from impls.architectures import BACKBONES
 from impls.backends import BACKENDS, available_backends
 from impls.testing import founding_question
+from impls.testing.metadata import REQUIRED_KEYS, read_results
 from reference.contracts import IBPInputError
 
 from .conftest import import_framework
@@ -60,7 +60,8 @@ def _train(tmp_path, *arguments):
     assert reproduce_accuracy.main(["--output-dir", str(output), "--no-progress", *arguments]) == 0
     for suffix in ("md", "png"):
         assert (output / f"accuracy.{suffix}").stat().st_size > 0
-    return json.loads((output / "accuracy.json").read_text())
+    _, document = read_results(output / "accuracy.json")
+    return document
 
 
 def _runs_by_config(results):
@@ -231,9 +232,12 @@ def test_quick_run_ibp_learns_and_the_question_set_up_does_not(backend, tmp_path
     assert ibp["chance_rate"] == pytest.approx(1 / SYNTHETIC_NUM_CLASSES)
     assert ibp["test_accuracy"] >= seed["test_accuracy"] + 0.4, (ibp, seed)
     assert abs(seed["test_accuracy"] - seed["chance_rate"]) <= 0.05
-    assert len(ibp["history"]) == results["metadata"]["epochs"] == reproduce_accuracy.QUICK_EPOCHS
+    envelope = results["ibp_metadata"]
+    assert len(ibp["history"]) == envelope["epochs"] == reproduce_accuracy.QUICK_EPOCHS
     assert {"train_loss", "train_accuracy", "test_accuracy"} <= set(ibp["history"][-1])
-    assert {"commit", "versions", "device", "threads", "date", "seed"} <= set(results["metadata"])
+    assert set(REQUIRED_KEYS) <= set(envelope)
+    assert envelope["command"].startswith("reproduce-accuracy --output-dir")
+    assert set(envelope["framework_devices"]) == {backend.name}
 
 
 @pytest.mark.slow
@@ -610,7 +614,7 @@ def test_plot_separates_families_and_equal_curves_and_labels_divergence(tmp_path
         _fake_run("seed_fix_eps_ones", [1 / 7, 1 / 7]),
         _fake_run("seed_fix_frozen_backbone", [0.0], diverged_at=1),
     ]
-    metadata = {"command": "reproduce-accuracy --quick", "commit": "abc", "seed": 0}
+    metadata = {"command": "reproduce-accuracy --quick", "git_commit": "abc", "seed": 0}
     figure = report.plot(runs, tmp_path / "plot.png", metadata)
     assert (tmp_path / "plot.png").stat().st_size > 0
     assert "reproduce-accuracy --quick" in figure.get_suptitle()
