@@ -16,7 +16,7 @@ from impls.minimax_polynomials import (
     DESIGN_LOWER_BOUND,
     quintic_schedule,
 )
-from impls.testing.accuracy import realistic_case
+from impls.testing.numerical_error import realistic_case
 from impls.testing.strategies import feature_maps_with_dead_channels, spd_batches
 from impls.testing.tolerances import condition_number, relative_error, tolerance
 from reference.contracts import IBPInputError

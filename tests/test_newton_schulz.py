@@ -3,7 +3,7 @@ count, its default count meets the accuracy the README states, and so does metho
 
 import pytest
 
-from impls.testing.accuracy import realistic_case, sqrtm_errors
+from impls.testing.numerical_error import realistic_case, sqrtm_errors
 from reference.conventions import (
     AUTO_STATED_ACCURACY,
     DEFAULT_NEWTON_SCHULZ_ITERATIONS,

@@ -1,5 +1,6 @@
-"""Accuracy of a matrix square root on the input it meets in a network: covariances of 28x28 ReLU
-feature maps plus the default eps, in float32, against the float64 reference."""
+"""Numerical error (not classification accuracy) of a matrix square root on the input it meets in
+a network: covariances of 28x28 ReLU feature maps plus the default eps, in float32, against the
+float64 reference."""
 
 import numpy as np
 
