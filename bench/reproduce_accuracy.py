@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from bench.accuracy import report
 from bench.accuracy.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, STUDIES
 from bench.accuracy.data import EMBEDDED_DATASETS, Dataset
+from bench.accuracy.distributed import World
 from bench.accuracy.image_folders import image_folder
 from bench.accuracy.training import RunCache, TrainingOptions, train
 from impls.architectures import BACKBONES
@@ -147,6 +148,31 @@ def _parser():
         help="which paper numbers to print beside an image folder's (default: from its name)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="write a checkpoint after every epoch under DIR/<data set>/<framework>/<config>/; "
+        "the same command with the same DIR resumes where it stopped",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive(int),
+        help="torch: DataLoader processes that decode image-folder batches (default: in the "
+        "training process)",
+    )
+    parser.add_argument(
+        "--tf-strategy",
+        choices=("none", "mirrored", "multi-worker"),
+        default="none",
+        help="TensorFlow: one device (none), MirroredStrategy over the local GPUs (or "
+        "--tf-logical-cpus), or MultiWorkerMirroredStrategy with the cluster from TF_CONFIG",
+    )
+    parser.add_argument(
+        "--tf-logical-cpus",
+        type=positive(int),
+        metavar="N",
+        help="TensorFlow, --tf-strategy mirrored: split the CPU into N logical devices",
+    )
     return parser
 
 
@@ -226,8 +252,16 @@ def configurations_for(dataset, args):
 
 def make_runners(args):
     """One runner per framework, in the order of the backend registry."""
+    tf_options = {"strategy": args.tf_strategy, "logical_cpus": args.tf_logical_cpus}
+    options = {
+        "torch": {},
+        # Until runner_tf takes them, pass TensorFlow's distribution options only when set.
+        "tf": {key: value for key, value in tf_options.items() if value not in (None, "none")},
+    }
     return [
-        importlib.import_module(f"bench.accuracy.runner_{name}").Runner(args.device, args.threads)
+        importlib.import_module(f"bench.accuracy.runner_{name}").Runner(
+            args.device, args.threads, **options[name]
+        )
         for name in BACKENDS
         if name in args.framework
     ]
@@ -263,6 +297,9 @@ def metadata(args, runners, total_seconds, argv):
         batch_size=args.batch_size,
         quick=args.quick,
         model=model_options(args),
+        distribution={
+            runner.name: getattr(runner, "world", World()).as_metadata() for runner in runners
+        },
     )
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.accuracy.distributed import World
 from bench.accuracy.seed_model_torch import SeedHead
 from impls.backends import get_backend
 from impls.testing import founding_question as question
@@ -65,6 +66,7 @@ class Runner:
         if want_gpu:
             # cuBLAS needs this workspace setting to be deterministic.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        self.world = World()
 
     def describe_device(self):
         if self.device.type == "cuda":
