@@ -2,7 +2,8 @@
 forward+backward or training step on tensors already in place, and block until it is done.
 
 One adapter class per registry entry, keyed by the backend's name; the suites iterate the registry
-and look the adapter up, so a new backend needs an adapter here and nothing else.
+and look the adapter up, so a new backend needs an adapter here and nothing else. Devices, placement
+and conversion are the backend's (`impls.backends`); an adapter only holds the resolved device.
 
 TensorFlow callables are `tf.function`s (graph mode, as Keras runs `fit`); each is traced by the
 warm-up call that precedes every timing, so tracing is never timed. Autograph is off: nothing here
@@ -11,47 +12,59 @@ branches on tensors, and autograph re-reads source files, which breaks when they
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from bench.cases import SqrtmVariant
-from impls.backends import available_backends
+from impls.backends import Backend, Device, Tensor, available_backends
 
 #: Classes of the head and training-step benchmarks (CUB-200-2011 has 200).
 NUM_CLASSES = 200
 #: Any rate does for timing; a small one keeps repeated steps on random data finite.
 TRAIN_LEARNING_RATE = 1e-3
+#: The benchmarks name a device by its hardware ("cuda"), the registry by its kind.
+_DEVICE_REQUESTS = {"cpu": "cpu", "cuda": "gpu"}
 
 
-def _build_model(backend: Any, name: str) -> Any:
+def _build_model(backend: Backend, name: str) -> Any:
     """`impls.<framework>.models.build_model(name)`: backbone (He-initialised) + IBP head."""
     models = importlib.import_module(f"{backend.impl_module}.models")
     return models.build_model(name, num_classes=NUM_CLASSES)
 
 
-class TorchAdapter:
-    devices = ("cpu", "cuda")
+class Adapter:
+    """A backend on one device; the conversions are the backend's, on that device."""
 
-    def __init__(self, backend: Any, device: str) -> None:
-        self.backend, self.torch = backend, backend.fw
-        self.device = self.torch.device(device)
+    #: The benchmark devices ("cpu", "cuda") this adapter's suites run on.
+    devices: ClassVar[tuple[str, ...]]
+
+    def __init__(self, backend: Backend, device: str) -> None:
+        self.backend = backend
+        self.device: Device = backend.resolve_device(_DEVICE_REQUESTS[device])
 
     def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            self.torch.cuda.synchronize()
+        self.backend.synchronize(self.device)
 
-    def matrices(self, array: np.ndarray, dtype: str) -> Any:
-        return self.backend.tensor(array, dtype).to(self.device)
+    def matrices(self, array: np.ndarray, dtype: str) -> Tensor:
+        return self.backend.tensor(array, dtype, self.device)
 
-    def feature_maps(self, channels_first: np.ndarray, dtype: str) -> Any:
-        return self.backend.feature_map(channels_first, dtype).to(self.device)
+    def feature_maps(self, channels_first: np.ndarray, dtype: str) -> Tensor:
+        return self.backend.feature_map(channels_first, dtype, self.device)
 
-    def labels(self, array: np.ndarray) -> Any:
-        return self.torch.as_tensor(array, dtype=self.torch.long, device=self.device)
+    def labels(self, array: np.ndarray) -> Tensor:
+        return self.backend.labels(array, self.device)
 
-    def to_numpy(self, tensor: Any) -> np.ndarray:
+    def to_numpy(self, tensor: Tensor) -> np.ndarray:
         return self.backend.numpy(tensor)
+
+
+class TorchAdapter(Adapter):
+    devices = ("cpu", "cuda")
+
+    def __init__(self, backend: Backend, device: str) -> None:
+        super().__init__(backend, device)
+        self.torch = backend.fw
 
     def sqrtm_function(self, variant: SqrtmVariant) -> Callable[[Any], Any]:
         sqrtm, options = self.backend.impl.sqrtm, variant.options
@@ -66,7 +79,7 @@ class TorchAdapter:
         return (u * eigenvalues.clamp_min(0).sqrt().unsqueeze(-2)) @ u.mT
 
     def forward(self, root: Callable[[Any], Any], a: Any) -> Callable[[], Any]:
-        def run():
+        def run() -> Any:
             with self.torch.no_grad():
                 z = root(a)
             self.synchronize()
@@ -79,7 +92,7 @@ class TorchAdapter:
     ) -> Callable[[], tuple[Any, Any]]:
         """A callable returning (Z, dL/dA) for L = <cotangent, root(A)>."""
 
-        def run():
+        def run() -> tuple[Any, Any]:
             leaf = a.detach().requires_grad_(True)
             z = root(leaf)
             (grad,) = self.torch.autograd.grad(z, leaf, cotangent)
@@ -98,16 +111,17 @@ class TorchAdapter:
         workspace of the backward itself (an eigendecomposition inside a backward, say).
         """
         input_storages = {tensor.untyped_storage().data_ptr() for tensor in inputs}
-        saved = {}
+        on_gpu = self.backend.is_gpu(self.device)
+        saved: dict[int, int] = {}
 
-        def pack(tensor):
+        def pack(tensor: Any) -> Any:
             storage = tensor.untyped_storage()
             saved[storage.data_ptr()] = storage.nbytes()
             return tensor
 
         with self.torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            if self.device.type == "cuda":
-                self.torch.cuda.synchronize()
+            if on_gpu:
+                self.synchronize()
                 baseline = self.torch.cuda.memory_allocated()
                 self.torch.cuda.reset_peak_memory_stats()
                 result = run()
@@ -115,7 +129,7 @@ class TorchAdapter:
             else:
                 result = run()
         info = {"saved_tensor_bytes": sum(n for p, n in saved.items() if p not in input_storages)}
-        if self.device.type == "cuda":
+        if on_gpu:
             info["cuda_peak_bytes_above_inputs"] = peak
         return result, info
 
@@ -123,7 +137,7 @@ class TorchAdapter:
         torch = self.torch
         optimizer = torch.optim.SGD(model.parameters(), lr=TRAIN_LEARNING_RATE)
 
-        def run():
+        def run() -> Any:
             optimizer.zero_grad(set_to_none=True)
             loss = torch.nn.functional.cross_entropy(model(inputs), labels)
             loss.backward()
@@ -142,7 +156,7 @@ class TorchAdapter:
         head = head.to(device=self.device, dtype=features.dtype)
         labels = torch.zeros(features.shape[0], dtype=torch.long, device=self.device)
 
-        def run():
+        def run() -> Any:
             leaf = features.detach().requires_grad_(True)
             loss = torch.nn.functional.cross_entropy(head(leaf), labels)
             grads = torch.autograd.grad(loss, [leaf, *head.parameters()])
@@ -161,25 +175,14 @@ class TorchAdapter:
         return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=enabled)
 
 
-class TensorFlowAdapter:
+class TensorFlowAdapter(Adapter):
     # tensorflow-cpu is what this project installs; tf.linalg.sqrtm has no GPU kernel either.
     # On the CPU a tf.function call returns once its outputs are computed: nothing to wait for.
     devices = ("cpu",)
 
-    def __init__(self, backend: Any, device: str) -> None:
-        self.backend, self.tf = backend, backend.fw
-
-    def matrices(self, array: np.ndarray, dtype: str) -> Any:
-        return self.backend.tensor(array, dtype)
-
-    def feature_maps(self, channels_first: np.ndarray, dtype: str) -> Any:
-        return self.backend.feature_map(channels_first, dtype)
-
-    def labels(self, array: np.ndarray) -> Any:
-        return self.tf.constant(np.asarray(array), dtype=self.tf.int64)
-
-    def to_numpy(self, tensor: Any) -> np.ndarray:
-        return self.backend.numpy(tensor)
+    def __init__(self, backend: Backend, device: str) -> None:
+        super().__init__(backend, device)
+        self.tf = backend.fw
 
     def sqrtm_function(self, variant: SqrtmVariant) -> Callable[[Any], Any]:
         sqrtm, options, tf = self.backend.impl.sqrtm, variant.options, self.tf
@@ -195,8 +198,17 @@ class TensorFlowAdapter:
         s = tf.sqrt(tf.maximum(eigenvalues, 0))
         return tf.matmul(u * s[..., None, :], u, transpose_b=True)
 
+    def _placed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` as a tf.function whose ops run on the adapter's device (fixed when traced)."""
+
+        def placed(*args: Any) -> Any:
+            with self.backend.placement(self.device):
+                return fn(*args)
+
+        return self.tf.function(placed, autograph=False)
+
     def forward(self, root: Callable[[Any], Any], a: Any) -> Callable[[], Any]:
-        compiled = self.tf.function(root, autograph=False)
+        compiled = self._placed(root)
         return lambda: compiled(a)
 
     def forward_backward(
@@ -205,8 +217,8 @@ class TensorFlowAdapter:
         """A callable returning (Z, dL/dA) for L = <cotangent, root(A)>."""
         tf = self.tf
 
-        @tf.function(autograph=False)
-        def step(a, cotangent):
+        @self._placed
+        def step(a: Any, cotangent: Any) -> tuple[Any, Any]:
             with tf.GradientTape() as tape:
                 tape.watch(a)
                 z = root(a)
@@ -224,8 +236,8 @@ class TensorFlowAdapter:
         tf = self.tf
         optimizer = keras.optimizers.SGD(learning_rate=TRAIN_LEARNING_RATE)
 
-        @tf.function(autograph=False)
-        def step(inputs, labels):
+        @self._placed
+        def step(inputs: Any, labels: Any) -> Any:
             with tf.GradientTape() as tape:
                 logits = model(inputs, training=True)
                 loss = tf.reduce_mean(
@@ -242,12 +254,13 @@ class TensorFlowAdapter:
     ) -> Callable[[], Any]:
         """Loss and gradients (input and classifier) of IBPHead + cross-entropy; no update."""
         tf = self.tf
-        head = self.backend.impl.IBPHead(num_classes=num_classes, **options)
-        head.build(features.shape)
-        labels = tf.zeros(features.shape[0], dtype=tf.int64)
+        with self.backend.placement(self.device):
+            head = self.backend.impl.IBPHead(num_classes=num_classes, **options)
+            head.build(features.shape)
+            labels = tf.zeros(features.shape[0], dtype=tf.int64)
 
-        @tf.function(autograph=False)
-        def step(x):
+        @self._placed
+        def step(x: Any) -> Any:
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 loss = tf.reduce_mean(
@@ -259,16 +272,18 @@ class TensorFlowAdapter:
 
     def model_train_step(self, name: str, images: Any, labels: Any) -> Callable[[], Any]:
         """One SGD step of build_model(name) on a batch of images."""
-        return self._train_step(_build_model(self.backend, name), images, labels)
+        with self.backend.placement(self.device):
+            model = _build_model(self.backend, name)
+        return self._train_step(model, images, labels)
 
 
-ADAPTERS: dict[str, type[TorchAdapter] | type[TensorFlowAdapter]] = {
+ADAPTERS: dict[str, type[Adapter]] = {
     "torch": TorchAdapter,
     "tf": TensorFlowAdapter,
 }
 
 
-def benchmarked_backends(device: str) -> list[Any]:
+def benchmarked_backends(device: str) -> list[Backend]:
     """Registry backends that are installed and have an adapter that runs on `device`."""
     return [
         backend
@@ -277,5 +292,6 @@ def benchmarked_backends(device: str) -> list[Any]:
     ]
 
 
-def adapter_for(backend: Any, device: str) -> Any:
+def adapter_for(backend: Backend, device: str) -> Any:
+    """The adapter of `backend` on the benchmark device ("cpu" or "cuda")."""
     return ADAPTERS[backend.name](backend, device)
