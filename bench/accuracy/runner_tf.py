@@ -1,13 +1,25 @@
 """TensorFlow/Keras side of the accuracy reproduction: models, optimizers and steps for `training`.
 
 Steps are custom tf.functions rather than `Model.fit`, so that both frameworks run the same
-loop (`training`) on the same batches.
+loop (`training`) on the same batches. Under a tf.distribute strategy (`distribution_tf`) the model
+and its optimizer live in the strategy's scope and a step runs on every replica: each replica
+scales its loss SUM by 1/(global batch size) and the optimizer sums the replicas' gradients, so
+the update is the global batch mean's whatever the number of replicas (up to the order of the
+float32 sums). The question's batch-summing head sums within a replica's part of the batch only,
+so with several replicas it computes something else: that is its bug, not the strategy's.
 """
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from bench.accuracy import distribution_tf
+from bench.accuracy.data import Batches
+from bench.accuracy.pipeline_tf import make_dataset
 from bench.accuracy.seed_model_tf import SeedHead
 from impls.backends import get_backend
 from impls.testing import founding_question as question
@@ -73,15 +85,32 @@ def _configure_threads(threads):
 class Runner:
     name = "tf"
 
-    def __init__(self, device="cpu", threads=None):
+    def __init__(
+        self,
+        device: str = "cpu",
+        threads: int | None = None,
+        strategy: str | None = None,
+        logical_cpus: int | None = None,
+    ) -> None:
+        # Thread pools and logical devices can be set only before TensorFlow runs anything.
+        self.threads = _configure_threads(threads)
         gpus = tf.config.list_physical_devices("GPU")
         if device == "gpu" and not gpus:
             raise IBPInputError("--device gpu: TensorFlow sees no GPU")
+        self.strategy, self.world = distribution_tf.make_strategy(strategy, device, logical_cpus)
         self.device = "/GPU:0" if gpus and device in ("gpu", "auto") else "/CPU:0"
-        self.threads = _configure_threads(threads)
-        self._predictors = {}  # (model name, from features) -> (model, compiled prediction)
+        self._predictors: dict = {}  # (model name, from features) -> (model, compiled prediction)
 
-    def describe_device(self):
+    def _placement(self) -> Any:
+        """Where variables are made: the strategy's scope (mirrored on every replica) or the
+        one device."""
+        if self.world.kind == "single":
+            return tf.device(self.device)
+        return self.strategy.scope()
+
+    def describe_device(self) -> str:
+        if self.world.kind != "single":
+            return f"{self.world.kind}, {self.world.replicas} replicas"
         if self.device == "/CPU:0":
             return "cpu"
         details = tf.config.experimental.get_device_details(
@@ -89,15 +118,27 @@ class Runner:
         )
         return details.get("device_name", "gpu")
 
-    def versions(self):
+    def versions(self) -> dict[str, str]:
         return {"tensorflow": tf.__version__, "keras": keras.__version__}
 
-    def seed(self, seed):
+    def seed(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
         tf.config.experimental.enable_op_determinism()
 
+    def local_part(self, indices: np.ndarray) -> np.ndarray:
+        return distribution_tf.local_part(self.world, indices)
+
+    def barrier(self) -> None:
+        """Wait for every process: an all-reduce of nothing, which no process can finish early."""
+        if self.world.processes > 1:
+            self.strategy.reduce(
+                tf.distribute.ReduceOp.SUM,
+                self.strategy.run(lambda: tf.constant(0, tf.int32)),
+                axis=None,
+            )
+
     def build_model(self, configuration, dataset, model_options):
-        with tf.device(self.device):
+        with self._placement():
             backbone = IMPL.build_backbone(
                 model_options["backbone"],
                 model_options["weights"],
@@ -112,12 +153,13 @@ class Runner:
             return keras.Model(images, head(backbone(images)), name=configuration.name)
 
     def optimizer(self, model, stage):
-        if stage.optimizer == "question":
-            IMPL.freeze_backbone(model, stage.frozen)
-            optimizer = keras.optimizers.SGD(learning_rate=question.LEARNING_RATE)
-        else:
-            optimizer = IMPL.recipe_optimizer(model, int(stage.optimizer[-1]))
-        optimizer.build(model.trainable_variables)
+        with self._placement():
+            if stage.optimizer == "question":
+                IMPL.freeze_backbone(model, stage.frozen)
+                optimizer = keras.optimizers.SGD(learning_rate=question.LEARNING_RATE)
+            else:
+                optimizer = IMPL.recipe_optimizer(model, int(stage.optimizer[-1]))
+            optimizer.build(model.trainable_variables)
         return optimizer
 
     def images(self, images):
@@ -137,24 +179,74 @@ class Runner:
     def numpy(self, tensor):
         return tensor.numpy()
 
-    def train_step(self, model, optimizer, from_features):
+    def train_batches(
+        self,
+        split: Batches,
+        batches: list[np.ndarray],
+        seed: int,
+        epoch: int,
+        features: tf.Tensor | None = None,
+    ) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:
+        """(inputs, labels) for each of this process's `batches` (its local parts of the global
+        ones), as `train_step`'s step takes them: the cached backbone features, or the images
+        through the tf.data pipeline."""
+        if features is not None:
+            for indices in batches:
+                yield self.take(features, indices), tf.constant(split.labels[indices], tf.int64)
+            return
+        yield from make_dataset(split, batches, seed, epoch)
+
+    def _distribute(self, value: tf.Tensor) -> Any:
+        """This process's batch cut into one contiguous piece per local replica."""
+        if self.world.kind == "single":
+            return value
+        local_replicas = self.world.replicas // self.world.processes
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda context: distribution_tf.piece(
+                value, context.replica_id_in_sync_group % local_replicas, local_replicas
+            )
+        )
+
+    def train_step(self, model, optimizer, from_features: bool) -> Callable[..., tuple[float, int]]:
+        """step(inputs, labels, global_batch_size) -> (loss summed over the global batch, right
+        answers in it). Without global_batch_size (the loop of one process that calls it with
+        whole batches): (mean loss, right answers)."""
         forward = model.get_layer(HEAD_LAYER) if from_features else model
         variables = model.trainable_variables
+        pieces_of_16 = isinstance(model.get_layer(HEAD_LAYER), SeedHead)
 
-        @tf.function
-        def step(inputs, labels):
+        def replica_step(inputs, labels, global_batch_size):
             with tf.GradientTape() as tape:
                 logits = forward(inputs, training=True)
-                loss = tf.reduce_mean(
+                loss_sum = tf.reduce_sum(
                     keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
                 )
+                loss = loss_sum / global_batch_size
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-            return loss, _count_correct(logits, labels)
+            return loss_sum, _count_correct(logits, labels)
 
-        def run(inputs, labels):
+        @tf.function
+        def step(inputs, labels, global_batch_size):
+            per_replica = self.strategy.run(replica_step, args=(inputs, labels, global_batch_size))
+            return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, None) for v in per_replica]
+
+        def run(inputs, labels, global_batch_size=None):
+            whole = global_batch_size is None
+            global_batch_size = len(labels) if whole else global_batch_size
+            if pieces_of_16 and global_batch_size != question.BATCH_SIZE * self.world.replicas:
+                raise IBPInputError(
+                    f"the question's layers hard-code {question.BATCH_SIZE} samples per replica; "
+                    f"{self.world.replicas} replicas need global batches of "
+                    f"{question.BATCH_SIZE * self.world.replicas}, got {global_batch_size}"
+                )
             with tf.device(self.device):
-                loss, correct = step(inputs, tf.constant(labels, tf.int64))
-            return float(loss), int(correct)
+                inputs, labels = (
+                    self._distribute(inputs),
+                    self._distribute(tf.constant(labels, tf.int64)),
+                )
+                loss_sum, correct = step(inputs, labels, tf.constant(global_batch_size, tf.float32))
+            loss_sum = float(loss_sum)
+            return (loss_sum / global_batch_size if whole else loss_sum), int(correct)
 
         return run
 
@@ -169,6 +261,26 @@ class Runner:
 
     def copy_backbone(self, source, model) -> None:
         model.get_layer(BACKBONE_LAYER).set_weights(source.get_layer(BACKBONE_LAYER).get_weights())
+
+    def save_state(self, directory: Path, model, optimizer) -> None:
+        """Weights, optimizer slots and step counter under `directory`. TensorFlow's random state
+        needs no saving: nothing in a training step draws from it (the weights are initialised
+        before the first step, and a resumed run loads them)."""
+        _checkpoint(model, optimizer).write(str(Path(directory) / _CHECKPOINT_PREFIX))
+
+    def load_state(self, directory: Path, model, optimizer) -> None:
+        """What `save_state` wrote, into a model and an optimizer built like the saved ones; a
+        variable of either that the checkpoint lacks (or has in another shape) is an error."""
+        status = _checkpoint(model, optimizer).read(str(Path(directory) / _CHECKPOINT_PREFIX))
+        status.assert_existing_objects_matched()
+
+
+#: The file name prefix of a runner's checkpoint inside its directory.
+_CHECKPOINT_PREFIX = "tf-state"
+
+
+def _checkpoint(model, optimizer) -> tf.train.Checkpoint:
+    return tf.train.Checkpoint(model=model, optimizer=optimizer)
 
 
 def _answers(logits):
