@@ -271,8 +271,14 @@ class Runner:
     def load_state(self, directory: Path, model, optimizer) -> None:
         """What `save_state` wrote, into a model and an optimizer built like the saved ones; a
         variable of either that the checkpoint lacks (or has in another shape) is an error."""
-        status = _checkpoint(model, optimizer).read(str(Path(directory) / _CHECKPOINT_PREFIX))
-        status.assert_existing_objects_matched()
+        try:
+            status = _checkpoint(model, optimizer).read(str(Path(directory) / _CHECKPOINT_PREFIX))
+            status.assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.NotFoundError) as error:
+            raise IBPInputError(
+                f"checkpoint {directory}: not one of this model and optimizer ({error}); was it "
+                "written by another command? Use another --checkpoint-dir, or remove it"
+            ) from None
 
 
 #: The file name prefix of a runner's checkpoint inside its directory.
