@@ -9,6 +9,9 @@ layer at the front of the backbone, with its constants stored as (non-trainable)
 that they travel with every checkpoint.
 """
 
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
 BACKBONES = ("small", "vgg16", "resnet50", "resnet50_v1")
 
 #: torchvision's normalisation: RGB in [0, 1], per-channel mean and standard deviation.
@@ -24,7 +27,7 @@ CAFFE_STD_RGB_UNIT = (1.0 / 255.0,) * 3
 
 #: Sequential plans: an int is a 3x3 conv (padding 1) + ReLU with that many outputs, "M" a 2x2
 #: max-pool. VGG-16 stops at relu5_3: the IBP authors drop the last max-pool.
-SEQUENTIAL_PLANS = {
+SEQUENTIAL_PLANS: dict[str, tuple[int | str, ...]] = {
     "small": (32, 32, "M", 64, "M", 64),
     "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512),
 }
@@ -33,10 +36,19 @@ SEQUENTIAL_PLANS = {
 RESNET50_STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
 BOTTLENECK_EXPANSION = 4
 
+
+class ResNetVariant(TypedDict):
+    """Where a ResNet-50 layout puts the stride, whether its convs have a bias, its BN epsilon."""
+
+    stride_in_1x1: bool
+    conv_bias: bool
+    bn_eps: float
+
+
 #: "resnet50" is torchvision's layout (v1.5: the stride sits in the 3x3 conv, convs have no
 #: bias); "resnet50_v1" is keras.applications' (the stride sits in the first 1x1 conv, every
 #: conv has a bias). They compute different functions, so weights of one do not fit the other.
-RESNET_VARIANTS = {
+RESNET_VARIANTS: dict[str, ResNetVariant] = {
     "resnet50": {"stride_in_1x1": False, "conv_bias": False, "bn_eps": 1e-5},
     "resnet50_v1": {"stride_in_1x1": True, "conv_bias": True, "bn_eps": 1.001e-5},
 }
@@ -50,7 +62,7 @@ TORCH_BN_MOMENTUM = 0.1
 #: stage 2: everything, with a larger rate for the classifier. The paper gives rates and weight
 #: decay only; momentum 0.9 is an assumption (the default of MatConvNet's cnn_train, the
 #: authors' framework).
-TRAINING_RECIPE = {
+TRAINING_RECIPE: dict[int, dict[str, Any]] = {
     1: {"optimizer": "sgd", "head_lr": 1.0, "momentum": 0.9, "weight_decay": 1e-8},
     2: {"optimizer": "adam", "backbone_lr": 1e-4, "head_lr": 1e-2},
 }
@@ -61,7 +73,7 @@ TORCHVISION_URLS = {
 }
 
 
-def total_stride(name):
+def total_stride(name: str) -> int:
     """Input pixels per feature-map location along each side: also the smallest image side the
     backbone takes (smaller images leave it no location to pool)."""
     if name in SEQUENTIAL_PLANS:
@@ -69,34 +81,35 @@ def total_stride(name):
     return 2 ** (2 + len(RESNET50_STAGES) - 1)  # conv1 and the max-pool, then three strided stages
 
 
-def check_backbone_name(name):
+def check_backbone_name(name: str) -> None:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
-def sequential_layers(plan):
+def sequential_layers(plan: Sequence[int | str]) -> list[tuple[int, str, int | None]]:
     """(index, kind, width) of each layer of a sequential plan, indexed as torch's nn.Sequential
     counts them (a conv and its ReLU take two places), so both frameworks name layers alike."""
-    index, layers = 0, []
+    layers: list[tuple[int, str, int | None]] = []
+    index = 0
     for entry in plan:
-        if entry == "M":
-            layers.append((index, "pool", None))
-            index += 1
-        else:
+        if isinstance(entry, int):
             layers += [(index, "conv", entry), (index + 1, "relu", None)]
             index += 2
+        else:
+            layers.append((index, "pool", None))
+            index += 1
     return layers
 
 
-def out_channels(name, reduce_dim=None):
+def out_channels(name: str, reduce_dim: int | None = None) -> int:
     if reduce_dim:
         return reduce_dim
     if name in SEQUENTIAL_PLANS:
-        return SEQUENTIAL_PLANS[name][-1]
+        return next(e for e in reversed(SEQUENTIAL_PLANS[name]) if isinstance(e, int))
     return RESNET50_STAGES[-1][0] * BOTTLENECK_EXPANSION
 
 
-def recipe_stage(stage):
+def recipe_stage(stage: int) -> dict[str, Any]:
     try:
         return TRAINING_RECIPE[stage]
     except KeyError:

@@ -39,7 +39,7 @@ HANDOFF_ERROR = 1e-3
 _NEWTON_SCHULZ_QUINTIC = (15 / 8, -10 / 8, 3 / 8)
 
 
-def _remez_quintic(lower, upper):
+def _remez_quintic(lower: float, upper: float) -> tuple[tuple[float, float, float], float]:
     """(c1, c3, c5) of the odd quintic closest to 1 on [lower, upper], and its maximum error.
 
     The optimum equioscillates at lower, q, r, upper (error -E, +E, -E, +E), q and r being the
@@ -66,7 +66,7 @@ def _remez_quintic(lower, upper):
 @functools.cache
 def quintic_schedule(num_iters: int) -> tuple[tuple[float, float, float], ...]:
     """The (c1, c3, c5) of each of `num_iters` steps, designed for DESIGN_LOWER_BOUND."""
-    steps = []
+    steps: list[tuple[float, float, float]] = []
     lower, upper = DESIGN_LOWER_BOUND, 1.0
     for _ in range(num_iters):
         if upper - lower < 2 * HANDOFF_ERROR:

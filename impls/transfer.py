@@ -8,14 +8,22 @@ preprocessing constants. Layer names agree because both frameworks build from
 the head's classifier appear as "backbone.<layer>" and "head.classifier", as in torch.
 """
 
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
 import numpy as np
+
+#: A torch module or a Keras layer or model (neither framework is imported here).
+Module: TypeAlias = Any
+#: (kind, {role: weight}): a layer's kind ("conv", "dense", ...) and its weights by role.
+Roles: TypeAlias = tuple[str | None, dict[str, Any]]
 
 
 class WeightTransferError(ValueError):
     """The two models do not have the same architecture, so no weight-for-weight copy exists."""
 
 
-def transfer_weights(src, dst):
+def transfer_weights(src: Module, dst: Module) -> Module:
     """Copy all weights of `src` into `dst`: a torch model into a Keras one or the reverse.
 
     Raises WeightTransferError when the layers, their kinds or their shapes differ.
@@ -34,7 +42,7 @@ def transfer_weights(src, dst):
     return dst
 
 
-def _forget_traced_functions(model):
+def _forget_traced_functions(model: Module) -> None:
     """Epsilon is a Python attribute of a Keras BatchNorm, so `predict`/`fit`/`evaluate`
     functions traced before the copy would keep the old value."""
     import keras
@@ -45,11 +53,11 @@ def _forget_traced_functions(model):
             _forget_traced_functions(layer)
 
 
-def _is_torch(model_or_layer):
+def _is_torch(model_or_layer: Module) -> bool:
     return hasattr(model_or_layer, "named_modules")
 
 
-def _layers(model):
+def _layers(model: Module) -> dict[str, Module]:
     """{torchvision-style name: torch module or Keras layer} of everything that holds weights."""
     return _torch_layers(model) if _is_torch(model) else _keras_layers(model)
 
@@ -57,7 +65,7 @@ def _layers(model):
 # ----- torch side -----
 
 
-def _torch_kind(module):
+def _torch_kind(module: Module) -> str | None:
     from torch import nn
 
     from impls.torch.models import ImageNormalization
@@ -71,7 +79,7 @@ def _torch_kind(module):
     return kinds.get(type(module))
 
 
-def _torch_layers(model):
+def _torch_layers(model: Module) -> dict[str, Module]:
     layers = {name: m for name, m in model.named_modules() if _torch_kind(m) is not None}
     unknown = [
         name
@@ -83,7 +91,7 @@ def _torch_layers(model):
     return layers
 
 
-def _torch_roles(module):
+def _torch_roles(module: Module) -> Roles:
     kind = _torch_kind(module)
     if kind == "normalization":
         return kind, {"mean": module.mean.reshape(-1), "std": module.std.reshape(-1)}
@@ -101,7 +109,7 @@ def _torch_roles(module):
     return kind, roles
 
 
-def _write_torch_layer(module, values):
+def _write_torch_layer(module: Module, values: dict[str, Any]) -> None:
     import torch
 
     kind, roles = _torch_roles(module)
@@ -116,7 +124,7 @@ def _write_torch_layer(module, values):
 # ----- Keras side -----
 
 
-def _keras_kind(layer):
+def _keras_kind(layer: Module) -> str | None:
     import keras
 
     from impls.tf.models import ImageNormalization
@@ -130,10 +138,10 @@ def _keras_kind(layer):
     return kinds.get(type(layer))
 
 
-def _keras_layers(model, prefix=""):
+def _keras_layers(model: Module, prefix: str = "") -> dict[str, Module]:
     import keras
 
-    layers = {}
+    layers: dict[str, Module] = {}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             layers.update(_keras_layers(layer, f"{prefix}{layer.name}."))
@@ -148,7 +156,7 @@ def _keras_layers(model, prefix=""):
     return layers
 
 
-def _keras_roles(layer):
+def _keras_roles(layer: Module) -> Roles:
     kind = _keras_kind(layer)
     if kind == "normalization":
         return kind, {"mean": layer.mean, "std": layer.std}
@@ -167,17 +175,17 @@ def _keras_roles(layer):
 
 
 #: torch's layout -> Keras' and back, for the weights whose layouts differ.
-_TO_KERAS = {
+_TO_KERAS: dict[tuple[str | None, str], Callable[[np.ndarray], np.ndarray]] = {
     ("conv", "weight"): lambda w: np.transpose(w, (2, 3, 1, 0)),  # OIHW -> HWIO
     ("dense", "weight"): np.transpose,  # (K, C*C) -> (C*C, K)
 }
-_FROM_KERAS = {
+_FROM_KERAS: dict[tuple[str | None, str], Callable[[np.ndarray], np.ndarray]] = {
     ("conv", "weight"): lambda w: np.transpose(w, (3, 2, 0, 1)),
     ("dense", "weight"): np.transpose,
 }
 
 
-def _write_keras_layer(layer, values):
+def _write_keras_layer(layer: Module, values: dict[str, Any]) -> None:
     kind, roles = _keras_roles(layer)
     if kind == "batch_norm":
         layer.epsilon = values["eps"]
@@ -190,7 +198,7 @@ def _write_keras_layer(layer, values):
 # ----- both -----
 
 
-def _read_layer(layer):
+def _read_layer(layer: Module) -> Roles:
     """(kind, {role: value in torch's layout}) of a torch module or Keras layer."""
     if _is_torch(layer):
         kind, roles = _torch_roles(layer)
@@ -206,7 +214,7 @@ def _read_layer(layer):
     }
 
 
-def _check_same_layout(source, target):
+def _check_same_layout(source: dict[str, Roles], target: dict[str, Roles]) -> None:
     missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
     if missing or extra:
         raise WeightTransferError(

@@ -1,15 +1,18 @@
 """The head as a layer of its framework: classifier, persistence, graph mode, autocast."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import reference
+from impls.backends import Backend
 from impls.testing.tolerances import condition_number, relative_error, tolerance
 
 from .conftest import import_framework
 
 
-def test_head_with_classifier_matches_reference(backend):
+def test_head_with_classifier_matches_reference(backend: Backend) -> None:
     rng = np.random.default_rng(0)
     x = rng.random((3, 4, 5, 5))
     head = backend.impl.IBPHead(
@@ -29,7 +32,7 @@ def test_head_with_classifier_matches_reference(backend):
 
 
 @pytest.mark.parametrize("method", ["eigh", "newton_schulz"])
-def test_keras_model_trains_in_graph_mode_and_reloads(tmp_path, method):
+def test_keras_model_trains_in_graph_mode_and_reloads(tmp_path: Path, method: str) -> None:
     keras = import_framework("keras")
     import impls.tf as ibp_tf
 
@@ -62,7 +65,7 @@ def test_keras_model_trains_in_graph_mode_and_reloads(tmp_path, method):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
-def test_head_keeps_the_input_dtype(backend, dtype):
+def test_head_keeps_the_input_dtype(backend: Backend, dtype: str) -> None:
     """Half precision is computed in float32 inside and returned in its dtype; float64 is computed
     in float64 (so it meets the float64 reference at float64 round-off)."""
     x = np.random.default_rng(5).random((2, 3, 4, 4))
@@ -75,7 +78,7 @@ def test_head_keeps_the_input_dtype(backend, dtype):
     assert relative_error(backend.numpy(out), expected) < allowed
 
 
-def test_keras_head_config_round_trip():
+def test_keras_head_config_round_trip() -> None:
     import_framework("tensorflow")
     import impls.tf as ibp_tf
 
@@ -92,7 +95,7 @@ def test_keras_head_config_round_trip():
     assert clone.get_config() == head.get_config()
 
 
-def test_torch_head_under_autocast_stays_float32_inside():
+def test_torch_head_under_autocast_stays_float32_inside() -> None:
     torch = import_framework("torch")
     import impls.torch as ibp_torch
 
@@ -115,7 +118,7 @@ def test_torch_head_under_autocast_stays_float32_inside():
     logits.float().sum().backward()
 
 
-def test_torch_state_dict_round_trip():
+def test_torch_state_dict_round_trip() -> None:
     torch = import_framework("torch")
     import impls.torch as ibp_torch
 

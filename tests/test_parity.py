@@ -30,7 +30,7 @@ CASES = {
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
 @given(data=st.data())
-def test_torch_equals_tensorflow(case, dtype, data):
+def test_torch_equals_tensorflow(case: str, dtype: str, data: st.DataObject) -> None:
     spec = STAGES[case.split("-")[0] if case.startswith("sqrtm") else case]
     options = CASES[case]
     x = data.draw(
@@ -42,6 +42,7 @@ def test_torch_equals_tensorflow(case, dtype, data):
     )
     # Each side may sit a full tolerance from the reference, so from each other up to twice that.
     assert relative_error(torch_out, tf_out) <= 2 * stage_tolerance(spec, "forward", dtype, x)
+    assert torch_grad is not None and tf_grad is not None, "every stage is differentiable"
     floor = jacobian_scale(x, g, spec.forward(x))
     assert relative_error(torch_grad, tf_grad, floor) <= 2 * stage_tolerance(
         spec, "backward", dtype, x

@@ -1,5 +1,8 @@
 """The IBP head as a Keras layer (serialisable: saves and loads as .keras)."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import tensorflow as tf
 
@@ -43,15 +46,15 @@ class IBPHead(keras.layers.Layer):
 
     def __init__(
         self,
-        in_channels=None,
-        num_classes=None,
-        eps=DEFAULT_EPS,
-        method=DEFAULT_SQRTM_METHOD,
-        num_iters=None,
-        backward=None,
-        delta=SIGNED_SQRT_DELTA,
-        **kwargs,
-    ):
+        in_channels: int | None = None,
+        num_classes: int | None = None,
+        eps: float = DEFAULT_EPS,
+        method: str = DEFAULT_SQRTM_METHOD,
+        num_iters: int | None = None,
+        backward: str | None = None,
+        delta: float = SIGNED_SQRT_DELTA,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         check_positive_int(in_channels, "in_channels", allow_none=True)
@@ -68,24 +71,28 @@ class IBPHead(keras.layers.Layer):
             else None
         )
 
-    def __call__(self, inputs, *args, **kwargs):
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         # Keras cannot build a layer on a tensor of unknown rank (a tf.function traced without a
         # shape): give it rank 4, checked when the graph runs.
         if isinstance(inputs, tf.Tensor) and inputs.shape.rank is None:
             inputs = with_rank(inputs, 4, MAP_RANK_MESSAGE)
         return super().__call__(inputs, *args, **kwargs)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Sequence[int | None]) -> None:
         check_feature_map(input_shape, "channels_last", self.in_channels)
         self.in_channels = self.in_channels or input_shape[-1]
+        channels = self._channels()
+        if self.classifier is not None:
+            self.classifier.build((None, channels**2))
+
+    def _channels(self) -> int:
         if self.in_channels is None:
             raise IBPInputError(
                 "the channel count of the input is unknown: give IBPHead(in_channels=...)"
             )
-        if self.classifier is not None:
-            self.classifier.build((None, self.in_channels**2))
+        return self.in_channels
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> tf.Tensor:
         inputs = as_tensor(inputs, "feature map")
         check_feature_map(static_shape(inputs), "channels_last", self.in_channels)
         # One rounding at the end instead of one per stage for half precision input.
@@ -96,13 +103,13 @@ class IBPHead(keras.layers.Layer):
         checks.append((a, OVERFLOW_MESSAGE))
         z = _root(a, self.method, self.num_iters, self.backward, checks)
         y = _l2_normalize(_signed_sqrt(z, self.delta))
-        v = tf.cast(tf.reshape(y, (tf.shape(y)[0], self.in_channels**2)), inputs.dtype)
+        v = tf.cast(tf.reshape(y, (tf.shape(y)[0], self._channels() ** 2)), inputs.dtype)
         return v if self.classifier is None else self.classifier(v)
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_classes or self.in_channels**2)
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, int]:
+        return (input_shape[0], self.num_classes or self._channels() ** 2)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "in_channels": self.in_channels,

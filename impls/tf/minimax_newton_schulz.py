@@ -6,6 +6,8 @@ Input: a symmetric (B, C, C) float tensor, already validated by `impls.tf.stages
 Mirrors `impls.torch.minimax_newton_schulz` line by line; its docstring compares the backwards.
 """
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import tensorflow as tf
 
@@ -16,22 +18,25 @@ from reference.contracts import IBPInputError
 MINIMAX_BACKWARDS = ("newton_schulz", "autograd", "lyapunov")
 
 
-def _transpose(m):
+def _transpose(m: tf.Tensor) -> tf.Tensor:
     return tf.linalg.matrix_transpose(m)
 
 
-def _symmetric_part(m):
+def _symmetric_part(m: tf.Tensor) -> tf.Tensor:
     return (m + _transpose(m)) / 2
 
 
-def _minimax_iterates(a, num_iters):
+def _minimax_iterates(
+    a: tf.Tensor, num_iters: int
+) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
     """(Y_K, s, [M_k], [T_k]): Y_K ~ (A / s)^(1/2), s = ||A||_F, M_k = Z_k Y_k = S_k^2 and
     T_k = h_k(M_k), the squared sign iterates and step polynomials that the backward reuses."""
     norm = tf.norm(a, ord="fro", axis=(-2, -1), keepdims=True)
     scale = tf.maximum(norm, np.finfo(a.dtype.as_numpy_dtype).tiny)
     eye = tf.eye(tf.shape(a)[-1], batch_shape=tf.shape(a)[:-2], dtype=a.dtype)
     y, z = a / scale, None
-    squares, polynomials = [], []
+    squares: list[tf.Tensor] = []
+    polynomials: list[tf.Tensor] = []
     for k, (c1, c3, c5) in enumerate(quintic_schedule(num_iters)):
         # Z_0 = I: the first step needs neither Z Y nor T Z.
         m = y if z is None else z @ y
@@ -50,7 +55,14 @@ def minimax_root(a: tf.Tensor, num_iters: int) -> tf.Tensor:
     return y * tf.sqrt(scale)
 
 
-def _lyapunov_from_iterates(root, scale, squares, polynomials, g, num_iters):
+def _lyapunov_from_iterates(
+    root: tf.Tensor,
+    scale: tf.Tensor,
+    squares: Sequence[tf.Tensor],
+    polynomials: Sequence[tf.Tensor],
+    g: tf.Tensor,
+    num_iters: int,
+) -> tf.Tensor:
     """Symmetric part of X solving Z X + X Z = G by the same steps on [[Z, G], [0, -Z]]: see
     `impls.torch.minimax_newton_schulz._lyapunov_from_iterates` for the derivation."""
     p, q = root, _symmetric_part(g) / tf.sqrt(scale)
@@ -64,15 +76,15 @@ def _lyapunov_from_iterates(root, scale, squares, polynomials, g, num_iters):
     return _symmetric_part(q) / 2
 
 
-def _minimax_with_gradient(a, num_iters, backward):
+def _minimax_with_gradient(a: tf.Tensor, num_iters: int, backward: str) -> tf.Tensor:
     """Minimax Newton-Schulz root; backward "newton_schulz" (iterative, matrix products only) or
     "lyapunov" (exact for the computed root, by eigendecomposition)."""
 
     @tf.custom_gradient
-    def root(a):
+    def root(a: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
         y, scale, squares, polynomials = _minimax_iterates(a, num_iters)
 
-        def grad(g):
+        def grad(g: tf.Tensor) -> tf.Tensor:
             if backward == "newton_schulz":
                 return _lyapunov_from_iterates(y, scale, squares, polynomials, g, num_iters)
             # stages imports this module for its sqrtm dispatch: import its solver at call time.

@@ -8,6 +8,8 @@ is the nested model named "backbone" and the head the layer named "head".
 """
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -34,6 +36,9 @@ from reference.contracts import check_images
 
 BACKBONE_LAYER, HEAD_LAYER = "backbone", "head"
 
+#: (height, width, 3) of the images a model is built for; None sides take any size.
+InputShape = tuple[int | None, int | None, int]
+
 
 @keras.saving.register_keras_serializable(package="ibp")
 class ImageNormalization(keras.layers.Layer):
@@ -41,23 +46,29 @@ class ImageNormalization(keras.layers.Layer):
     weight files record the preprocessing. It is the model's first layer, so it checks the
     images: RGB floats of at least `min_side` pixels per side (the backbone's total stride)."""
 
-    def __init__(self, mean=TORCHVISION_MEAN, std=TORCHVISION_STD, min_side=1, **kwargs):
+    def __init__(
+        self,
+        mean: Sequence[float] = TORCHVISION_MEAN,
+        std: Sequence[float] = TORCHVISION_STD,
+        min_side: int = 1,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("autocast", False)  # a uint8 image must reach the check uncast
         super().__init__(**kwargs)
         self.initial_mean, self.initial_std = tuple(mean), tuple(std)
         self.min_side = min_side
 
-    def build(self, input_shape):
+    def build(self, input_shape: Sequence[int | None]) -> None:
         self.mean = self._constant("mean", self.initial_mean)
         self.std = self._constant("std", self.initial_std)
 
-    def _constant(self, name, values):
+    def _constant(self, name: str, values: Sequence[float]) -> Any:
         initializer = keras.initializers.Constant(values)
         return self.add_weight(
             shape=(len(values),), initializer=initializer, trainable=False, name=name
         )
 
-    def call(self, images):
+    def call(self, images: Any) -> Any:
         # Called on Keras' symbolic tensors (tuple shapes, dtype names) and on tf.Tensors alike.
         shape = None if getattr(images.shape, "rank", 0) is None else tuple(images.shape)
         dtype = keras.backend.standardize_dtype(images.dtype)
@@ -65,7 +76,7 @@ class ImageNormalization(keras.layers.Layer):
         images = keras.ops.cast(images, self.compute_dtype)
         return (images - self.mean) / self.std
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "mean": self.initial_mean,
@@ -79,13 +90,13 @@ class ImageModel(keras.Model):
     """A functional model of images that refuses integer images before Keras converts them to its
     input's float dtype, which would pass 0..255 pixels on unscaled."""
 
-    def __call__(self, images, *args, **kwargs):
+    def __call__(self, images: Any, *args: Any, **kwargs: Any) -> Any:
         dtype = getattr(images, "dtype", None) or np.asarray(images).dtype
         check_images(None, keras.backend.standardize_dtype(dtype), "channels_last", 1)
         return super().__call__(images, *args, **kwargs)
 
 
-def _conv(x, filters, kernel, stride, name, use_bias=True):
+def _conv(x: Any, filters: int, kernel: int, stride: int, name: str, use_bias: bool = True) -> Any:
     if stride > 1 and kernel > 1:
         # Keras' "same" pads strided convs on the bottom/right only; torch pads every side.
         x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}.pad")(x)
@@ -104,15 +115,15 @@ def _conv(x, filters, kernel, stride, name, use_bias=True):
     return conv(x)
 
 
-def _batch_norm(x, name, eps=BN_EPS):
+def _batch_norm(x: Any, name: str, eps: float = BN_EPS) -> Any:
     return keras.layers.BatchNormalization(momentum=1 - TORCH_BN_MOMENTUM, epsilon=eps, name=name)(
         x
     )
 
 
-def _sequential_trunk(x, name):
+def _sequential_trunk(x: Any, name: str) -> Any:
     for index, kind, width in sequential_layers(SEQUENTIAL_PLANS[name]):
-        if kind == "conv":
+        if width is not None:  # a conv
             x = _conv(x, width, 3, 1, f"features.{index}")
         elif kind == "relu":
             x = keras.layers.ReLU(name=f"features.{index}")(x)
@@ -121,7 +132,15 @@ def _sequential_trunk(x, name):
     return x
 
 
-def _bottleneck(x, width, stride, name, stride_in_1x1, conv_bias, bn_eps):
+def _bottleneck(
+    x: Any,
+    width: int,
+    stride: int,
+    name: str,
+    stride_in_1x1: bool,
+    conv_bias: bool,
+    bn_eps: float,
+) -> Any:
     out = width * BOTTLENECK_EXPANSION
     stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
     shortcut = x
@@ -138,7 +157,7 @@ def _bottleneck(x, width, stride, name, stride_in_1x1, conv_bias, bn_eps):
     )
 
 
-def _resnet_trunk(x, name):
+def _resnet_trunk(x: Any, name: str) -> Any:
     variant = RESNET_VARIANTS[name]
     x = _conv(x, 64, 7, 2, "conv1", variant["conv_bias"])
     x = keras.layers.ReLU(name="relu")(_batch_norm(x, "bn1", variant["bn_eps"]))
@@ -152,7 +171,12 @@ def _resnet_trunk(x, name):
     return x
 
 
-def _backbone_network(name, reduce_dim, input_shape, preprocessing):
+def _backbone_network(
+    name: str,
+    reduce_dim: int | None,
+    input_shape: InputShape,
+    preprocessing: tuple[Sequence[float], Sequence[float]],
+) -> ImageModel:
     images = keras.Input(shape=input_shape, name="images")
     x = ImageNormalization(*preprocessing, total_stride(name), name="preprocess")(images)
     x = (_sequential_trunk if name in SEQUENTIAL_PLANS else _resnet_trunk)(x, name)
@@ -163,7 +187,12 @@ def _backbone_network(name, reduce_dim, input_shape, preprocessing):
     return ImageModel(images, x, name=BACKBONE_LAYER)
 
 
-def build_backbone(name, weights=None, reduce_dim=None, input_shape=(None, None, 3)):
+def build_backbone(
+    name: str,
+    weights: str | os.PathLike[str] | None = None,
+    reduce_dim: int | None = None,
+    input_shape: InputShape = (None, None, 3),
+) -> ImageModel:
     """A backbone without its classifier: (B, H, W, 3) RGB in [0, 1] -> (B, H', W', C).
 
     name: "small" (4 convs, 64 channels, stride 4: trains in seconds on a CPU), "vgg16"
@@ -185,25 +214,32 @@ def build_backbone(name, weights=None, reduce_dim=None, input_shape=(None, None,
 
 
 def build_model(
-    backbone, num_classes, weights=None, reduce_dim=None, input_shape=(None, None, 3), **head_kwargs
-):
+    backbone: str,
+    num_classes: int | None,
+    weights: str | os.PathLike[str] | None = None,
+    reduce_dim: int | None = None,
+    input_shape: InputShape = (None, None, 3),
+    **head_kwargs: Any,
+) -> ImageModel:
     """The backbone called `backbone` (see `build_backbone`) followed by
     `IBPHead(out_channels, num_classes, **head_kwargs)`: (B, H, W, 3) in [0, 1] -> logits.
 
     weights: as for `build_backbone`, but a file holds a full IBP model.
     """
-    local_file = weights not in (None, "imagenet")
-    features = build_backbone(backbone, None if local_file else weights, reduce_dim, input_shape)
+    local_file = weights if weights is not None and weights != "imagenet" else None
+    features = build_backbone(
+        backbone, None if local_file is not None else weights, reduce_dim, input_shape
+    )
     channels = out_channels(backbone, reduce_dim)
     head = IBPHead(channels, num_classes, name=HEAD_LAYER, **head_kwargs)
     images = keras.Input(shape=input_shape, name="images")
     model = ImageModel(images, head(features(images)), name=f"ibp_{backbone}")
-    if local_file:
-        _load_weights(model, weights, part=None)
+    if local_file is not None:
+        _load_weights(model, local_file, part=None)
     return model
 
 
-def freeze_backbone(model, frozen=True):
+def freeze_backbone(model: Any, frozen: bool = True) -> Any:
     """Stop (or restart) training the backbone. A non-trainable Keras BatchNorm runs in
     inference mode, so its statistics stay put too. Compile again before `fit`."""
     model.get_layer(BACKBONE_LAYER).trainable = not frozen
@@ -215,20 +251,22 @@ class RecipeAdam(keras.optimizers.Adam):
     """Adam whose learning rate is `head_lr_multiplier` times larger for the variables whose
     path is one of `head_paths` (Keras optimizers have no parameter groups)."""
 
-    def __init__(self, head_paths=(), head_lr_multiplier=1.0, **kwargs):
+    def __init__(
+        self, head_paths: Sequence[str] = (), head_lr_multiplier: float = 1.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.head_paths, self.head_lr_multiplier = tuple(head_paths), head_lr_multiplier
 
-    def build(self, variables):
+    def build(self, variables: Sequence[Any]) -> None:
         super().build(variables)
         self._head_keys = {self._var_key(v) for v in variables if v.path in self.head_paths}
 
-    def update_step(self, gradient, variable, learning_rate):
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         if self._var_key(variable) in self._head_keys:
             learning_rate = learning_rate * self.head_lr_multiplier
         super().update_step(gradient, variable, learning_rate)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         return {
             **config,
@@ -237,7 +275,7 @@ class RecipeAdam(keras.optimizers.Adam):
         }
 
 
-def recipe_optimizer(model, stage):
+def recipe_optimizer(model: Any, stage: int) -> Any:
     """The authors' optimizer for `stage` (1: classifier only, SGD; 2: everything, Adam with
     a larger classifier rate). Stage 1 freezes the backbone and stage 2 unfreezes it.
 
@@ -259,7 +297,7 @@ def recipe_optimizer(model, stage):
     )
 
 
-def _load_weights(model, path, part):
+def _load_weights(model: Any, path: str | os.PathLike[str], part: str | None) -> None:
     """Load a .weights.h5 or .keras file into `model`; `part` names the nested model to take
     from a .keras file that holds more (a full IBP model when a backbone is wanted)."""
     path = os.fspath(path)
@@ -279,10 +317,10 @@ def _load_weights(model, path, part):
         raise ValueError(f"Keras weights are .weights.h5 or .keras files, got {path!r}")
 
 
-def _saved_shapes(path):
+def _saved_shapes(path: str) -> list[tuple[int, ...]]:
     import h5py
 
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     with h5py.File(path, "r") as file:
         file.visititems(
             lambda _, item: shapes.append(item.shape) if hasattr(item, "shape") else None
@@ -290,20 +328,25 @@ def _saved_shapes(path):
     return shapes
 
 
-def _check_fits(saved_shapes, model):
+def _check_fits(saved_shapes: Sequence[Sequence[int]], model: Any) -> None:
     # Keras matches saved weights to layers by position and skips leftovers without a word.
     expected = sorted(tuple(w.shape) for w in model.weights)
     if sorted(tuple(shape) for shape in saved_shapes) != expected:
         raise ValueError(f"the saved weights do not fit {model.name!r} (another architecture?)")
 
 
-def _copy_weights(source, target):
+def _copy_weights(source: Any, target: Any) -> None:
     _check_fits([w.shape for w in source.weights], target)
     for saved, weight in zip(source.weights, target.weights, strict=True):
         weight.assign(saved)
 
 
-def backbone_from_applications(name, source, reduce_dim=None, input_shape=(None, None, 3)):
+def backbone_from_applications(
+    name: str,
+    source: Any,
+    reduce_dim: int | None = None,
+    input_shape: InputShape = (None, None, 3),
+) -> ImageModel:
     """Backbone `name` carrying the weights of `source`, a keras.applications VGG16 ("vgg16")
     or ResNet50 ("resnet50_v1") model without top, and its caffe-style preprocessing: the
     result takes RGB in [0, 1] where `source` takes `preprocess_input` of 0..255 RGB."""
@@ -319,15 +362,16 @@ def backbone_from_applications(name, source, reduce_dim=None, input_shape=(None,
     return backbone
 
 
-def _imagenet_backbone(name, reduce_dim, input_shape):
+def _imagenet_backbone(name: str, reduce_dim: int | None, input_shape: InputShape) -> ImageModel:
     _applications_layer_names(name)  # fails before the download for layouts it does not fit
     application = {"vgg16": keras.applications.VGG16, "resnet50_v1": keras.applications.ResNet50}
     source = application[name](include_top=False, weights="imagenet", input_shape=input_shape)
     return backbone_from_applications(name, source, reduce_dim, input_shape)
 
 
-def _vgg16_applications_names():
-    names, block, conv = {}, 1, 0
+def _vgg16_applications_names() -> dict[str, str]:
+    names: dict[str, str] = {}
+    block, conv = 1, 0
     for index, kind, _ in sequential_layers(SEQUENTIAL_PLANS["vgg16"]):
         if kind == "pool":
             block, conv = block + 1, 0
@@ -337,7 +381,7 @@ def _vgg16_applications_names():
     return names
 
 
-def _resnet50_applications_names():
+def _resnet50_applications_names() -> dict[str, str]:
     names = {"conv1": "conv1_conv", "bn1": "conv1_bn"}
     for stage, (_, blocks, _) in enumerate(RESNET50_STAGES, start=1):
         for block in range(blocks):
@@ -351,7 +395,7 @@ def _resnet50_applications_names():
     return names
 
 
-def _applications_layer_names(name):
+def _applications_layer_names(name: str) -> dict[str, str]:
     """{our layer name: keras.applications' layer name}, the first conv first."""
     if name == "vgg16":
         return _vgg16_applications_names()

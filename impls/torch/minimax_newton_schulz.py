@@ -16,6 +16,9 @@ covariance (mu ~ 1e-8, also at C = 512 with eps = 0 and fewer locations than cha
 harmless at K = 7; mu ~ 1e-6 leaves a wrong root, and 1e-5 overflows to inf.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -26,17 +29,20 @@ from reference.contracts import IBPInputError
 MINIMAX_BACKWARDS = ("newton_schulz", "autograd", "lyapunov")
 
 
-def _symmetric_part(m):
+def _symmetric_part(m: torch.Tensor) -> torch.Tensor:
     return (m + m.mT) / 2
 
 
-def _minimax_iterates(a, num_iters):
+def _minimax_iterates(
+    a: torch.Tensor, num_iters: int
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """(Y_K, s, [M_k], [T_k]): Y_K ~ (A / s)^(1/2), s = ||A||_F, M_k = Z_k Y_k = S_k^2 and
     T_k = h_k(M_k), the squared sign iterates and step polynomials that the backward reuses."""
     scale = torch.linalg.matrix_norm(a).clamp_min(torch.finfo(a.dtype).tiny)[..., None, None]
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
     y, z = a / scale, None
-    squares, polynomials = [], []
+    squares: list[torch.Tensor] = []
+    polynomials: list[torch.Tensor] = []
     for k, (c1, c3, c5) in enumerate(quintic_schedule(num_iters)):
         # Z_0 = I: the first step needs neither Z Y nor T Z.
         m = y if z is None else z @ y
@@ -55,7 +61,14 @@ def minimax_root(a: torch.Tensor, num_iters: int) -> torch.Tensor:
     return y * scale.sqrt()
 
 
-def _lyapunov_from_iterates(root, scale, squares, polynomials, g, num_iters):
+def _lyapunov_from_iterates(
+    root: torch.Tensor,
+    scale: torch.Tensor,
+    squares: Sequence[torch.Tensor],
+    polynomials: Sequence[torch.Tensor],
+    g: torch.Tensor,
+    num_iters: int,
+) -> torch.Tensor:
     """Symmetric part of X solving Z X + X Z = G by the same steps on [[Z, G], [0, -Z]].
 
     The block's sign is [[I, 2X], [0, -I]]. Scaled by 1 / sqrt(s), its diagonal blocks are +-S_k,
@@ -80,7 +93,7 @@ class MinimaxSqrtm(torch.autograd.Function):
     "lyapunov" (exact for the computed root, by eigendecomposition)."""
 
     @staticmethod
-    def forward(ctx, a, num_iters, backward):
+    def forward(ctx: Any, a: torch.Tensor, num_iters: int, backward: str) -> torch.Tensor:
         y, scale, squares, polynomials = _minimax_iterates(a, num_iters)
         ctx.num_iters, ctx.backward_method = num_iters, backward
         ctx.save_for_backward(y, scale, *squares, *polynomials)
@@ -88,7 +101,7 @@ class MinimaxSqrtm(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         y, scale, *iterates = ctx.saved_tensors
         squares, polynomials = iterates[: ctx.num_iters], iterates[ctx.num_iters :]
         if ctx.backward_method == "newton_schulz":

@@ -6,6 +6,8 @@ Module names follow torchvision, so its VGG-16/ResNet-50 checkpoints load as the
 """
 
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,16 +39,18 @@ _CLASSIFIER_PREFIXES = ("classifier.", "fc.")
 class ImageNormalization(nn.Module):
     """(x - mean) / std per channel. Buffers, so a state dict records the preprocessing."""
 
-    def __init__(self, mean=TORCHVISION_MEAN, std=TORCHVISION_STD):
+    def __init__(
+        self, mean: Sequence[float] = TORCHVISION_MEAN, std: Sequence[float] = TORCHVISION_STD
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
-    def forward(self, images):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 
 
-def _he_init(conv):
+def _he_init(conv: nn.Conv2d) -> nn.Conv2d:
     # He initialisation keeps random deep features at unit scale; torch's default shrinks them
     # layer after layer until the covariance is only eps * I and the head sees nothing.
     nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
@@ -55,11 +59,11 @@ def _he_init(conv):
     return conv
 
 
-def _batch_norm(channels, eps=BN_EPS):
+def _batch_norm(channels: int, eps: float = BN_EPS) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=eps, momentum=TORCH_BN_MOMENTUM)
 
 
-def _channel_reduction(in_channels, reduce_dim):
+def _channel_reduction(in_channels: int, reduce_dim: int) -> nn.Sequential:
     """1x1 conv + BN + ReLU before pooling, as iSQRT-COV shrinks 2048 channels to 256."""
     return nn.Sequential(
         _he_init(nn.Conv2d(in_channels, reduce_dim, 1, bias=False)),
@@ -69,14 +73,14 @@ def _channel_reduction(in_channels, reduce_dim):
 
 
 class _Backbone(nn.Module):
-    def __init__(self, name, trunk_channels, reduce_dim):
+    def __init__(self, name: str, trunk_channels: int, reduce_dim: int | None) -> None:
         super().__init__()
         self.min_side = total_stride(name)
         self.preprocess = ImageNormalization()
         self.reduce = _channel_reduction(trunk_channels, reduce_dim) if reduce_dim else None
         self.out_channels = reduce_dim or trunk_channels
 
-    def forward(self, images):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         # Before the normalisation, which would broadcast one grey channel to three.
         check_images(images.shape, dtype_name(images), "channels_first", self.min_side)
         x = self.trunk(self.preprocess(images))
@@ -86,12 +90,13 @@ class _Backbone(nn.Module):
 class SequentialBackbone(_Backbone):
     """3x3 convs + ReLU and 2x2 max-pools ("small", "vgg16"); VGG-16 ends at relu5_3."""
 
-    def __init__(self, name, reduce_dim=None):
+    def __init__(self, name: str, reduce_dim: int | None = None) -> None:
         plan = SEQUENTIAL_PLANS[name]
-        super().__init__(name, plan[-1], reduce_dim)
-        layers, channels = [], 3
+        super().__init__(name, out_channels(name), reduce_dim)
+        layers: list[nn.Module] = []
+        channels = 3
         for _, kind, width in sequential_layers(plan):
-            if kind == "conv":
+            if width is not None:  # a conv
                 layers.append(_he_init(nn.Conv2d(channels, width, 3, padding=1)))
                 channels = width
             elif kind == "relu":
@@ -100,12 +105,20 @@ class SequentialBackbone(_Backbone):
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
 
-    def trunk(self, x):
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, in_channels, width, stride, stride_in_1x1, conv_bias, bn_eps):
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int,
+        stride_in_1x1: bool,
+        conv_bias: bool,
+        bn_eps: float,
+    ) -> None:
         super().__init__()
         out = width * BOTTLENECK_EXPANSION
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -123,7 +136,7 @@ class Bottleneck(nn.Module):
                 _batch_norm(out, bn_eps),
             )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
@@ -133,7 +146,7 @@ class Bottleneck(nn.Module):
 class ResNetBackbone(_Backbone):
     """ResNet-50 up to the last conv stage (2048 channels, stride 32)."""
 
-    def __init__(self, name, reduce_dim=None):
+    def __init__(self, name: str, reduce_dim: int | None = None) -> None:
         variant = RESNET_VARIANTS[name]
         super().__init__(name, out_channels(name), reduce_dim)
         self.conv1 = _he_init(nn.Conv2d(3, 64, 7, 2, 3, bias=variant["conv_bias"]))
@@ -148,7 +161,7 @@ class ResNetBackbone(_Backbone):
                 channels = width * BOTTLENECK_EXPANSION
             setattr(self, f"layer{stage}", nn.Sequential(*layers))
 
-    def trunk(self, x):
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
@@ -157,22 +170,24 @@ class IBPModel(nn.Module):
     """backbone -> IBPHead. While the backbone is frozen, its BatchNorms stay in eval mode even
     under `model.train()`, so frozen really means unchanged (running statistics included)."""
 
-    def __init__(self, backbone, head):
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
         self.backbone_frozen = False
 
-    def forward(self, images):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "IBPModel":
         super().train(mode)
         if self.backbone_frozen:
             self.backbone.eval()
         return self
 
 
-def build_backbone(name, weights=None, reduce_dim=None):
+def build_backbone(
+    name: str, weights: str | os.PathLike[str] | None = None, reduce_dim: int | None = None
+) -> _Backbone:
     """A backbone without its classifier: (B, 3, H, W) RGB in [0, 1] -> (B, C, H', W').
 
     name: "small" (4 convs, 64 channels, stride 4: trains in seconds on a CPU), "vgg16"
@@ -200,7 +215,13 @@ def build_backbone(name, weights=None, reduce_dim=None):
     return backbone
 
 
-def build_model(backbone, num_classes, weights=None, reduce_dim=None, **head_kwargs):
+def build_model(
+    backbone: str,
+    num_classes: int | None,
+    weights: str | os.PathLike[str] | None = None,
+    reduce_dim: int | None = None,
+    **head_kwargs: Any,
+) -> IBPModel:
     """The backbone called `backbone` (see `build_backbone`) followed by
     `IBPHead(out_channels, num_classes, **head_kwargs)`: (B, 3, H, W) in [0, 1] -> logits.
 
@@ -219,7 +240,7 @@ def build_model(backbone, num_classes, weights=None, reduce_dim=None, **head_kwa
     return model
 
 
-def freeze_backbone(model, frozen=True):
+def freeze_backbone(model: IBPModel, frozen: bool = True) -> IBPModel:
     """Stop (or restart) training the backbone: no gradients, BatchNorm in eval mode."""
     model.backbone_frozen = frozen
     model.backbone.requires_grad_(not frozen)
@@ -227,7 +248,7 @@ def freeze_backbone(model, frozen=True):
     return model
 
 
-def recipe_optimizer(model, stage):
+def recipe_optimizer(model: IBPModel, stage: int) -> torch.optim.Optimizer:
     """The authors' optimizer for `stage` (1: classifier only, SGD; 2: everything, Adam with
     a larger classifier rate). Stage 1 freezes the backbone and stage 2 unfreezes it."""
     recipe = recipe_stage(stage)
@@ -247,7 +268,7 @@ def recipe_optimizer(model, stage):
     )
 
 
-def _read_state_dict(path):
+def _read_state_dict(path: object) -> dict[str, torch.Tensor]:
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         raise ValueError(
             f"weights must be None, 'imagenet' or the path of a state dict, got {path!r}"
@@ -255,7 +276,7 @@ def _read_state_dict(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _load_backbone_state(backbone, state):
+def _load_backbone_state(backbone: _Backbone, state: Mapping[str, torch.Tensor]) -> None:
     """Load a backbone, full-model or torchvision state dict into `backbone`. Missing
     preprocessing or channel-reduction entries keep their current values; anything else that
     does not fit is an error."""
