@@ -17,6 +17,8 @@ import shlex
 from typing import Any
 
 from reference.conventions import (
+    DEFAULT_MINIMAX_BACKWARD,
+    DEFAULT_MINIMAX_ITERATIONS,
     DEFAULT_NEWTON_SCHULZ_ITERATIONS,
     DEFAULT_SQRTM_METHOD,
     NEWTON_SCHULZ_BACKWARDS,
@@ -30,6 +32,10 @@ ACCURACY_TARGET = 1e-3
 
 #: Newton-Schulz iteration counts tried when searching the fewest that reach ACCURACY_TARGET.
 MAX_SEARCHED_ITERATIONS = 40
+
+
+#: Short test-id prefixes of the iterative methods.
+_ITERATIVE_IDS = {"newton_schulz": "ns", "minimax_newton_schulz": "minimax"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +63,8 @@ class SqrtmVariant:
 
     @property
     def label(self) -> str:
-        if self.method == "newton_schulz" and self.num_iters is not None:
-            name = f"newton_schulz({self.num_iters})"
+        if self.method in _ITERATIVE_IDS and self.num_iters is not None:
+            name = f"{self.method}({self.num_iters})"
             name += "" if self.backward is None else f"/{self.backward}"
         elif self.method == "eigh":
             name = "eigh"
@@ -68,8 +74,9 @@ class SqrtmVariant:
 
     @property
     def test_id(self) -> str:
-        if self.method == "newton_schulz" and self.num_iters is not None:
-            name = f"ns{self.num_iters}" + ("" if self.backward is None else f"-{self.backward}")
+        if self.method in _ITERATIVE_IDS and self.num_iters is not None:
+            name = f"{_ITERATIVE_IDS[self.method]}{self.num_iters}"
+            name += "" if self.backward is None else f"-{self.backward}"
         else:
             name = self.method
         return name if self.compute_dtype is None else f"{name}-{self.compute_dtype}"
@@ -91,6 +98,10 @@ class SqrtmVariant:
 EIGH = SqrtmVariant("eigh")
 #: Lin & Maji's setting: 5 coupled iterations, backward by the sign iteration.
 AUTHORS_VARIANT = SqrtmVariant("newton_schulz", 5, "newton_schulz")
+#: The minimax root at its defaults, timed in every cell beside the classic iteration.
+MINIMAX = SqrtmVariant(
+    "minimax_newton_schulz", DEFAULT_MINIMAX_ITERATIONS, DEFAULT_MINIMAX_BACKWARD
+)
 #: sqrtm as users call it, without options; timed at the headline cell when it is not eigh.
 DEFAULT_VARIANT = EIGH if DEFAULT_SQRTM_METHOD == "eigh" else SqrtmVariant(DEFAULT_SQRTM_METHOD)
 
@@ -184,7 +195,8 @@ class Profile:
     def forward_variants(self, cell: Cell) -> list[SqrtmVariant]:
         """Forward passes do not depend on the backward choice: one per method and count."""
         newton_schulz = [SqrtmVariant("newton_schulz", k) for k in self.iterations_for(cell)]
-        return [EIGH, *newton_schulz, *self._default_variant(cell)]
+        minimax = dataclasses.replace(MINIMAX, backward=None)
+        return [EIGH, *newton_schulz, minimax, *self._default_variant(cell)]
 
     def forward_backward_variants(self, cell: Cell) -> list[SqrtmVariant]:
         newton_schulz = [
@@ -192,7 +204,7 @@ class Profile:
             for k in self.iterations_for(cell)
             for backward in NEWTON_SCHULZ_BACKWARDS
         ]
-        return [EIGH, *newton_schulz, *self._default_variant(cell)]
+        return [EIGH, *newton_schulz, MINIMAX, *self._default_variant(cell)]
 
     def head_variants(self) -> list[SqrtmVariant]:
         """eigh, the authors' setting, and each backward at the largest count of the grid."""

@@ -1,4 +1,5 @@
-"""Matrix-product FLOP counts of the Newton-Schulz square root, for the GPU's matmul floor.
+"""Matrix-product FLOP counts of the Newton-Schulz square roots (classic and minimax), for the
+GPU's matmul floor.
 
 A (C x C) @ (C x C) product is 2 C^3 FLOPs. Additions, scalings and norms are O(C^2) and left out:
 the count is the work a perfect matmul engine could not avoid, so time / (count / measured matmul
@@ -29,3 +30,25 @@ def newton_schulz_flops(
             return None
         products += _BACKWARD_PRODUCTS[backward]
     return products * num_iters * matmul_flops(channels, batch)
+
+
+#: Products of the minimax root at K steps (impls/torch/minimax_newton_schulz.py; its tests count
+#: them at the dispatcher): forward 4K - 3, backward by the sign iteration reusing the forward's
+#: iterates 5K - 1, autograd through the steps 8K - 6.
+_MINIMAX_FORWARD = (4, -3)
+_MINIMAX_BACKWARD = {"newton_schulz": (5, -1), "autograd": (8, -6)}
+
+
+def minimax_flops(
+    channels: int, batch: int, num_iters: int, backward: str | None = None
+) -> int | None:
+    """Matrix-product FLOPs of the minimax root at `num_iters` steps, with the backward if given;
+    None for the eigenbasis backward, which is not made of matrix products alone."""
+    per_step, offset = _MINIMAX_FORWARD
+    products = per_step * num_iters + offset
+    if backward is not None:
+        if backward not in _MINIMAX_BACKWARD:
+            return None
+        per_step, offset = _MINIMAX_BACKWARD[backward]
+        products += per_step * num_iters + offset
+    return products * matmul_flops(channels, batch)

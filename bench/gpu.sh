@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # The GPU benchmark suite: torch only (no TensorFlow, nothing downloaded or installed), every
-# sqrtm size and method, IBP head, VGG-16 + IBP training step at 448x448, and the card's matmul
-# rate (float32 and TF32) that the report uses as the floor of the Newton-Schulz timings.
-# Meant to fit in 8 minutes on a datacenter GPU; the JSON records how long it took.
+# sqrtm size and method (the classic and the minimax Newton-Schulz root included), IBP head,
+# VGG-16 + IBP training step at 448x448, and the card's matmul rate (float32 and TF32) that the
+# report uses as the floor of the Newton-Schulz timings; then `auto`'s measured table for cuda.
+# Meant to fit in 10 minutes on a datacenter GPU; the JSONs record how long each part took.
 #
-#   bench/gpu.sh             # needs CUDA; writes $OUT/bench-cuda.json (results/ when OUT is unset)
+#   bench/gpu.sh             # needs CUDA; writes into $OUT (results/ when OUT is unset):
+#                            #   bench-cuda.json, BENCHMARKS.md and plots (with the committed
+#                            #   products.json beside them: product counts are the same on every
+#                            #   device), auto_table.json (the committed table plus the cuda
+#                            #   rows; without OUT, impls/auto_table.json itself) and auto.md
 #   bench/gpu.sh --dry-run   # same code paths, tiny sizes, on the CPU when there is no GPU
 #
-# Then, on any machine with the JSON in results/: python -m bench.report
+# Then, in the repository: copy bench-cuda.json into results/ and auto_table.json over
+# impls/auto_table.json, and run `python -m bench.report --readme README.md` and
+# `python -m bench.auto_table --render` (re-renders results/auto.md and the README block).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +53,28 @@ device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (d
 print(f"torch {torch.__version__} on {device}", flush=True)
 PYTHON
 
+mkdir -p "$output"
+if [[ ! -e $output/products.json ]]; then
+    # The report prints each method's matrix products beside its time.
+    cp results/products.json "$output/"
+fi
 start=$SECONDS
 PYTHONUNBUFFERED=1 "$python" -m bench.run --device cuda "${mode[@]}" --output "$output"
 echo "GPU suite took $((SECONDS - start)) s; results in $output"
+
+# auto's table: the committed one, with the cuda rows measured here added (or replaced).
+if [[ ${#mode[@]} -gt 0 ]]; then
+    auto_sizes=(--channels 8 16 --repeats 1 --device cpu)  # dry run: the code path, on the CPU
+else
+    auto_sizes=(--device cuda)
+fi
+if [[ $output == results ]]; then
+    table=impls/auto_table.json  # in a checkout without OUT: the package's own table
+else
+    table=$output/auto_table.json
+    [[ -e $table ]] || cp impls/auto_table.json "$table"
+fi
+start=$SECONDS
+PYTHONUNBUFFERED=1 "$python" -m bench.auto_table "${auto_sizes[@]}" --table "$table" \
+    --output "$output"
+echo "auto table took $((SECONDS - start)) s; results in $output"

@@ -16,20 +16,28 @@ import pytest
 
 from bench.cases import ACCURACY_TARGET, EIGH, MAX_SEARCHED_ITERATIONS, Cell, SqrtmVariant
 from bench.errors import SqrtmErrors, fewest_iterations, record_errors
-from bench.flops import newton_schulz_flops
+from bench.flops import minimax_flops, newton_schulz_flops
 from bench.inputs import Inputs
 from impls.testing.tolerances import relative_error
-from reference.conventions import NEWTON_SCHULZ_BACKWARDS
+from reference.conventions import (
+    DEFAULT_MINIMAX_BACKWARD,
+    DEFAULT_MINIMAX_ITERATIONS,
+    NEWTON_SCHULZ_BACKWARDS,
+)
 
 if TYPE_CHECKING:
     from bench.conftest import Suite
 
 
+#: The matrix-product FLOPs of each iterative method, for the GPU's matmul floor.
+_FLOPS = {"newton_schulz": newton_schulz_flops, "minimax_newton_schulz": minimax_flops}
+
+
 def _flops_info(cell, variant, backward_pass):
-    if variant.method != "newton_schulz":
+    if variant.method not in _FLOPS or variant.num_iters is None:
         return {}
     backward = variant.backward if backward_pass else None
-    flops = newton_schulz_flops(cell.channels, cell.batch, variant.num_iters, backward)
+    flops = _FLOPS[variant.method](cell.channels, cell.batch, variant.num_iters, backward)
     return {} if flops is None else {"matmul_flops": flops}
 
 
@@ -96,18 +104,31 @@ def test_sqrtm_forward_backward(
 
 
 @pytest.fixture(scope="session")
-def fewest_forward_iterations() -> dict[str, int | None]:
-    """{backend name: fewest Newton-Schulz iterations whose forward reaches the target}: the
-    forward does not depend on the backward, so the three backward scans share one."""
+def fewest_forward_iterations() -> dict[tuple[str, str], int | None]:
+    """{(backend name, method): fewest iterations whose forward reaches the target}: the forward
+    does not depend on the backward, so the backward scans of one method share one."""
     return {}
 
 
-#: Exact methods raced against Newton-Schulz: eigh as it is, and eigh computed in float64 for
+#: Exact methods raced against the iterations: eigh as it is, and eigh computed in float64 for
 #: float32 input (what exactness costs when float32 round-off misses the target).
 _EXACT = {"eigh": EIGH, "eigh_float64": dataclasses.replace(EIGH, compute_dtype="float64")}
+#: Iterative methods, each raced at its fewest steps that reach the target: parameter ->
+#: (unconverged variant, most steps scanned). The classic iteration with each backward (the
+#: parameter names the backward, as in earlier results files), the minimax root with its default.
+_ITERATIVE = {
+    **{
+        backward: (SqrtmVariant("newton_schulz", backward=backward), MAX_SEARCHED_ITERATIONS)
+        for backward in NEWTON_SCHULZ_BACKWARDS
+    },
+    "minimax_newton_schulz": (
+        SqrtmVariant("minimax_newton_schulz", backward=DEFAULT_MINIMAX_BACKWARD),
+        3 * DEFAULT_MINIMAX_ITERATIONS,
+    ),
+}
 
 
-@pytest.mark.parametrize("method", [*_EXACT, *NEWTON_SCHULZ_BACKWARDS])
+@pytest.mark.parametrize("method", [*_EXACT, *_ITERATIVE])
 def test_sqrtm_time_to_accuracy(
     backend_name: str,
     adapter: Any,
@@ -116,7 +137,7 @@ def test_sqrtm_time_to_accuracy(
     measure: Callable[..., Any],
     not_run: Callable[..., NoReturn],
     suite: Suite,
-    fewest_forward_iterations: dict[str, int | None],
+    fewest_forward_iterations: dict[tuple[str, str], int | None],
 ) -> None:
     """Forward+backward at the cheapest setting with both errors <= ACCURACY_TARGET."""
     cell = suite.profile.headline
@@ -127,26 +148,27 @@ def test_sqrtm_time_to_accuracy(
     if method in _EXACT:
         variant = _EXACT[method]
     else:
-        unconverged = SqrtmVariant("newton_schulz", backward=method)
-        if backend_name not in fewest_forward_iterations:
-            fewest_forward_iterations[backend_name] = fewest_iterations(
+        unconverged, most = _ITERATIVE[method]
+        key = (backend_name, unconverged.method)
+        if key not in fewest_forward_iterations:
+            fewest_forward_iterations[key] = fewest_iterations(
                 lambda k: [accuracy.forward_error(unconverged.with_iterations(k))],
                 ACCURACY_TARGET,
                 1,
-                MAX_SEARCHED_ITERATIONS,
+                most,
             )
-        fewest_forward = fewest_forward_iterations[backend_name]
+        fewest_forward = fewest_forward_iterations[key]
         fewest = fewest_forward and fewest_iterations(
             lambda k: accuracy.errors(unconverged.with_iterations(k)),
             ACCURACY_TARGET,
             fewest_forward,
-            MAX_SEARCHED_ITERATIONS,
+            most,
         )
         if fewest is None:
             info.update(unconverged.info())
             not_run(
-                f"newton_schulz/{method} does not reach error <= {ACCURACY_TARGET:g} "
-                f"within {MAX_SEARCHED_ITERATIONS} iterations",
+                f"{unconverged.method}/{unconverged.backward} does not reach error <= "
+                f"{ACCURACY_TARGET:g} within {most} iterations",
                 group,
                 info,
             )

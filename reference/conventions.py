@@ -41,11 +41,15 @@ NEWTON_SCHULZ_STATED_ACCURACY = 1e-4
 #: L2 floor's 1 / L2_NORM_FLOOR and the root floor's 1 / (2 sqrt(tiny)), the head's backward on an
 #: all-zero map with eps = delta = 0 is then at most ~1e34 times the cotangent in float32, finite.
 SQRTM_METHODS = ("auto", "eigh", "newton_schulz", "minimax_newton_schulz")
-#: "auto" is the fastest method measured to meet AUTO_STATED_ACCURACY on the device at hand
-#: (results/BENCHMARKS.md). CPU: eigh with the eigendecomposition in float64, since float32
-#: divide-and-conquer eigensolvers (LAPACK syevd, which torch calls) leave ~3e-3 backward error on
-#: ReLU covariances and float64 eigh still beats every float32 Newton-Schulz that reaches the
-#: target. GPU: Newton-Schulz with the iterative backward (matrix products only).
+#: "auto" runs what was measured fastest among the candidates that meet AUTO_STATED_ACCURACY
+#: (forward and backward) on realistic covariances, for the framework, device and C band at hand:
+#: the table impls/auto_table.json, written by `python -m bench.auto_table` (results/auto.md).
+#: Accuracy decides first: torch's float32 divide-and-conquer eigensolver (LAPACK syevd) leaves
+#: ~3e-3 backward error at C = 512, so large C there takes the eigendecomposition in float64.
+#: Where nothing was measured (a C above the largest band, a C unknown while a graph is traced, a
+#: device without rows) it follows impls.auto_table.FALLBACK_RULE: on a CPU eigh in float64
+#: (accurate at every C we measured), elsewhere the minimax root with its iterative backward
+#: (matrix products only, no eigensolver, no host read).
 DEFAULT_SQRTM_METHOD = "auto"
 AUTO_STATED_ACCURACY = 1e-3
 #: Backward passes of the Newton-Schulz forward: exact Lyapunov solve in the eigenbasis, the coupled

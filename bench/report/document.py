@@ -4,6 +4,7 @@ import argparse
 import pathlib
 from collections.abc import Mapping, Sequence
 
+from bench import auto_table as auto_measurement
 from bench.cases import ACCURACY_TARGET
 from bench.report import plots as plotting
 from bench.report.formatting import format_error, format_load, format_ratio, table
@@ -21,8 +22,10 @@ from bench.report.tables import (
     train_step_table,
 )
 from bench.report.targets import auto_recommendation, target_rows
+from impls import auto_table as auto_choices
 from impls.testing import metadata as envelope
 from impls.testing import readme_blocks
+from impls.testing.metadata import read_results
 from reference.conventions import DEFAULT_SQRTM_METHOD
 
 DEVICES = ("cpu", "cuda")
@@ -86,8 +89,26 @@ def _recommendation_text(results: Results) -> str:
     return "\n".join(lines)
 
 
-def render(all_results: Mapping[str, Results], plots: Mapping[tuple[str, str], str]) -> str:
-    """BENCHMARKS.md for each device's results, linking `plots` ({(device, kind): file name})."""
+def _auto_text(table: pathlib.Path) -> str:
+    """What the default runs, from the measured table `table` (the same as the README's)."""
+    _, document = read_results(table)
+    return (
+        f'The default is "{DEFAULT_SQRTM_METHOD}": the cheapest candidate meeting the target, '
+        "measured per framework, device and C band by `python -m bench.auto_table` "
+        "(`results/auto.md` has every candidate's errors and time):\n\n"
+        + auto_measurement.choices_table(document)
+        + "\n\n"
+        + auto_measurement.fallback_text()
+    )
+
+
+def render(
+    all_results: Mapping[str, Results],
+    plots: Mapping[tuple[str, str], str],
+    auto_table: pathlib.Path,
+) -> str:
+    """BENCHMARKS.md for each device's results, linking `plots` ({(device, kind): file name}),
+    with what `auto` runs according to the measured table `auto_table`."""
     lines = [
         "# Benchmarks",
         "",
@@ -132,14 +153,17 @@ def render(all_results: Mapping[str, Results], plots: Mapping[tuple[str, str], s
         _section(
             f'Recommended default ("auto"): fastest with forward and backward error <= '
             f"{ACCURACY_TARGET:g} on relu_covariances, {cell.label}",
-            _recommendation_text(results) + f'\n\nThe current default is "{DEFAULT_SQRTM_METHOD}".',
+            _recommendation_text(results) + "\n\n" + _auto_text(auto_table),
             lines,
         )
         _section(
             f"Time to reach error <= {ACCURACY_TARGET:g} ({cell.label})",
-            "Newton-Schulz at the fewest iterations that reach the target (scanned from 1), "
-            "eigh as it is and computed in float64 (input cast up, root cast down).\n\n"
-            + time_to_accuracy_table(results),
+            "The iterations (classic and minimax Newton-Schulz) at the fewest steps that reach "
+            "the target (scanned from 1), eigh as it is and computed in float64 (input cast up, "
+            "root cast down). Beside each CPU time, the matrix products the method needs to "
+            "reach the target on the same matrices (`results/products.md`, counted once in "
+            "torch at the dispatcher, the same in every framework and on every device): the "
+            "device-independent figure of its GPU cost.\n\n" + time_to_accuracy_table(results),
             lines,
         )
         pareto = plots.get((device, "pareto"))
@@ -214,7 +238,7 @@ def committed_targets_block(root: pathlib.Path) -> str:
 @readme_blocks.register_document("results/BENCHMARKS.md")
 def committed_document(root: pathlib.Path) -> str:
     all_results = read_all(root / "results")
-    return render(all_results, plot_names(all_results))
+    return render(all_results, plot_names(all_results), root / auto_measurement.DEFAULT_TABLE)
 
 
 def write_report(results_dir: pathlib.Path, readme: pathlib.Path | None = None) -> pathlib.Path:
@@ -228,7 +252,7 @@ def write_report(results_dir: pathlib.Path, readme: pathlib.Path | None = None) 
         if plotting.draw(all_results[key[0]], key[1], results_dir / name)
     }
     markdown = results_dir / "BENCHMARKS.md"
-    markdown.write_text(render(all_results, drawn))
+    markdown.write_text(render(all_results, drawn, auto_choices.TABLE_PATH))
     if readme is not None and "cpu" in all_results:
         readme_blocks.write(readme, TARGETS_BLOCK, targets_block(all_results["cpu"]))
     return markdown

@@ -5,7 +5,7 @@ from typing import Any
 
 from bench.cases import ACCURACY_TARGET
 from bench.report.formatting import ratio
-from bench.report.results import Results, method_label
+from bench.report.results import Results
 from bench.report.tables import scipy_speedup_series, speed_accuracy_rows
 from bench.report.targets import TARGET_SPEEDUP_OVER_SCIPY
 
@@ -58,35 +58,27 @@ def draw(results: Results, kind: str, path: pathlib.Path) -> bool:
     return True
 
 
-def _plot_pareto(pyplot: Any, results: Results, path: pathlib.Path) -> None:
-    rows = _pareto_rows(results)
-    time_key = "time" if results.absolute else "relative"
-    forward_key = "forward_time" if results.absolute else "forward_relative"
-    figure, (left, right) = pyplot.subplots(1, 2, figsize=(14, 7.5))
-    markers = {"torch": "o", "tf": "s"}
-    curves: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
-    for row in rows:
-        curve = (row["backend"], row["method"], row["backward"])
-        curves.setdefault(curve, []).append(row)
-    for (backend, method, backward), members in sorted(curves.items(), key=str):
-        members.sort(key=lambda r: r["num_iters"] or 0)
-        name = f"{backend} {method}" + (f"/{backward}" if backward else "")
-        marker = markers.get(backend, "^")
-        forward_points = [(r[forward_key], r["forward_error"]) for r in members if r[forward_key]]
-        if forward_points and backward in (None, "lyapunov"):
-            xs, ys = zip(*forward_points, strict=True)
-            left.plot(xs, ys, marker=marker, label=f"{backend} {method}")
-        times = [r[time_key] for r in members]
-        errors = [r["backward_error"] for r in members]
-        (line,) = right.plot(times, errors, marker=marker, label=name)
-        for row in members:
-            if row["num_iters"]:
-                right.annotate(
-                    str(row["num_iters"]),
-                    (row[time_key], row["backward_error"]),
-                    fontsize=7,
-                    color=line.get_color(),
-                )
+#: Markers per backend, in every plot.
+_MARKERS = {"torch": "o", "tf": "s"}
+
+
+def _variant_key(info: dict[str, Any]) -> str:
+    """A method as users call it (method, backward, eigendecomposition dtype): one colour each."""
+    method = info["method"]
+    if info.get("compute_dtype"):
+        method += f" in {info['compute_dtype']}"
+    return method + (f"/{info['backward']}" if info.get("backward") else "")
+
+
+def _colours(keys: list[str]) -> dict[str, str]:
+    """One colour per method, the same in every panel (tab10, then tab20 beyond ten)."""
+    palette = [f"C{i}" for i in range(10)] + [f"tab:{c}" for c in ("olive", "cyan")]
+    return {key: palette[i % len(palette)] for i, key in enumerate(sorted(set(keys)))}
+
+
+def _pareto_points(results: Results) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(speed/accuracy rows of the headline cell, time-to-accuracy points with their products),
+    times relative to torch eigh unless the run is absolute."""
     torch_eigh = results.seconds(
         kind="sqrtm",
         backend="torch",
@@ -95,45 +87,103 @@ def _plot_pareto(pyplot: Any, results: Results, path: pathlib.Path) -> None:
         compute_dtype=None,
         **results.headline.info(),
     )
+    stars = []
     for entry in results.find(kind="sqrtm_time_to_accuracy"):
         seconds = entry.seconds if results.absolute else ratio(entry.seconds, torch_eigh)
-        if seconds is None:
-            continue
-        right.scatter(
-            seconds, entry.info["backward_error"], marker="*", s=120, color="black", zorder=3
+        if seconds is not None:
+            stars.append({**entry.info, "time": seconds, "products": results.products(entry.info)})
+    return _pareto_rows(results), stars
+
+
+def _plot_pareto(pyplot: Any, results: Results, path: pathlib.Path) -> None:
+    """Three panels: forward time against forward error, forward+backward time against backward
+    error (each method's cheapest setting reaching the target starred), and matrix products
+    against CPU time, both to reach the target (matmul-only methods)."""
+    from matplotlib.lines import Line2D
+
+    rows, stars = _pareto_points(results)
+    colour = _colours([_variant_key(r) for r in rows] + [_variant_key(s) for s in stars])
+    time_key = "time" if results.absolute else "relative"
+    forward_key = "forward_time" if results.absolute else "forward_relative"
+    figure, (left, middle, right) = pyplot.subplots(1, 3, figsize=(19, 7.8))
+    curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        curves.setdefault((row["backend"], _variant_key(row)), []).append(row)
+    for (backend, key), members in sorted(curves.items()):
+        members.sort(key=lambda r: r["num_iters"] or 0)
+        style = {"color": colour[key], "marker": _MARKERS.get(backend, "^"), "markersize": 6}
+        # A forward does not depend on the backward: each iteration's forward is drawn once, in
+        # the colour of the backward the library uses by default (lyapunov for newton_schulz).
+        if members[0]["backward"] in (None, "lyapunov") or members[0]["method"] != "newton_schulz":
+            points = [(r[forward_key], r["forward_error"]) for r in members if r[forward_key]]
+            if points:
+                left.plot(*zip(*points, strict=True), **style)
+        middle.plot([r[time_key] for r in members], [r["backward_error"] for r in members], **style)
+    for star in stars:
+        middle.scatter(
+            star["time"],
+            star["backward_error"],
+            marker="*",
+            s=260,
+            color=colour[_variant_key(star)],
+            edgecolors="black",
+            linewidths=0.8,
+            zorder=3,
         )
-        right.annotate(
-            f"{entry.info['backend']} {method_label(entry.info)}",
-            (seconds, entry.info["backward_error"]),
-            fontsize=6,
-            xytext=(4, -8),
-            textcoords="offset points",
-        )
+        products = star["products"]
+        if products is not None and products["matmul_only"] and products["meets_target"]:
+            right.scatter(
+                products["products"],
+                star["time"],
+                marker=_MARKERS.get(star["backend"], "^"),
+                s=70,
+                color=colour[_variant_key(star)],
+                zorder=3,
+            )
     unit = "s" if results.absolute else "time / torch eigh"
     cell = results.headline
-    for axis, title, xlabel in (
-        (left, "forward", f"forward time ({unit})"),
-        (right, "forward+backward", f"forward+backward time ({unit})"),
+    for axis, title, xlabel, ylabel in (
+        (left, "forward", f"forward time ({unit})", "forward error"),
+        (
+            middle,
+            "forward+backward (star: the cheapest setting reaching the target)",
+            f"forward+backward time ({unit})",
+            "backward error",
+        ),
     ):
         axis.axhline(ACCURACY_TARGET, color="grey", linestyle=":", linewidth=1)
-        axis.set_xscale("log")
         axis.set_yscale("log")
+        axis.set_ylabel(f"{ylabel} (relative Frobenius, worst sample)")
+        axis.set_title(title, fontsize=10)
+        axis.set_xscale("log")
         axis.set_xlabel(xlabel)
-        axis.set_ylabel(f"{title.split('+')[-1]} relative Frobenius error (worst sample)")
-        axis.set_title(f"{title}: relu_covariances, {cell.label}, {results.device}")
         axis.grid(True, which="both", alpha=0.3)
-        # Below the axes: inside, the legend hides the points it names.
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
-    figure.text(
-        0.5,
-        0.005,
-        "numbers: Newton-Schulz iterations; stars: each method at its cheapest setting that "
-        f"reaches the target; dotted: the {ACCURACY_TARGET:g} target",
-        ha="center",
-        fontsize=8,
+    right.set_title(
+        f"to reach {ACCURACY_TARGET:g}: GPU cost (products) against CPU time\n"
+        "(matrix products only; eigh-based methods have no product count to compare)",
+        fontsize=10,
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    right.set_xlabel(f"matrix products, forward + backward, to reach {ACCURACY_TARGET:g}")
+    right.set_ylabel(f"forward+backward time to reach {ACCURACY_TARGET:g} ({unit})")
+    right.grid(True, alpha=0.3)
+    # Room beyond the largest count and time, so that no point sits on the frame.
+    right.set_xlim(0, 1.15 * max(right.get_xlim()[1], 1))
+    right.set_ylim(0, 1.15 * max(right.get_ylim()[1], 1))
+    handles = [Line2D([], [], color=c, linewidth=3, label=key) for key, c in colour.items()]
+    handles += [
+        Line2D([], [], color="black", marker=m, linestyle="none", label=b)
+        for b, m in _MARKERS.items()
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
+    figure.suptitle(
+        f"sqrtm on relu_covariances, {cell.label}, {results.device}: lower left is better; "
+        f"dotted: the {ACCURACY_TARGET:g} target. Along a Newton-Schulz curve the iteration "
+        f"count grows ({', '.join(str(k) for k in results.profile.iterations_for(cell))}), "
+        "from left to right",
+        fontsize=11,
+    )
+    figure.tight_layout(rect=(0, 0.09, 1, 0.95))
+    figure.savefig(path, dpi=100)
     pyplot.close(figure)
 
 

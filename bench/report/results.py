@@ -9,6 +9,8 @@ from impls.testing.metadata import read_results
 
 #: Benchmark modes and how the report names them.
 MODES = {"forward": "forward", "forward_backward": "forward+backward"}
+#: The matrix-product counts (`python -m bench.products`) beside a run's results file.
+PRODUCTS_FILE = "products.json"
 
 
 @dataclasses.dataclass
@@ -36,6 +38,18 @@ class Results:
         self.command: str = self.metadata.get("command") or run_command(
             self.profile.name, self.device
         )
+        products = self.path.parent / PRODUCTS_FILE
+        # Counted once in torch: the count of a method is the same on every device and framework.
+        self.products_rows: list[dict[str, Any]] = (
+            read_results(products)[1]["rows"] if products.exists() else []
+        )
+
+    def products(self, info: dict[str, Any]) -> dict[str, Any] | None:
+        """The products.json row of the method and backward that `info` describes, at the
+        headline C: matrix products to reach the accuracy target (None: not counted)."""
+        key = (info["method"], info.get("backward"), self.headline.channels)
+        rows = [r for r in self.products_rows if (r["method"], r["backward"], r["channels"]) == key]
+        return rows[0] if rows else None
 
     def find(self, **criteria: Any) -> list[Entry]:
         return [e for e in self.entries if all(e.info.get(k) == v for k, v in criteria.items())]

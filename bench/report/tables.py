@@ -48,6 +48,7 @@ def time_to_accuracy_table(results: Results) -> str:
                     format_error(info.get("backward_error")),
                     _time_cell(results, entry.seconds, seconds_of(best)),
                     "yes" if info.get("reaches_target") else "no",
+                    format_products(results.products(info)),
                 )
             )
     not_reached = [
@@ -57,7 +58,18 @@ def time_to_accuracy_table(results: Results) -> str:
     ]
     for item in not_reached:
         info = item["extra_info"]
-        rows.append((info["backend"], method_label(info), "-", "-", "-", item["reason"], "no"))
+        rows.append(
+            (
+                info["backend"],
+                method_label(info),
+                "-",
+                "-",
+                "-",
+                item["reason"],
+                "no",
+                format_products(results.products(info)),
+            )
+        )
     header = (
         "backend",
         "method",
@@ -66,8 +78,22 @@ def time_to_accuracy_table(results: Results) -> str:
         "backward error",
         "time" if results.absolute else "time / fastest reaching the target (same backend)",
         f"both <= {ACCURACY_TARGET:g}",
+        f"matrix products to {ACCURACY_TARGET:g}, C={results.headline.channels}",
     )
     return table(header, rows)
+
+
+def format_products(row: dict[str, Any] | None) -> str:
+    """A products.json row as the report prints it: forward + backward products at the fewest
+    steps that reach the target, and whether an eigendecomposition comes on top."""
+    if row is None:
+        return "not counted"
+    if not row["meets_target"] and row["iterations"] is not None:
+        return "misses"
+    count = f"{row['products']} = {row['forward_products']} + {row['backward_products']}"
+    if row["iterations"] is not None:
+        count += f" (x{row['iterations']})"
+    return count if row["matmul_only"] else f"{count}, plus an eigendecomposition"
 
 
 def _time_cell(results: Results, seconds: float | None, baseline: float | None) -> str:

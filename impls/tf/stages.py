@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from impls import auto_table
 from impls.tf.minimax_newton_schulz import minimax_sqrtm
 from reference.contracts import (
     NON_FINITE_MESSAGE,
@@ -257,14 +258,16 @@ def _newton_schulz_sqrtm(a, num_iters, backward):
     return root(a)
 
 
-def _resolve_auto(method, backward):
-    """(method, backward, dtype of the eigendecomposition or None): see DEFAULT_SQRTM_METHOD.
+def _resolve_auto(method, backward, channels=None):
+    """(method, backward, dtype of the eigendecomposition or None): "auto" is the measured choice
+    for this device and C (impls.auto_table); a C unknown while tracing takes its rule.
     TensorFlow places work on a GPU whenever it sees one, so that decides the device."""
     if method != "auto":
         return method, backward, None
-    if not tf.config.list_logical_devices("GPU"):
-        return "eigh", backward, tf.float64
-    return "minimax_newton_schulz", backward, None
+    device = "cuda" if tf.config.list_logical_devices("GPU") else "cpu"
+    choice = auto_table.choose("tf", device, channels)
+    eigh_dtype = None if choice.eigh_dtype is None else tf.as_dtype(choice.eigh_dtype)
+    return choice.method, backward, eigh_dtype
 
 
 _MATRIX_RANK_MESSAGE = "expected a batch of square matrices (B, C, C) of rank 3"
@@ -273,7 +276,8 @@ _MATRIX_RANK_MESSAGE = "expected a batch of square matrices (B, C, C) of rank 3"
 def _root(a, method, num_iters, backward, checks):
     """The root of the symmetric part of `a`, then one finiteness check of it: NaN or inf in
     anything it came from (`checks`, (tensor, message) pairs, first cause first) shows there."""
-    method, backward, eigh_dtype = _resolve_auto(method, backward)
+    channels = a.shape[-1] if a.shape.rank is not None else None
+    method, backward, eigh_dtype = _resolve_auto(method, backward, channels)
     num_iters, backward = with_method_defaults(method, num_iters, backward)
     symmetric = _symmetric_part(tf.cast(with_rank(a, 3, _MATRIX_RANK_MESSAGE), compute_dtype(a)))
     try:

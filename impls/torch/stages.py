@@ -3,6 +3,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
+from impls import auto_table
 from impls.torch.minimax_newton_schulz import minimax_sqrtm
 from reference.contracts import (
     NON_FINITE_MESSAGE,
@@ -214,13 +215,14 @@ def _autograd_newton_schulz(a, num_iters, clamp):
     return torch.where(bad, _EighSqrtm.apply(torch.where(bad, a, eye)), converging)
 
 
-def _resolve_auto(method, backward, device_type):
-    """(method, backward, dtype of the eigendecomposition or None): see DEFAULT_SQRTM_METHOD."""
+def _resolve_auto(method, backward, device_type, channels=None):
+    """(method, backward, dtype of the eigendecomposition or None): "auto" is the measured choice
+    for this device and C (impls.auto_table), read from the static shape without a host read."""
     if method != "auto":
         return method, backward, None
-    if device_type == "cpu":
-        return "eigh", backward, torch.float64
-    return "minimax_newton_schulz", backward, None
+    choice = auto_table.choose("torch", device_type, channels)
+    eigh_dtype = None if choice.eigh_dtype is None else getattr(torch, choice.eigh_dtype)
+    return choice.method, backward, eigh_dtype
 
 
 def _root(a, method, num_iters, backward, checks):
@@ -229,7 +231,7 @@ def _root(a, method, num_iters, backward, checks):
     shows there, and so does a Newton-Schulz iteration that diverged on negative eigenvalues,
     which is then computed again with those samples clamped. Under torch.compile the checks are
     assertion ops, and a diverged iteration fails the last one instead of being recomputed."""
-    method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type)
+    method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type, a.shape[-1])
     num_iters, backward = with_method_defaults(method, num_iters, backward)
     compiling = torch.compiler.is_compiling()
     if compiling:
