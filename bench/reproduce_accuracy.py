@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from bench.accuracy import report
 from bench.accuracy.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, STUDIES
 from bench.accuracy.data import EMBEDDED_DATASETS, Dataset
-from bench.accuracy.distributed import World
 from bench.accuracy.image_folders import image_folder
 from bench.accuracy.training import RunCache, TrainingOptions, train
 from impls.architectures import BACKBONES
@@ -252,11 +251,9 @@ def configurations_for(dataset, args):
 
 def make_runners(args):
     """One runner per framework, in the order of the backend registry."""
-    tf_options = {"strategy": args.tf_strategy, "logical_cpus": args.tf_logical_cpus}
     options = {
-        "torch": {},
-        # Until runner_tf takes them, pass TensorFlow's distribution options only when set.
-        "tf": {key: value for key, value in tf_options.items() if value not in (None, "none")},
+        "torch": {"workers": args.workers or 0},
+        "tf": {"strategy": args.tf_strategy, "logical_cpus": args.tf_logical_cpus},
     }
     return [
         importlib.import_module(f"bench.accuracy.runner_{name}").Runner(
@@ -297,9 +294,7 @@ def metadata(args, runners, total_seconds, argv):
         batch_size=args.batch_size,
         quick=args.quick,
         model=model_options(args),
-        distribution={
-            runner.name: getattr(runner, "world", World()).as_metadata() for runner in runners
-        },
+        distribution={runner.name: runner.world.as_metadata() for runner in runners},
     )
 
 
@@ -363,7 +358,9 @@ def run(
 ) -> tuple[list[dict], float]:
     """Train every (data set, framework, configuration); return the run records and seconds."""
     started = time.perf_counter()
-    options = TrainingOptions(args.epochs, args.batch_size, args.seed, not args.no_progress)
+    options = TrainingOptions(
+        args.epochs, args.batch_size, args.seed, not args.no_progress, args.checkpoint_dir
+    )
     jobs = [
         (dataset, runner, configuration)
         for dataset in datasets
@@ -372,10 +369,16 @@ def run(
     ]
     cache, runs = RunCache(), []
     for dataset, runner, configuration in tqdm(
-        jobs, desc="runs", unit="run", disable=args.no_progress
+        jobs, desc="runs", unit="run", disable=args.no_progress or not _is_chief(runners)
     ):
         runs.append(train(runner, configuration, dataset, options, model_options(args), cache))
     return runs, time.perf_counter() - started
+
+
+def _is_chief(runners: list) -> bool:
+    """Whether this process writes and shows progress: the only one, or rank 0 of a run spread
+    over several processes (torchrun, TensorFlow workers)."""
+    return all(runner.world.is_chief for runner in runners)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         runs, seconds = run(args, runners, datasets)
     except IBPInputError as error:
         parser.error(str(error))
+    if not _is_chief(runners):
+        return 0
     info = metadata(args, runners, seconds, argv)
     try:
         report.write(args.output_dir, info, runs, datasets, args.paper_dataset)

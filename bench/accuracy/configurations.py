@@ -56,8 +56,10 @@ class Configuration:
         """The question's layers hard-code the batch size (bug 3): they run on full batches only."""
         return self.head == "seed"
 
-    def batch_size(self, requested):
-        return question.BATCH_SIZE if self.needs_full_batches else requested
+    def batch_size(self, requested: int, replicas: int = 1) -> int:
+        """The global batch: the question's hard-coded 16 on each of `replicas` model copies (its
+        layers take no other size), else the requested size, which the replicas share."""
+        return question.BATCH_SIZE * replicas if self.needs_full_batches else requested
 
     def stages(self, epochs):
         """The training stages of a run of `epochs` epochs in all."""

@@ -32,6 +32,13 @@ _SECOND_COMPONENT_AMPLITUDE = 0.6
 TEXTURE_NAMES = ("brick", "grass", "gravel")
 
 
+def batch_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The augmentation generator of the batch at `position` of epoch `epoch`: its own stream, so
+    that loading batches in parallel, in worker processes or after a resume never changes which
+    crops and flips a batch gets."""
+    return np.random.default_rng([seed, epoch, position])
+
+
 class Batches(Protocol):
     """What a data set's split provides: integer labels and `load`, which returns a batch of
     images (`Split` in memory, `image_folders.FileSplit` from files)."""

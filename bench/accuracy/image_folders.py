@@ -8,7 +8,8 @@ Layouts, tried in this order:
 - <class>/*: without a given split, every fifth image of each class (sorted by file name) is a
   test image.
 
-Images are read when a batch asks for them: the training split resizes the shorter side to the
+Images are read when a batch asks for them (`FileSplit.load`, called by each framework's input
+pipeline, several batches at a time): the training split resizes the shorter side to the
 image size, takes a random square crop and flips half of the images (the authors' 448 crops with
 flips); the test split takes the centre crop.
 
@@ -18,8 +19,6 @@ classes in the training and the test split, and every file's image header readab
 passes the header check but fails to decode later is named with its path too.
 """
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +53,10 @@ def _load_image(path, image_size, crop_rng, flip):
     return pixels[:, ::-1] if flip else pixels
 
 
+def _crop_rng(seed: int | None) -> np.random.Generator | None:
+    return None if seed is None else np.random.default_rng(seed)
+
+
 @dataclass
 class FileSplit:
     """Image files with integer labels, read (and, for training, augmented) batch by batch."""
@@ -70,13 +73,14 @@ class FileSplit:
         augment = self.augment and rng is not None
         flips = rng.random(len(indices)) < 0.5 if augment else np.zeros(len(indices), bool)
         seeds = rng.integers(0, 2**32, len(indices)) if augment else [None] * len(indices)
-        jobs = [
-            (self.paths[i], self.image_size, None if s is None else np.random.default_rng(s), f)
-            for i, s, f in zip(indices, seeds, flips, strict=True)
-        ]
-        # PIL releases the GIL while decoding, so threads overlap the reads.
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            return np.stack(list(pool.map(lambda job: _load_image(*job), jobs)))
+        # One batch, decoded in this process: the frameworks' pipelines (torch DataLoader
+        # workers, tf.data's parallel map) load several batches at once.
+        return np.stack(
+            [
+                _load_image(self.paths[i], self.image_size, _crop_rng(s), f)
+                for i, s, f in zip(indices, seeds, flips, strict=True)
+            ]
+        )
 
 
 def _images_in(folder):

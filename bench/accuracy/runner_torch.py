@@ -1,14 +1,30 @@
-"""PyTorch side of the accuracy reproduction: models, optimizers and steps for `training`."""
+"""PyTorch side of the accuracy reproduction: models, optimizers and steps for `training`.
+
+Started by torchrun (which sets RANK and WORLD_SIZE in each process it starts), the runner joins
+the process group (gloo on CPU, NCCL on GPU) and trains through DistributedDataParallel: every
+process loads its part of each global batch (`local_part`), DDP averages the processes'
+gradients, and each process scales its loss SUM by processes / global batch size, so that the
+average is the gradient of the global batch's mean loss, the update that one process makes, up to
+the order of the float sums. The question's batch-summing head sums within each process's part
+only, so under DDP it computes something else: that is its bug (batch statistics, like a
+BatchNorm's in a backbone that trains, differ per process the same way).
+"""
 
 import math
 import os
 import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from bench.accuracy.distributed import World
+from bench.accuracy.data import Batches
+from bench.accuracy.distributed import World, torchrun_rank_and_size
+from bench.accuracy.pipeline_torch import make_loader
 from bench.accuracy.seed_model_torch import SeedHead
 from impls.backends import get_backend
 from impls.testing import founding_question as question
@@ -55,10 +71,11 @@ def _head(configuration, in_channels, num_classes, head_kwargs):
 class Runner:
     name = "torch"
 
-    def __init__(self, device="cpu", threads=None):
+    def __init__(self, device: str = "cpu", threads: int | None = None, workers: int = 0) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
+        self.workers = workers
         want_gpu = device in ("gpu", "auto") and torch.cuda.is_available()
         if device == "gpu" and not want_gpu:
             raise IBPInputError("--device gpu: torch sees no CUDA device")
@@ -67,21 +84,39 @@ class Runner:
             # cuBLAS needs this workspace setting to be deterministic.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.world = World()
+        started_by_torchrun = torchrun_rank_and_size()
+        if started_by_torchrun is not None:
+            rank, size = started_by_torchrun
+            backend = "nccl" if want_gpu else "gloo"
+            if want_gpu:
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group(backend)
+            self.world = World(rank, size, size, f"ddp-{backend}")
 
-    def describe_device(self):
+    def describe_device(self) -> str:
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
         return "cpu"
 
-    def versions(self):
+    def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
-    def seed(self, seed):
+    def seed(self, seed: int) -> None:
         random.seed(seed)
         np.random.seed(seed)  # noqa: NPY002 (the legacy global state, for code that still uses it)
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+    def local_part(self, indices: np.ndarray) -> np.ndarray:
+        """The samples of a global batch that this process loads and trains on."""
+        return np.asarray(indices)[self.world.rank :: self.world.processes]
+
+    def barrier(self) -> None:
+        if self.world.processes > 1:
+            dist.barrier()
 
     def build_model(self, configuration, dataset, model_options):
         backbone = IMPL.build_backbone(
@@ -119,21 +154,63 @@ class Runner:
     def _labels(self, labels):
         return torch.as_tensor(labels, dtype=torch.long, device=self.device)
 
-    def train_step(self, model, optimizer, from_features):
-        forward = model.head if from_features else model
+    def train_batches(
+        self,
+        split: Batches,
+        batches: list[np.ndarray],
+        seed: int,
+        epoch: int,
+        features: torch.Tensor | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) on the device for each of `batches` (this process's parts of the
+        global ones), as the steps take them: the cached backbone features, or the images
+        through the DataLoader."""
+        if features is not None:
+            for indices in batches:
+                yield self.take(features, indices), self._labels(split.labels[indices])
+            return
+        pinned = self.device.type == "cuda"
+        for images, labels in make_loader(split, batches, seed, epoch, self.workers, pinned):
+            yield (
+                images.to(self.device, non_blocking=pinned),
+                labels.to(self.device, non_blocking=pinned),
+            )
 
-        def step(inputs, labels):
+    def _parallel(self, module: nn.Module) -> nn.Module:
+        """`module` as the step calls it: wrapped in DDP when there are several processes (DDP
+        broadcasts rank 0's weights on wrapping, then all-reduces the gradients)."""
+        if self.world.processes == 1:
+            return module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
+
+    def train_step(
+        self, model, optimizer, from_features: bool
+    ) -> Callable[[torch.Tensor, torch.Tensor, int], tuple[float, int]]:
+        """step(inputs, labels, global_batch_size) -> (loss summed over the global batch, right
+        answers in it)."""
+        forward = self._parallel(model.head if from_features else model)
+        processes = self.world.processes
+
+        def step(inputs, labels, global_batch_size):
             model.train()
             labels = self._labels(labels)
             try:
                 logits = forward(inputs)
             except torch.linalg.LinAlgError:
                 return math.nan, 0  # a decomposition of NaN weights' output: diverged
-            loss = nn.functional.cross_entropy(logits, labels)
+            loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
+            # DDP averages the gradients over processes: undo that, then take the global mean.
+            loss = loss_sum / (global_batch_size / processes)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            return loss.item(), _count_correct(logits.detach(), labels)
+            correct = _count_correct(logits.detach(), labels)
+            totals = torch.stack([loss_sum.detach().double(), torch.tensor(float(correct))])
+            if processes > 1:
+                totals = totals.to(self.device)
+                dist.all_reduce(totals)
+            return float(totals[0]), int(totals[1])
 
         return step
 
@@ -149,6 +226,30 @@ class Runner:
 
     def copy_backbone(self, source, model) -> None:
         model.backbone.load_state_dict(source.backbone.state_dict())
+
+    def save_state(self, directory: Path, model, optimizer) -> None:
+        """Weights, optimizer state (momenta, Adam moments and step counts) and the random
+        generators' states."""
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        torch.save(state, Path(directory) / _STATE_FILE)
+
+    def load_state(self, directory: Path, model, optimizer) -> None:
+        """What `save_state` wrote, into a model and an optimizer built like the saved ones."""
+        state = torch.load(Path(directory) / _STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+#: The runner's file inside a checkpoint directory.
+_STATE_FILE = "torch-state.pt"
 
 
 def _count_correct(logits, labels):

@@ -6,18 +6,31 @@ same samples in the same order. While the backbone is frozen and the data is not
 backbone is a fixed function: its features are computed once and shared by every configuration
 of that framework that starts from the same backbone (the seeded initialisation, or the one that
 another configuration trained: `RunCache` keeps both apart and checks them).
+
+Several processes (torch DDP, TensorFlow multi-worker) all run this loop: each draws the same
+global batches, loads its local part of each (`runner.local_part`) and gets back the loss and
+right answers of the whole global batch, so every process records the same history. Evaluation
+runs on every process on the whole test set; only the chief writes checkpoints and shows bars.
+
+With a checkpoint directory the chief writes the loop's state and the runner's (weights,
+optimizer, random state) after every epoch (`checkpoints.write`, atomic); a run started again
+with the same directory continues after the last epoch written, drawing the same batches from
+the restored shuffle generator, and ends with the numbers an uninterrupted run has.
 """
 
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from bench.accuracy import checkpoints
 from bench.accuracy.configurations import CONFIGURATIONS, Configuration
-from bench.accuracy.data import Dataset
+from bench.accuracy.data import Batches, Dataset
+from reference.contracts import IBPInputError
 
 #: Images per forward pass when only features are needed.
 _INFERENCE_BATCH = 64
@@ -29,6 +42,8 @@ class TrainingOptions:
     batch_size: int
     seed: int
     progress: bool = True
+    #: Where checkpoints go (and are resumed from); None: no checkpoints.
+    checkpoint_dir: Path | None = None
 
 
 def batch_indices(count, batch_size, rng=None, full_batches_only=False):
@@ -72,25 +87,15 @@ class RunCache:
         return self._trained.get((runner.name, dataset.name, name))
 
 
-def _batch(runner, features, split, indices, rng):
-    """A batch as the model takes it: cached features, or the images themselves."""
-    if features is not None:
-        return runner.take(features, indices)
-    return runner.images(split.load(indices, rng))
-
-
 def evaluate(
     runner, model, dataset: Dataset, batch_size: int, full_batches_only: bool, features=None
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The test batches as evaluated (full batches only where the model needs them) and the
     model's answer for each of their samples (-1 where its logits are not finite)."""
     batches = batch_indices(len(dataset.test), batch_size, full_batches_only=full_batches_only)
-    answers = [
-        runner.predict(
-            model, _batch(runner, features, dataset.test, indices, None), features is not None
-        )
-        for indices in batches
-    ]
+    # The test split does not augment: its batches need no seed or epoch of their own.
+    inputs = runner.train_batches(dataset.test, batches, 0, 0, features)
+    answers = [runner.predict(model, batch, features is not None) for batch, _ in inputs]
     return batches, answers
 
 
@@ -124,19 +129,27 @@ def answer_statistics(dataset: Dataset, batches: list, answers: list) -> dict[st
     }
 
 
-def _train_epoch(step, runner, dataset, batches, features, augment_rng, bar):
-    """(mean loss, train accuracy, diverged); stops at the first non-finite loss, after which
-    the weights are NaN and further steps would change nothing."""
+def _train_epoch(
+    step, runner, split: Batches, batches: list[np.ndarray], features, seed: int, epoch: int, bar
+) -> tuple[float, float, bool]:
+    """(mean loss, train accuracy, diverged) of one epoch over the global `batches`; stops at the
+    first non-finite loss, after which the weights are NaN and further steps would change
+    nothing."""
+    local = [runner.local_part(indices) for indices in batches]
     losses, correct, seen = [], 0, 0
-    for indices in batches:
-        inputs = _batch(runner, features, dataset.train, indices, augment_rng)
-        loss, batch_correct = step(inputs, dataset.train.labels[indices])
-        losses.append(loss)
+    pairs = runner.train_batches(split, local, seed, epoch, features)
+    for indices, (inputs, labels) in zip(batches, pairs, strict=True):
+        loss_sum, batch_correct = step(inputs, labels, len(indices))
+        losses.append(loss_sum / len(indices))
         correct, seen = correct + batch_correct, seen + len(indices)
         bar.update()
-        if not math.isfinite(loss):
+        if not math.isfinite(loss_sum):
             return math.nan, correct / seen, True
     return float(np.mean(losses)), correct / seen, False
+
+
+def _trains_a_backbone_for_others(configuration: Configuration) -> bool:
+    return any(c.pretrained_by == configuration.name for c in CONFIGURATIONS.values())
 
 
 def _starting_backbone(runner, configuration, dataset, options, model_options, cache):
@@ -150,6 +163,20 @@ def _starting_backbone(runner, configuration, dataset, options, model_options, c
     return cache.trained(runner, dataset, configuration.pretrained_by)
 
 
+def checkpoint_directory(
+    options: TrainingOptions, runner, dataset: Dataset, configuration: Configuration
+) -> Path | None:
+    if options.checkpoint_dir is None:
+        return None
+    return options.checkpoint_dir / dataset.name / runner.name / configuration.name
+
+
+def _saved_loop(directory: Path | None) -> dict[str, Any] | None:
+    """The loop state of the newest whole checkpoint in `directory`, or None to start afresh."""
+    found = None if directory is None else checkpoints.recover(directory)
+    return None if found is None else checkpoints.read_loop(found)
+
+
 def train(
     runner,
     configuration: Configuration,
@@ -158,35 +185,89 @@ def train(
     model_options: dict,
     cache: "RunCache",
 ) -> dict:
-    """Train one configuration from the seed; return its run record."""
+    """Train one configuration from the seed, or from its checkpoint; return its run record."""
+    directory = checkpoint_directory(options, runner, dataset, configuration)
+    saved = _saved_loop(directory)
+    stages = [stage for stage in configuration.stages(options.epochs) if stage.epochs > 0]
+    # The question's layers take 16 samples per replica: its global batch grows with them.
+    batch_size = configuration.batch_size(options.batch_size, runner.world.replicas)
+    settings = {
+        "seed": options.seed,
+        "epochs": options.epochs,
+        "batch_size": batch_size,
+        "train_samples": len(dataset.train),
+        "model": model_options,
+    }
+    if saved is not None and saved["settings"] != settings:
+        changed = [key for key in settings if saved["settings"].get(key) != settings[key]]
+        raise IBPInputError(
+            f"--checkpoint-dir: {directory} was written by a run with another "
+            f"{', '.join(changed)}; resume with the same options, or use another folder"
+        )
+    if saved is not None and saved["record"] is not None:
+        # Finished before: its record stands; the configurations that start from its backbone
+        # get the trained weights from its checkpoint.
+        if _trains_a_backbone_for_others(configuration):
+            model = runner.build_model(configuration, dataset, model_options)
+            runner.load_state(directory, model, runner.optimizer(model, stages[saved["stage"]]))
+            cache.remember(runner, dataset, configuration, model)
+        return saved["record"]
     source = _starting_backbone(runner, configuration, dataset, options, model_options, cache)
     runner.seed(options.seed)
     model = runner.build_model(configuration, dataset, model_options)
     if source is not None:
         runner.copy_backbone(source, model)
     backbone = configuration.pretrained_by or "initial"
-    batch_size = configuration.batch_size(options.batch_size)
+    test_batch_size = configuration.batch_size(options.batch_size)
     full_only = configuration.needs_full_batches
-    stages = [stage for stage in configuration.stages(options.epochs) if stage.epochs > 0]
     shuffle_rng = np.random.default_rng(options.seed)
-    augment_rng = np.random.default_rng(options.seed + 1)
+    state: dict[str, Any] = saved or {
+        "settings": settings,
+        "stage": 0,
+        "stage_epochs": 0,
+        "history": [],
+        "shuffle_rng": None,
+        "initial_answers": None,
+        "diverged_at": None,
+        "seconds": 0.0,
+        "record": None,
+    }
+    if saved is not None:
+        shuffle_rng.bit_generator.state = saved["shuffle_rng"]
+    history: list[dict[str, Any]] = state["history"]
     steps_per_epoch = len(
         batch_indices(len(dataset.train), batch_size, full_batches_only=full_only)
     )
     bar = tqdm(
         total=steps_per_epoch * sum(stage.epochs for stage in stages),
+        initial=steps_per_epoch * len(history),
         desc=f"{runner.name} {dataset.name} {configuration.name}",
         unit="step",
         leave=False,
-        disable=not options.progress,
+        disable=not (options.progress and runner.world.is_chief),
     )
-    history: list[dict[str, Any]] = []
-    diverged_at, initial_answers = None, None
-    started = time.perf_counter()
-    for stage in stages:
-        if diverged_at is not None:
-            break
+    started = time.perf_counter() - state["seconds"]
+
+    def save(optimizer) -> None:
+        state["seconds"] = time.perf_counter() - started
+        state["shuffle_rng"] = shuffle_rng.bit_generator.state
+        if directory is not None and runner.world.is_chief:
+
+            def fill(fresh: Path) -> None:
+                checkpoints.write_json(fresh / checkpoints.LOOP_FILE, state)
+                runner.save_state(fresh, model, optimizer)
+
+            checkpoints.write(directory, fill)
+
+    last = (len(stages) - 1, stages[-1].epochs)
+    for stage_index, stage in enumerate(stages):
+        if stage_index < state["stage"]:
+            continue
         optimizer = runner.optimizer(model, stage)
+        done = 0
+        if saved is not None and stage_index == saved["stage"]:
+            runner.load_state(directory, model, optimizer)
+            done = saved["stage_epochs"]
         from_features = stage.frozen and not dataset.augments
         train_features, test_features = (
             (cache.features(runner, model, dataset, split, backbone) for split in ("train", "test"))
@@ -194,24 +275,26 @@ def train(
             else (None, None)
         )
         step = runner.train_step(model, optimizer, from_features)
-        if initial_answers is None and configuration.head == "seed":
+        if state["initial_answers"] is None and configuration.head == "seed":
             # The question's set-up answers one class per batch from the start; whether the
             # class it ends on was learned or came with the initial weights shows only here.
-            initial_answers = answer_statistics(
-                dataset, *evaluate(runner, model, dataset, batch_size, full_only, test_features)
+            state["initial_answers"] = answer_statistics(
+                dataset,
+                *evaluate(runner, model, dataset, test_batch_size, full_only, test_features),
             )
-        for _ in range(stage.epochs):
+        for stage_epochs in range(done + 1, stage.epochs + 1):
+            epoch = len(history)
             batches = batch_indices(len(dataset.train), batch_size, shuffle_rng, full_only)
             loss, train_accuracy, diverged = _train_epoch(
-                step, runner, dataset, batches, train_features, augment_rng, bar
+                step, runner, dataset.train, batches, train_features, options.seed, epoch, bar
             )
             test_batches, answers = evaluate(
-                runner, model, dataset, batch_size, full_only, test_features
+                runner, model, dataset, test_batch_size, full_only, test_features
             )
             test_accuracy = accuracy(dataset, test_batches, answers)
             history.append(
                 {
-                    "epoch": len(history) + 1,
+                    "epoch": epoch + 1,
                     "stage": stage.optimizer,
                     "train_loss": None if diverged else loss,
                     "train_accuracy": train_accuracy,
@@ -219,24 +302,32 @@ def train(
                 }
             )
             bar.set_postfix(loss=f"{loss:.3f}", test=f"{test_accuracy:.3f}")
+            state["stage"], state["stage_epochs"] = stage_index, stage_epochs
             if diverged:
-                diverged_at = len(history)
+                state["diverged_at"] = len(history)
+            if diverged or (stage_index, stage_epochs) == last:
+                # In the last checkpoint itself: a run killed after it has nothing left to do.
+                state["record"] = {
+                    "framework": runner.name,
+                    "dataset": dataset.name,
+                    "config": configuration.name,
+                    "test_accuracy": test_accuracy,
+                    "chance_rate": dataset.chance_rate,
+                    "test_samples": sum(len(indices) for indices in test_batches),
+                    "batch_size": batch_size,
+                    "epochs": len(history),
+                    "diverged_at_epoch": state["diverged_at"],
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "answers": answer_statistics(dataset, test_batches, answers),
+                    "initial_answers": state["initial_answers"],
+                    "history": history,
+                }
+            save(optimizer)
+            if diverged:
                 break
+        if state["diverged_at"] is not None:
+            break
     bar.close()
-    if any(c.pretrained_by == configuration.name for c in CONFIGURATIONS.values()):
+    if _trains_a_backbone_for_others(configuration):
         cache.remember(runner, dataset, configuration, model)
-    return {
-        "framework": runner.name,
-        "dataset": dataset.name,
-        "config": configuration.name,
-        "test_accuracy": history[-1]["test_accuracy"],
-        "chance_rate": dataset.chance_rate,
-        "test_samples": sum(len(indices) for indices in test_batches),
-        "batch_size": batch_size,
-        "epochs": len(history),
-        "diverged_at_epoch": diverged_at,
-        "seconds": round(time.perf_counter() - started, 2),
-        "answers": answer_statistics(dataset, test_batches, answers),
-        "initial_answers": initial_answers,
-        "history": history,
-    }
+    return state["record"]

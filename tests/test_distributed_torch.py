@@ -1,0 +1,81 @@
+"""PyTorch training under torchrun: two processes on the CPU (gloo) train the model that one
+process trains, and only rank 0 writes the results."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.accuracy.distributed import World, torchrun_rank_and_size
+
+from .conftest import import_framework
+
+import_framework("torch")
+
+ROOT = Path(__file__).parents[1]
+RUN = [
+    "--framework", "torch", "--dataset", "synthetic", "--config", "ibp", "--quick",
+    "--no-progress",
+]  # fmt: skip
+#: Two processes sum each batch's gradient in two halves and add them, one process in one go:
+#: the same float32 numbers added in another order, each sum within a few units in the last
+#: place of float32 (6e-8 relative) of the other. Training carries such differences along but
+#: does not blow them up over these few dozen steps of a stable recipe: 1e-4 relative leaves three
+#: orders of magnitude of room; a wrong loss scaling (a factor of 2) or a process training on the
+#: wrong samples is off by far more.
+LOSS_RTOL = 1e-4
+#: A test answer can flip only where two logits tie to within those rounding differences: at most
+#: one sample of the 112 in the quick test set.
+ANSWER_TOLERANCE = 1 / 112
+
+
+def _environment():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _results(output: Path) -> dict:
+    return json.loads((output / "accuracy.json").read_text())
+
+
+def test_torchrun_sets_the_rank_and_world_size():
+    assert torchrun_rank_and_size({}) is None
+    assert torchrun_rank_and_size({"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
+    assert World(1, 2, 2, "ddp-gloo").as_metadata() == {
+        "rank": 1, "processes": 2, "replicas": 2, "kind": "ddp-gloo",
+    }  # fmt: skip
+    assert World().is_chief and not World(1, 2, 2, "ddp-gloo").is_chief
+    with pytest.raises(ValueError, match="kind"):
+        World(kind="horovod")
+    with pytest.raises(ValueError, match="inconsistent"):
+        World(rank=2, processes=2, replicas=2, kind="ddp-gloo")
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_train_what_one_process_trains(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(
+        [sys.executable, "-m", "bench.reproduce_accuracy", *RUN, "--output-dir", str(one)],
+        cwd=ROOT, env=_environment(), check=True,
+    )  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    subprocess.run(
+        [*torchrun, "2", "-m", "bench.reproduce_accuracy", *RUN, "--output-dir", str(two)],
+        cwd=ROOT, env=_environment(), check=True,
+    )  # fmt: skip
+    single, distributed = _results(one), _results(two)
+    assert distributed["distribution"] == {
+        "torch": {"rank": 0, "processes": 2, "replicas": 2, "kind": "ddp-gloo"}
+    }
+    assert single["distribution"] == {"torch": World().as_metadata()}
+    # Only rank 0 wrote: one set of results, nothing beside it.
+    assert sorted(p.name for p in two.iterdir()) == ["accuracy.json", "accuracy.md", "accuracy.png"]
+    [run_one], [run_two] = single["runs"], distributed["runs"]
+    assert run_two["epochs"] == run_one["epochs"] and run_two["batch_size"] == 16
+    for epoch_one, epoch_two in zip(run_one["history"], run_two["history"], strict=True):
+        np.testing.assert_allclose(epoch_two["train_loss"], epoch_one["train_loss"], LOSS_RTOL)
+        for key in ("train_accuracy", "test_accuracy"):
+            assert abs(epoch_two[key] - epoch_one[key]) <= ANSWER_TOLERANCE, (key, epoch_one)
