@@ -215,9 +215,9 @@ def test_a_missing_or_malformed_tf_config_is_named(text, message):
 
 def test_an_unknown_strategy_is_a_usage_error():
     with pytest.raises(IBPInputError, match="--tf-strategy ring"):
-        distribution_tf.make_strategy("ring", "cpu", None)
+        distribution_tf.make_strategy("ring", False, None)
     with pytest.raises(IBPInputError, match="--tf-logical-cpus"):
-        distribution_tf.make_strategy("none", "cpu", 2)
+        distribution_tf.make_strategy("none", False, 2)
 
 
 def test_local_parts_of_the_workers_make_up_the_batch():

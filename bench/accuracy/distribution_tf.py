@@ -75,9 +75,10 @@ def cluster_from_tf_config(environ: Any = os.environ) -> tuple[int, int]:
 
 
 def make_strategy(
-    name: str | None, device: str, logical_cpus: int | None
+    name: str | None, gpus: bool, logical_cpus: int | None
 ) -> tuple[tf.distribute.Strategy, World]:
-    """The strategy called `name` and the World it makes this process part of."""
+    """The strategy called `name` and the World it makes this process part of; `gpus`: whether
+    to mirror over the local GPUs (else the CPU, or its `logical_cpus` logical devices)."""
     name = name or "none"
     if name not in STRATEGIES:
         raise IBPInputError(f"--tf-strategy {name}: choose one of {', '.join(STRATEGIES)}")
@@ -93,9 +94,10 @@ def make_strategy(
     if logical_cpus is not None:
         split_cpu(logical_cpus)
         devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    elif gpus:
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
     else:
-        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-        devices = gpus if gpus and device != "cpu" else ["/CPU:0"]
+        devices = ["/CPU:0"]
     strategy = tf.distribute.MirroredStrategy(devices)
     return strategy, World(replicas=strategy.num_replicas_in_sync, kind="mirrored")
 

@@ -21,12 +21,13 @@ from bench.accuracy import distribution_tf
 from bench.accuracy.data import Batches
 from bench.accuracy.pipeline_tf import make_dataset
 from bench.accuracy.seed_model_tf import SeedHead
-from impls.backends import get_backend
+from impls.backends import CHANNELS_LAST, get_backend
 from impls.testing import founding_question as question
 from impls.tf.models import BACKBONE_LAYER, HEAD_LAYER
 from reference.contracts import IBPInputError
 
-IMPL = get_backend("tf").impl
+BACKEND = get_backend("tf")
+IMPL = BACKEND.impl
 
 
 class GlobalAveragePoolingHead(keras.layers.Layer):
@@ -94,29 +95,23 @@ class Runner:
     ) -> None:
         # Thread pools and logical devices can be set only before TensorFlow runs anything.
         self.threads = _configure_threads(threads)
-        gpus = tf.config.list_physical_devices("GPU")
-        if device == "gpu" and not gpus:
-            raise IBPInputError("--device gpu: TensorFlow sees no GPU")
-        self.strategy, self.world = distribution_tf.make_strategy(strategy, device, logical_cpus)
-        self.device = "/GPU:0" if gpus and device in ("gpu", "auto") else "/CPU:0"
+        self.device = BACKEND.resolve_device(device)
+        self.strategy, self.world = distribution_tf.make_strategy(
+            strategy, BACKEND.is_gpu(self.device), logical_cpus
+        )
         self._predictors: dict = {}  # (model name, from features) -> (model, compiled prediction)
 
     def _placement(self) -> Any:
         """Where variables are made: the strategy's scope (mirrored on every replica) or the
         one device."""
         if self.world.kind == "single":
-            return tf.device(self.device)
+            return BACKEND.placement(self.device)
         return self.strategy.scope()
 
     def describe_device(self) -> str:
         if self.world.kind != "single":
             return f"{self.world.kind}, {self.world.replicas} replicas"
-        if self.device == "/CPU:0":
-            return "cpu"
-        details = tf.config.experimental.get_device_details(
-            tf.config.list_physical_devices("GPU")[0]
-        )
-        return details.get("device_name", "gpu")
+        return BACKEND.describe_device(self.device)
 
     def versions(self) -> dict[str, str]:
         return {"tensorflow": tf.__version__, "keras": keras.__version__}
@@ -163,11 +158,10 @@ class Runner:
         return optimizer
 
     def images(self, images):
-        with tf.device(self.device):
-            return tf.constant(images)
+        return BACKEND.feature_map(images, "float32", self.device, layout=CHANNELS_LAST)
 
     def backbone_features(self, model, images):
-        with tf.device(self.device):
+        with BACKEND.placement(self.device):
             return model.get_layer(BACKBONE_LAYER)(self.images(images), training=False)
 
     def concatenate(self, tensors):
@@ -177,7 +171,7 @@ class Runner:
         return tf.gather(tensor, np.asarray(indices))
 
     def numpy(self, tensor):
-        return tensor.numpy()
+        return BACKEND.numpy(tensor)
 
     def train_batches(
         self,
@@ -192,7 +186,7 @@ class Runner:
         through the tf.data pipeline."""
         if features is not None:
             for indices in batches:
-                yield self.take(features, indices), tf.constant(split.labels[indices], tf.int64)
+                yield self.take(features, indices), BACKEND.labels(split.labels[indices])
             return
         yield from make_dataset(split, batches, seed, epoch)
 
@@ -239,11 +233,8 @@ class Runner:
                     f"{self.world.replicas} replicas need global batches of "
                     f"{question.BATCH_SIZE * self.world.replicas}, got {global_batch_size}"
                 )
-            with tf.device(self.device):
-                inputs, labels = (
-                    self._distribute(inputs),
-                    self._distribute(tf.constant(labels, tf.int64)),
-                )
+            with BACKEND.placement(self.device):
+                inputs, labels = self._distribute(inputs), self._distribute(BACKEND.labels(labels))
                 loss_sum, correct = step(inputs, labels, tf.constant(global_batch_size, tf.float32))
             loss_sum = float(loss_sum)
             return (loss_sum / global_batch_size if whole else loss_sum), int(correct)
@@ -256,8 +247,8 @@ class Runner:
             forward = model.get_layer(HEAD_LAYER) if from_features else model
             predictor = tf.function(lambda x: _answers(forward(x, training=False)))
             self._predictors[key] = (model, predictor)
-        with tf.device(self.device):
-            return self._predictors[key][1](inputs).numpy()
+        with BACKEND.placement(self.device):
+            return BACKEND.numpy(self._predictors[key][1](inputs))
 
     def copy_backbone(self, source, model) -> None:
         model.get_layer(BACKBONE_LAYER).set_weights(source.get_layer(BACKBONE_LAYER).get_weights())
