@@ -188,20 +188,22 @@ def _plot_pareto(pyplot: Any, results: Results, path: pathlib.Path) -> None:
 
 
 def _plot_scipy_speedup(pyplot: Any, results: Results, path: pathlib.Path) -> None:
-    """Speed-up over SciPy against C."""
+    """Speed-up over SciPy against C: one colour per method, one marker and line style per
+    framework, and a legend of each."""
+    from matplotlib.lines import Line2D
+
     series = _plotted_speedup_series(results)
-    figure, axis = pyplot.subplots(figsize=(9, 6))
-    colours: dict[str, str] = {}
+    colour = _colours([label for _, label in series])
+    styles = {"torch": "-", "tf": "--"}
+    figure, axis = pyplot.subplots(figsize=(10, 6.5))
     for (backend, label), points in sorted(series.items()):
-        colour = colours.setdefault(label, f"C{len(colours) % 10}")
         xs, ys = zip(*points, strict=True)
         axis.plot(
             xs,
             ys,
-            color=colour,
-            marker="o" if backend == "torch" else "s",
-            linestyle="-" if backend == "torch" else "--",
-            label=f"{backend} {label}",
+            color=colour[label],
+            marker=_MARKERS.get(backend, "^"),
+            linestyle=styles.get(backend, ":"),
         )
     axis.axhline(TARGET_SPEEDUP_OVER_SCIPY, color="grey", linestyle=":", linewidth=1)
     axis.set_xscale("log", base=2)
@@ -209,11 +211,21 @@ def _plot_scipy_speedup(pyplot: Any, results: Results, path: pathlib.Path) -> No
     axis.set_xlabel("channels C")
     axis.set_ylabel("speed-up over SciPy (SciPy time / time)")
     axis.set_title(
-        f"sqrtm forward+backward, B={results.headline.batch}, float32, {results.device} "
-        "(solid: torch, dashed: TF; dotted: the 5x target)"
+        f"sqrtm forward+backward against SciPy, B={results.headline.batch}, float32, "
+        f"{results.device}:\nhigher is better; above the dotted line meets the "
+        f"{TARGET_SPEEDUP_OVER_SCIPY:g}x target",
+        fontsize=11,
     )
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    handles = [Line2D([], [], color=c, linewidth=3, label=label) for label, c in colour.items()]
+    handles += [
+        Line2D([], [], color="black", marker=_MARKERS[b], linestyle=styles[b], label=b)
+        for b in styles
+        if any(backend == b for backend, _ in series)
+    ]
+    axis.legend(
+        handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3
+    )
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     pyplot.close(figure)
