@@ -194,7 +194,7 @@ def _plot_scipy_speedup(pyplot: Any, results: Results, path: pathlib.Path) -> No
 
     series = _plotted_speedup_series(results)
     colour = _colours([label for _, label in series])
-    styles = {"torch": "-", "tf": "--"}
+    styles: dict[str, Any] = {"torch": "-", "tf": "--"}
     figure, axis = pyplot.subplots(figsize=(10, 6.5))
     for (backend, label), points in sorted(series.items()):
         xs, ys = zip(*points, strict=True)
