@@ -10,8 +10,8 @@ import pytest
 
 from bench import auto_table as measurement
 from impls import auto_table
-from impls.testing.numerical_error import realistic_case
 from impls.testing.metadata import REQUIRED_KEYS, read_results
+from impls.testing.numerical_error import realistic_case
 from reference.conventions import AUTO_STATED_ACCURACY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -120,3 +120,33 @@ def test_candidates_give_different_roots(backend, monkeypatch):
         for candidate in auto_table.CANDIDATES
     ]
     assert len(set(roots)) == len(roots)
+
+
+def _row(candidate, seconds, error):
+    return {
+        "framework": "torch",
+        "device": "cpu",
+        "channels": 64,
+        "candidate": candidate,
+        "forward_error": error,
+        "backward_error": error,
+        "meets_target": error <= AUTO_STATED_ACCURACY,
+        "seconds": seconds,
+    }
+
+
+def test_choice_is_accuracy_first_then_time():
+    rows = [_row("eigh_float32", 1.0, 3e-3), _row("eigh_float64", 2.0, 1e-8)]
+    rows.append(_row("newton_schulz", 3.0, 1e-6))
+    (choice,) = measurement.choose(rows)
+    assert (choice["candidate"], choice["meets_target"]) == ("eigh_float64", True)
+    document = {"rows": rows, "choices": [choice]}
+    assert "eigh in float32 is faster (0.50x) but misses (error 3.0e-03)" in measurement.reasons(
+        document
+    )
+
+
+def test_without_an_accurate_candidate_the_most_accurate_is_chosen():
+    rows = [_row("eigh_float32", 1.0, 3e-3), _row("newton_schulz", 2.0, 2e-3)]
+    (choice,) = measurement.choose(rows)
+    assert (choice["candidate"], choice["meets_target"]) == ("newton_schulz", False)
