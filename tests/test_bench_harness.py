@@ -95,3 +95,21 @@ def test_report_of_a_gpu_run_shows_times_and_matmul_floor(
     assert "# CUDA" in markdown and "Test GPU" in markdown
     assert "TFLOP/s" in markdown and "time / float32 floor" in markdown
     assert "GPU numbers are still unmeasured" not in markdown
+
+
+def test_products_are_printed_beside_the_time_to_accuracy(tmp_path: pathlib.Path) -> None:
+    """Each method's matrix products to the target come from the products.json beside the run."""
+    from bench.report.results import Results
+    from bench.report.tables import format_products, time_to_accuracy_table
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "results"
+    (tmp_path / "bench-cpu.json").write_text((root / "bench-cpu.json").read_text())
+    assert Results(tmp_path / "bench-cpu.json").products({"method": "eigh"}) is None
+    (tmp_path / "products.json").write_text((root / "products.json").read_text())
+    results = Results(tmp_path / "bench-cpu.json")
+    row = results.products({"method": "newton_schulz", "backward": "autograd"})
+    assert row is not None and row["channels"] == results.headline.channels
+    expected = f"{row['products']} = {row['forward_products']} + {row['backward_products']}"
+    assert format_products(row) == f"{expected} (x{row['iterations']})"
+    assert "plus an eigendecomposition" in format_products(results.products({"method": "eigh"}))
+    assert f"| {format_products(row)} |" in time_to_accuracy_table(results)
