@@ -16,6 +16,7 @@ import pytest
 
 from impls.testing import founding_question as question
 from impls.testing.assertions import target_of
+from impls.testing.metadata import read_results
 from impls.testing.model_check import main
 from impls.testing.model_check.checks import PROBE_MARGIN_SE, locate_head
 from impls.testing.model_check.frameworks import LayerCall
@@ -135,6 +136,27 @@ def test_a_whole_head_is_located_as_one_layer():
     head = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     session = SimpleNamespace(framework="tf", calls=[_call("ibp", "IBPHead", feature_map, head)])
     assert locate_head(session) == [("ibp", "head")]
+
+
+def test_readme_example_shows_the_question_failing_and_the_fix_passing():
+    """The README's generated model example (rendered from this file by the drift test) shows
+    what a user should see: the question's model failing on its bugs, the fixed model passing."""
+    _, document = read_results(EXAMPLES.parent / "results" / "ibp_check_model_example.json")
+    question_run, fixed_run = document["runs"]
+    assert question_run["arguments"] == ["model", "examples/question_model_keras.py:question_model"]
+    assert question_run["exit_code"] == 1
+    words = " ".join(question_run["output"].split())  # the report wraps its lines
+    for text in (
+        "FAIL per-sample independence (inference mode)",
+        "layer bilinear_pool",
+        "applied twice",
+        "eps * ones",
+        "the classifier's logits move by",
+        "no better than the batch-majority ceiling",
+    ):
+        assert text in words, text
+    assert fixed_run["arguments"] == ["model", "examples/fixed_model_keras.py:fixed_model"]
+    assert fixed_run["exit_code"] == 0 and "all checks pass" in fixed_run["output"]
 
 
 @pytest.mark.parametrize("shape", ["3,32", "3,0,32", "a,b,c"])
@@ -280,3 +302,25 @@ def test_a_hanging_model_fails_within_the_call_timeout(tmp_path, capsys):
     assert main([target, "--input-shape", "3,8,8", "--call-timeout", "2"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  batch sizes" in out and "took longer than 2 s" in out
+
+
+@pytest.mark.slow
+def test_checks_not_started_within_the_time_limit_are_not_checked(tmp_path):
+    import_framework("torch")
+    from impls.testing.assertions import check_model
+
+    (tmp_path / "tiny.py").write_text(TINY_TORCH_MODEL)
+    report = check_model(f"{tmp_path / 'tiny.py'}:model", "torch", (3, 8, 8), time_limit=0.0)
+    assert not report.passed
+    assert _finding(report, "batch sizes").status == "PASS"  # the first calls always run
+    for name in CHECKS:
+        finding = _finding(report, name)
+        assert finding.status == "FAIL"
+        assert finding.causes == ["not checked: the run's time limit (0 s) ran out"]
+
+
+def test_cli_refuses_a_time_limit_under_a_second(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["examples/fixed_model_torch.py:fixed_model", "--time-limit", "0.5"])
+    assert exit_.value.code == 2
+    assert "--time-limit" in capsys.readouterr().err

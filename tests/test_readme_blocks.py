@@ -26,9 +26,16 @@ RENDERING_MODULES = (
     "bench.products",
     "bench.accuracy.report",
     "impls.testing.check_catalogue",
+    "impls.testing.worked_examples",
 )
 #: Results files written by those modules: each carries the full envelope.
-ENVELOPED_RESULTS = ("sqrtm_error.json", "products.json", "ibp_check.json")
+ENVELOPED_RESULTS = (
+    "sqrtm_error.json",
+    "products.json",
+    "ibp_check.json",
+    "ibp_check_example.json",
+    "ibp_check_model_example.json",
+)
 
 for _module in RENDERING_MODULES:
     importlib.import_module(_module)

@@ -81,7 +81,8 @@ def check_model(
     input_shape: tuple[int, ...] | None = None,
     **options: Any,
 ) -> engine.ModelReport:
-    """The report of `ibp-check model` on the model `fn` builds; options: seed, call_timeout."""
+    """The report of `ibp-check model` on the model `fn` builds; options as `ibp-check model`
+    takes them (seed, call_timeout, time_limit)."""
     with no_hypothesis_files():
         return engine.check_model(target_of(fn), framework, input_shape, **options)
 

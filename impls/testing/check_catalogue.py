@@ -4,25 +4,24 @@ bug's cause named / no cause named) and the false alarms on correct layers, writ
 metadata to results/ibp_check.json and results/ibp_check.md.
 
     python -m impls.testing.check_catalogue [--max-examples N] [--size C] [--output-dir results]
-        [--readme README.md [--example-only]]
 """
 
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from impls.testing import readme_blocks
-from impls.testing.bug_catalogue import BUGS, CORRECT, FRAMEWORKS
+from impls.testing.bug_catalogue import BUGS, CORRECT, FRAMEWORKS, Bug, CorrectLayer
 from impls.testing.check_runner import DEFAULT_MAX_CHANNELS, DEFAULT_MAX_EXAMPLES, check
 from impls.testing.metadata import (
     ENVELOPE_KEY,
     collect,
     read_results,
-    replace_block,
     short_commit,
     write_results,
 )
@@ -36,18 +35,18 @@ class Outcome:
     framework: str
     target: str
     expected: str  # the diagnosis a bug must get; "" for a correct layer
-    failed_properties: list
-    caught_by: list  # failed properties whose diagnosis holds `expected`
-    wrong_causes: list  # other catalogued bugs' causes that a diagnosis names
-    notes: list  # harmless conventions ibp-check noted
+    failed_properties: list[str]
+    caught_by: list[str]  # failed properties whose diagnosis holds `expected`
+    wrong_causes: list[str]  # other catalogued bugs' causes that a diagnosis names
+    notes: list[str]  # harmless conventions ibp-check noted
     seconds: float
 
     @property
-    def caught(self):
+    def caught(self) -> bool:
         return bool(self.caught_by)
 
     @property
-    def diagnosis(self):
+    def diagnosis(self) -> str:
         """'expected', 'wrong' (another bug's cause named, too) or 'none'."""
         if self.wrong_causes:
             return "wrong"
@@ -59,7 +58,16 @@ class Outcome:
 _CAUSES = sorted({bug.expected for bug in BUGS})
 
 
-def _outcome(name, stage, framework, target, expected, accepted=(), sandbox=None, **settings):
+def _outcome(
+    name: str,
+    stage: str,
+    framework: str,
+    target: str,
+    expected: str,
+    accepted: Sequence[str] = (),
+    sandbox: Sandbox | None = None,
+    **settings: Any,
+) -> Outcome:
     report = check(stage, target, framework, sandbox=sandbox, **settings)
     failed = [r for r in report.results if r.status == "FAIL"]
     caught_by = [r.name for r in failed if expected and expected in r.diagnosis]
@@ -87,24 +95,24 @@ def _outcome(name, stage, framework, target, expected, accepted=(), sandbox=None
     )
 
 
-#: The command that regenerates results/ibp_check.* (with --readme README.md, the README's example).
+#: The command that regenerates results/ibp_check.*.
 COMMAND = "python -m impls.testing.check_catalogue"
 #: The catalogue's per-call limit: its slowest correct call takes well under a second, and the
 #: hanging bug costs this much per framework.
 CATALOGUE_CALL_TIMEOUT = 20.0
 
 
-def run_bug(bug, framework, **settings):
+def run_bug(bug: Bug, framework: str, **settings: Any) -> Outcome:
     return _outcome(
         bug.name, bug.stage, framework, bug.target(framework), bug.expected, bug.also, **settings
     )
 
 
-def run_correct(layer, framework, **settings):
+def run_correct(layer: CorrectLayer, framework: str, **settings: Any) -> Outcome:
     return _outcome(layer.name, layer.stage, framework, layer.target(framework), "", **settings)
 
 
-def score(bugs, correct):
+def score(bugs: Sequence[Outcome], correct: Sequence[Outcome]) -> dict[str, Any]:
     caught = sum(outcome.caught for outcome in bugs)
     return {
         "bugs": len(bugs),
@@ -119,7 +127,7 @@ def score(bugs, correct):
     }
 
 
-def markdown(document: dict) -> str:
+def markdown(document: dict[str, Any]) -> str:
     """results/ibp_check.md from the results JSON alone (the README-drift test re-renders it)."""
     metadata, settings, summary = document[ENVELOPE_KEY], document["settings"], document["summary"]
     counts = summary["diagnosis"]
@@ -172,34 +180,7 @@ def ibp_check_document(root: Path) -> str:
     return markdown(document)
 
 
-#: The founding question's own layers (examples/seed_question_tf.py) through ibp-check.
-WORKED_EXAMPLE = (
-    ("pool", "examples/seed_question_tf.py:BILINEAR_POOLING"),
-    ("sqrtm", "examples/seed_question_tf.py:Sqrt_Root_SVD_Lyapunov"),
-)
-
-
-def worked_example():
-    """The README's ibp-check example: each command and its real output, as one code block."""
-    parts = []
-    for stage, target in WORKED_EXAMPLE:
-        completed = subprocess.run(
-            [sys.executable, "-m", "impls.testing.check", stage, target],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        parts.append(f"{completed.stdout.rstrip()}\n(exit code {completed.returncode})")
-    return "```\n" + "\n\n".join(parts) + "\n```"
-
-
-def _write_worked_example(readme: Path, options: list[str]) -> None:
-    commit = (collect(device="cpu", profile="ibp-check example")["git_commit"] or "unknown")[:12]
-    provenance = f"`{' '.join([COMMAND, *options])}` at {commit}"
-    replace_block(readme, "ibp-check-example", worked_example(), provenance)
-
-
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     arguments = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arguments.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES)
     arguments.add_argument("--size", type=int, default=DEFAULT_MAX_CHANNELS)
@@ -211,23 +192,7 @@ def main(argv=None):
         help="per-call limit (the hanging bug costs this much per framework)",
     )
     arguments.add_argument("--output-dir", type=Path, default=Path("results"))
-    arguments.add_argument(
-        "--readme",
-        type=Path,
-        default=None,
-        help="also run the README's worked example and rewrite its output block there",
-    )
-    arguments.add_argument(
-        "--example-only",
-        action="store_true",
-        help="with --readme: only rerun the worked example (seconds, not the whole catalogue)",
-    )
     args = arguments.parse_args(argv)
-    if args.example_only:
-        if args.readme is None:
-            arguments.error("--example-only needs --readme")
-        _write_worked_example(args.readme, ["--readme", str(args.readme), "--example-only"])
-        return 0
     started = time.perf_counter()
     settings = {
         "max_examples": args.max_examples,
@@ -266,8 +231,6 @@ def main(argv=None):
     write_results(args.output_dir / "ibp_check.json", metadata, **payload)
     (args.output_dir / "ibp_check.md").write_text(markdown({ENVELOPE_KEY: metadata, **payload}))
     print(json.dumps(summary))
-    if args.readme is not None:
-        _write_worked_example(args.readme, ["--readme", str(args.readme)])
     perfect = summary["diagnosis"]["expected"] == summary["bugs"] and not summary["false_alarms"]
     return 0 if perfect else 1
 

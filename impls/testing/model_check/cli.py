@@ -1,12 +1,13 @@
 """ibp-check model: check a whole model, not one stage.
 
     ibp-check model TARGET [--framework torch|tf] [--input-shape C,H,W] [--json]
-                           [--call-timeout S] [--seed N]
+                           [--call-timeout S] [--time-limit S] [--seed N]
 
 TARGET is path/to/file.py:function; the function takes no arguments and returns a Keras model
 (compiled or not), a torch nn.Module, or (module, optimizer). Torch models need --input-shape, one
 sample's shape, channels-first. The model is built and run in a separate process, as the stage
-checks run a layer, and each check fails when it runs past --call-timeout.
+checks run a layer, and each check fails when it runs past --call-timeout; checks not started
+within --time-limit of the start are reported as not checked (a failure).
 
 Checks: batch sizes; per-sample independence layer by layer, in inference and training mode; the
 IBP head's layers, found by their inputs and outputs, each checked by the stage checks; gradient
@@ -22,6 +23,7 @@ import json
 import sys
 
 from impls.testing.check import MAX_SECONDS, bounded
+from impls.testing.check_runner import DEFAULT_TIME_LIMIT
 from impls.testing.check_target import UsageError
 from impls.testing.model_check.engine import check_model
 from impls.testing.model_check.report import format_report
@@ -68,6 +70,14 @@ def parser() -> argparse.ArgumentParser:
         help=f"a check running longer fails (default {DEFAULT_CALL_TIMEOUT:g} s)",
     )
     arguments.add_argument(
+        "--time-limit",
+        type=bounded(float, 1.0, MAX_SECONDS),
+        default=DEFAULT_TIME_LIMIT,
+        metavar="S",
+        help=f"checks not started within S seconds of the start are reported as not checked "
+        f"(a failure; default {DEFAULT_TIME_LIMIT:g} s)",
+    )
+    arguments.add_argument(
         "--seed",
         type=bounded(int, 0, 2**31 - 1),
         default=0,
@@ -88,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.input_shape,
                 seed=args.seed,
                 call_timeout=args.call_timeout,
+                time_limit=args.time_limit,
             )
     except (UsageError, TargetUnusable) as error:
         print(f"ibp-check model: error: {error}", file=sys.stderr)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from impls.testing.check_runner import check
+from impls.testing.check_runner import DEFAULT_TIME_LIMIT, check
 from impls.testing.model_check.checks import Finding
 from impls.testing.model_check.supervisor import CHECKS, ModelSandbox
 from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, Sandbox, TargetStopped
@@ -88,12 +88,15 @@ def check_model(
     *,
     seed: int = 0,
     call_timeout: float = DEFAULT_CALL_TIMEOUT,
+    time_limit: float = DEFAULT_TIME_LIMIT,
     stage_examples: int = STAGE_EXAMPLES,
 ) -> ModelReport:
     """Every check of `ibp-check model` on the model `target` ('file.py:function', a function
-    returning a Keras model, a torch module, or (module, optimizer)). Raises
-    sandbox.TargetUnusable when the model cannot be built or run."""
+    returning a Keras model, a torch module, or (module, optimizer)). Checks not started within
+    `time_limit` seconds of the start are reported as not checked (the model's first calls always
+    run). Raises sandbox.TargetUnusable when the model cannot be built or run."""
     started = time.perf_counter()
+    clock = _Clock(started, time_limit)
     with ModelSandbox(call_timeout) as box:
         framework = box.load(target, framework, input_shape, seed)
         try:
@@ -105,11 +108,18 @@ def check_model(
             findings = [summary["failed"]] + [Finding(n, "FAIL", "", [why]) for n in CHECKS]
             summary = {"batch": None, "layers": [], "located": []}
         else:
-            findings = [summary["batch_finding"]] + _child_findings(box)
+            findings = [summary["batch_finding"]] + _child_findings(box, clock)
         output = box.captured()
     if summary["located"]:
         findings += _stage_findings(
-            target, framework, input_shape, seed, summary["located"], call_timeout, stage_examples
+            target,
+            framework,
+            input_shape,
+            seed,
+            summary["located"],
+            call_timeout,
+            stage_examples,
+            clock,
         )
     elif summary["layers"]:
         findings.append(
@@ -133,12 +143,35 @@ def check_model(
     return report
 
 
-def _child_findings(box: ModelSandbox) -> list[Finding]:
+@dataclasses.dataclass(frozen=True)
+class _Clock:
+    """The run's time limit (`--time-limit`), counted from the start of the run."""
+
+    started: float
+    limit: float
+
+    def remaining(self) -> float:
+        return self.limit - (time.perf_counter() - self.started)
+
+    def ran_out(self, name: str) -> Finding | None:
+        """A not-checked failure of check `name` once the limit has passed, else None."""
+        if self.remaining() > 0:
+            return None
+        return Finding(
+            name, "FAIL", "", [f"not checked: the run's time limit ({self.limit:g} s) ran out"]
+        )
+
+
+def _child_findings(box: ModelSandbox, clock: _Clock) -> list[Finding]:
     """The whole-model checks; after the model stopped, the rest are not checked."""
     findings, stopped = [], None
     for name in CHECKS:
         if stopped is not None:
             findings.append(Finding(name, "FAIL", "", [f"not checked: {stopped}"]))
+            continue
+        late = clock.ran_out(name)
+        if late is not None:
+            findings.append(late)
             continue
         try:
             findings.append(box.run(name))
@@ -148,13 +181,26 @@ def _child_findings(box: ModelSandbox) -> list[Finding]:
     return findings
 
 
-def _stage_findings(target, framework, input_shape, seed, located, call_timeout, examples):
+def _stage_findings(
+    target: str,
+    framework: str,
+    input_shape: tuple[int, ...] | None,
+    seed: int,
+    located: list[tuple[str, str]],
+    call_timeout: float,
+    examples: int,
+    clock: _Clock,
+) -> list[Finding]:
     findings = []
     with (
         tempfile.TemporaryDirectory(prefix="ibp-check-layers-") as folder,
         Sandbox(call_timeout) as sandbox,
     ):
         for layer, stage in located:
+            late = clock.ran_out(f"{stage} stage on layer {layer}")
+            if late is not None:
+                findings.append(late)
+                continue
             module = _layer_target(Path(folder), target, framework, input_shape, seed, layer)
             report = check(
                 stage,
@@ -164,6 +210,7 @@ def _stage_findings(target, framework, input_shape, seed, located, call_timeout,
                 max_examples=examples,
                 seconds_per_property=STAGE_SECONDS_PER_PROPERTY,
                 call_timeout=call_timeout,
+                time_limit=clock.remaining(),
             )
             findings.append(_stage_finding(layer, stage, report))
     return findings
