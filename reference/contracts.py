@@ -7,6 +7,8 @@ with the messages defined here, so that eager code and graph assertion ops say t
 
 import math
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 from reference.conventions import ITERATIVE_DEFAULTS, NEWTON_SCHULZ_BACKWARDS, SQRTM_METHODS
 
@@ -25,11 +27,16 @@ OVERFLOW_MESSAGE = (
 )
 
 
+#: A tensor's static shape: None where even the rank is unknown, an axis None where its size is
+#: (a traced TensorFlow input).
+Shape = Sequence[int | None] | None
+
+
 class IBPInputError(ValueError):
     """An input that the IBP stages cannot give a meaningful answer for."""
 
 
-def check_dtype(dtype_name, name):
+def check_dtype(dtype_name: str, name: str) -> None:
     """Floating point only: integer maps would be pooled in integer arithmetic (7 // 2 = 3),
     bool has no covariance, and complex inputs have no real square root."""
     if dtype_name not in FLOATING_DTYPES:
@@ -39,12 +46,12 @@ def check_dtype(dtype_name, name):
         )
 
 
-def _known(shape):
+def _known(shape: Shape) -> tuple[int | None, ...] | None:
     """`shape` as a tuple, or None when even its rank is unknown (a traced TensorFlow input)."""
     return None if shape is None else tuple(shape)
 
 
-def check_feature_map(shape, layout, channels=None):
+def check_feature_map(shape: Shape, layout: str, channels: int | None = None) -> None:
     """Raise IBPInputError unless `shape` is a batch of feature maps in `layout`."""
     shape = _known(shape)
     if shape is None:
@@ -69,12 +76,12 @@ def check_feature_map(shape, layout, channels=None):
     _check_not_empty(shape, "feature map")
 
 
-def _check_not_empty(shape, name):
+def _check_not_empty(shape: tuple[int | None, ...], name: str) -> None:
     if any(d == 0 for d in shape):
         raise IBPInputError(f"{name} has an empty axis: shape {shape}")
 
 
-def check_square_batch(shape, name="matrix"):
+def check_square_batch(shape: Shape, name: str = "matrix") -> None:
     """Raise IBPInputError unless `shape` is a batch of non-empty square matrices (B, C, C)."""
     shape = _known(shape)
     if shape is None:
@@ -89,7 +96,7 @@ def check_square_batch(shape, name="matrix"):
     _check_not_empty(shape, name)
 
 
-def check_sample_batch(shape, name):
+def check_sample_batch(shape: Shape, name: str) -> None:
     """A batch (B, ...) of samples with at least one entry each: rank 2 or more."""
     shape = _known(shape)
     if shape is None:
@@ -102,14 +109,14 @@ def check_sample_batch(shape, name):
     _check_not_empty(shape, name)
 
 
-def check_choice(value, choices, name):
+def check_choice(value: Any, choices: Sequence[Any], name: str) -> None:
     if value not in choices:
         raise IBPInputError(
             f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}"
         )
 
 
-def check_non_negative(value, name):
+def check_non_negative(value: Any, name: str) -> None:
     """eps and delta: finite real numbers >= 0 (a negative one makes the square roots complex)."""
     if (
         isinstance(value, bool)
@@ -120,7 +127,7 @@ def check_non_negative(value, name):
         raise IBPInputError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def check_positive_int(value, name, allow_none=False):
+def check_positive_int(value: Any, name: str, allow_none: bool = False) -> None:
     """Counts (num_iters, in_channels, num_classes): an int >= 1, not a float or a string."""
     if allow_none and value is None:
         return
@@ -129,7 +136,7 @@ def check_positive_int(value, name, allow_none=False):
         raise IBPInputError(f"{name} must be {accepted}, got {value!r}")
 
 
-def check_images(shape, dtype_name, layout, min_side):
+def check_images(shape: Shape, dtype_name: str, layout: str, min_side: int) -> None:
     """What a model's first layer takes: RGB images scaled to [0, 1] floats, at least `min_side`
     pixels per side (the backbone's total stride: smaller images leave no feature map)."""
     if dtype_name not in FLOATING_DTYPES:
@@ -157,7 +164,7 @@ def check_images(shape, dtype_name, layout, min_side):
         )
 
 
-def check_sqrtm_options(method, num_iters, backward):
+def check_sqrtm_options(method: str, num_iters: int | None, backward: str | None) -> None:
     """sqrtm's options; None for num_iters or backward means the method's default."""
     check_choice(method, SQRTM_METHODS, "sqrtm method")
     check_positive_int(num_iters, "num_iters", allow_none=True)
@@ -165,7 +172,9 @@ def check_sqrtm_options(method, num_iters, backward):
         check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
 
 
-def with_method_defaults(method, num_iters, backward):
+def with_method_defaults(
+    method: str, num_iters: int | None, backward: str | None
+) -> tuple[int | None, str | None]:
     """(num_iters, backward) with None replaced by `method`'s default (ITERATIVE_DEFAULTS); eigh
     has neither and ignores both."""
     default_iters, default_backward = ITERATIVE_DEFAULTS.get(method, (None, None))

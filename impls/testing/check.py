@@ -24,11 +24,15 @@ import math
 import os
 import sys
 import textwrap
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeVar
 
 from impls.testing.check_runner import (
     DEFAULT_MAX_CHANNELS,
     DEFAULT_MAX_EXAMPLES,
     DEFAULT_TIME_LIMIT,
+    CheckReport,
+    PropertyResult,
     check,
 )
 from impls.testing.check_target import UsageError
@@ -46,10 +50,13 @@ MAX_EXAMPLES = 100_000
 MAX_SECONDS = 24 * 3600.0
 
 
-def bounded(kind, least, most):
+Number = TypeVar("Number", int, float)
+
+
+def bounded(kind: Callable[[str], Number], least: float, most: float) -> Callable[[str], Number]:
     """An argparse type: a finite `kind` (int, float) of the text in [least, most]."""
 
-    def parse(text):
+    def parse(text: str) -> Number:
         try:
             value = kind(text)
         except ValueError:
@@ -61,7 +68,7 @@ def bounded(kind, least, most):
     return parse
 
 
-def positive(kind):
+def positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
     """An argparse type: a finite `kind` (int, float) of the text, refused unless > 0."""
     least = 1 if kind is int else math.ulp(0.0)
     return bounded(kind, least, math.inf if kind is float else sys.maxsize)
@@ -70,11 +77,11 @@ def positive(kind):
 class _Parser(argparse.ArgumentParser):
     """Usage errors on one line, exit status 2."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def parser():
+def parser() -> argparse.ArgumentParser:
     arguments = _Parser(
         prog="ibp-check",
         description=__doc__,
@@ -141,22 +148,22 @@ def parser():
     return arguments
 
 
-def _wrapped(text, indent="      "):
+def _wrapped(text: str, indent: str = "      ") -> str:
     return textwrap.fill(text, _WIDTH, initial_indent=indent, subsequent_indent="      ")
 
 
-def _measured(result):
+def _measured(result: PropertyResult) -> str:
     if result.error is None:
         return ""
     return f"relative error {result.error:.2g}, tolerance {result.tolerance:.2g}"
 
 
-def _searched(result):
+def _searched(result: PropertyResult) -> str:
     text = f"{result.examples} examples"
     return f"{text}; search cut short: {result.stopped_early}" if result.stopped_early else text
 
 
-def format_report(report, target):
+def format_report(report: CheckReport, target: str) -> str:
     layout = (
         _LAYOUTS[report.framework]
         if STAGES[report.stage].input_kind == FEATURE_MAP
@@ -201,7 +208,7 @@ def format_report(report, target):
     return "\n".join(lines)
 
 
-def _run(args):
+def _run(args: argparse.Namespace) -> int:
     report = check(
         args.stage,
         args.target,
@@ -227,7 +234,7 @@ def _run(args):
     return 0 if report.passed else 1
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["model"]:
         from impls.testing.model_check import main as model_main

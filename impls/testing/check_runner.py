@@ -8,22 +8,25 @@ reference as it stands. Every numerical property first runs fixed realistic case
 maps and their covariances at C = 64, condition numbers up to 1e5), then the hypothesis search.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from impls.backends import get_backend
+from impls.backends import Backend, get_backend
 from impls.testing import properties
 from impls.testing.diagnosis import conventions, explain
 from impls.testing.diagnosis.inputs import describe, native_shape
-from impls.testing.properties import DtypeViolation, PropertyViolation
+from impls.testing.properties import DtypeViolation, Measurement, PropertyViolation, StageFunction
 from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, Sandbox, TargetStopped
-from impls.testing.stage_specs import FEATURE_MAP, STAGES
+from impls.testing.stage_specs import FEATURE_MAP, STAGES, StageSpec
 from impls.testing.strategies import batch_sizes, register_check_profile
 from impls.testing.tolerances import APPROXIMATION_BUDGET
 
@@ -48,11 +51,16 @@ _COMMON_BATCH_SIZES = (1, 3, 4, 8, 16, 32, 64)
 class Subject:
     """The function under test, as the properties call it."""
 
-    backend: object
-    spec: object
-    fn: object  # the Sandbox holding the target, or a function run in this process
+    backend: Backend
+    spec: StageSpec
+    fn: StageFunction  # the Sandbox holding the target, or a function run in this process
     dtype: str
     forward_only: bool
+
+
+#: (subject, input) -> how far a passing input was from failing, or None; raises
+#: PropertyViolation.
+PropertyCheck = Callable[[Subject, np.ndarray], Measurement | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,19 +68,19 @@ class Property:
     name: str
     checks: str  # what holds for a correct stage, in words
     inputs: str | None  # which of the stage's StageInputs draws its examples; None: no search
-    check: Callable  # (subject, x) -> Measurement or None; raises PropertyViolation
+    check: PropertyCheck
     least_batch: int = 1
     stages: tuple = tuple(STAGES)
     needs_gradient: bool = False
     realistic: bool = True  # runs the stage's fixed realistic cases before the search
 
 
-def _shape(s, x):
+def _shape(s: Subject, x: np.ndarray) -> None:
     properties.check_shape(s.backend, s.spec, s.fn, x, s.dtype)
     _half_precision(s, x)
 
 
-def _half_precision(s, x):
+def _half_precision(s: Subject, x: np.ndarray) -> None:
     """Half precision comes back in half precision. A function that refuses half precision (CPU
     eigensolvers do) breaks no contract; one that answers in another dtype does."""
     try:
@@ -85,12 +93,12 @@ def _half_precision(s, x):
         return
 
 
-def _in_float64(check):
+def _in_float64(check: PropertyCheck) -> PropertyCheck:
     """`check` in float64, where round-off is far below the approximation budget, so an
     approximation that has not converged cannot hide behind float32's bound; in the user's dtype
     where the function does not take float64."""
 
-    def exact(s, x):
+    def exact(s: Subject, x: np.ndarray) -> Measurement | None:
         try:
             return check(dataclasses.replace(s, dtype="float64"), x)
         except TargetStopped:
@@ -106,27 +114,27 @@ def _in_float64(check):
     return exact
 
 
-def _independence(s, x):
+def _independence(s: Subject, x: np.ndarray) -> Measurement | None:
     return properties.check_per_sample_independence(s.backend, s.spec, s.fn, x, s.dtype)
 
 
-def _batch_sizes(s, x):
+def _batch_sizes(s: Subject, x: np.ndarray) -> Measurement:
     return properties.check_batch_consistency(s.backend, s.spec, s.fn, x, s.dtype)
 
 
-def _forward(s, x):
+def _forward(s: Subject, x: np.ndarray) -> Measurement:
     return properties.check_forward(s.backend, s.spec, s.fn, x, s.dtype)
 
 
-def _square_root(s, a):
+def _square_root(s: Subject, a: np.ndarray) -> Measurement:
     return properties.check_square_root(s.backend, s.fn, a, s.dtype, s.spec)
 
 
-def _gradient(s, x):
+def _gradient(s: Subject, x: np.ndarray) -> Measurement:
     return properties.check_gradient(s.backend, s.spec, s.fn, x, s.dtype)
 
 
-def _degenerate(s, x):
+def _degenerate(s: Subject, x: np.ndarray) -> Measurement | None:
     """Finite everywhere; an exact stage also agrees with the reference there."""
     properties.check_finite(s.backend, s.spec, s.fn, x, s.dtype, gradient=not s.forward_only)
     if not s.spec.approximate:
@@ -142,25 +150,25 @@ PROPERTIES = (
         "shape and dtype",
         "the output has the stage's shape for any input shape, and the input's dtype (half "
         "precision included)",
-        "accuracy",
+        "typical",
         _shape,
     ),
     Property(
         "per-sample independence",
         "changing one sample leaves the other samples' outputs unchanged",
-        "accuracy",
+        "typical",
         _independence,
         least_batch=2,
     ),
     Property(
         "batch sizes",
         "a sample's output does not depend on the batch size",
-        "accuracy",
+        "typical",
         _batch_sizes,
     ),
-    Property("forward", "the output agrees with the float64 reference", "accuracy", _forward),
+    Property("forward", "the output agrees with the float64 reference", "typical", _forward),
     Property(
-        "square root", "Z is symmetric and Z @ Z = A", "accuracy", _square_root, stages=("sqrtm",)
+        "square root", "Z is symmetric and Z @ Z = A", "typical", _square_root, stages=("sqrtm",)
     ),
     Property(
         "gradient",
@@ -225,15 +233,17 @@ class CheckReport:
     target_output: str = ""  # what the target printed, shown apart from the report
 
     @property
-    def passed(self):
+    def passed(self) -> bool:
         return all(result.status != "FAIL" for result in self.results)
 
-    def to_json(self):
+    def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "passed": self.passed}
 
 
-def _first_call(subject, max_channels, batch):
-    x = subject.spec.inputs.first(np.random.default_rng(0), batch, max_channels)
+def _first_call(
+    subject: Subject, max_channels: int, batch: int
+) -> tuple[np.ndarray, np.ndarray | None, PropertyViolation | None]:
+    x = subject.spec.drawn.first(np.random.default_rng(0), batch, max_channels)
     try:
         out, _ = properties.run(subject.backend, subject.spec, subject.fn, x, subject.dtype)
     except PropertyViolation as violation:
@@ -242,7 +252,9 @@ def _first_call(subject, max_channels, batch):
     return x, out, None
 
 
-def _working_batch(subject, max_channels, failure):
+def _working_batch(
+    subject: Subject, max_channels: int, failure: PropertyViolation
+) -> tuple[int | None, np.ndarray | None, np.ndarray | None]:
     """A batch size the function works at, tried from the numbers its error names."""
     named = [n for n in explain.numbers_in(failure.diagnosis) if 1 <= n <= 256]
     for batch in dict.fromkeys([*named, *_COMMON_BATCH_SIZES]):
@@ -254,14 +266,16 @@ def _working_batch(subject, max_channels, failure):
     return None, None, None
 
 
-def _output_or_none(subject, x):
+def _output_or_none(subject: Subject, x: np.ndarray) -> np.ndarray | None:
     try:
         return properties.run(subject.backend, subject.spec, subject.fn, x, subject.dtype)[0]
     except PropertyViolation:
         return None
 
 
-def _adopt_convention(subject, x, out, notes):
+def _adopt_convention(
+    subject: Subject, x: np.ndarray, out: np.ndarray, notes: list[str]
+) -> Subject:
     """The subject compared up to the convention its first output follows, if it needs one."""
     spec = subject.spec
     allowed = properties.stage_tolerance(spec, "forward", subject.dtype, x)
@@ -286,7 +300,7 @@ def _adopt_convention(subject, x, out, notes):
     return dataclasses.replace(subject, spec=spec)
 
 
-def _fit_in_float64(subject, x):
+def _fit_in_float64(subject: Subject, x: np.ndarray) -> conventions.Convention | None:
     """The convention fitted to the function's float64 output, or None. In float32 conventions
     that differ by a scale before L2 (a sum for a mean with another eps) give the same output
     to round-off, but not the same gradient; in float64 only the right one fits."""
@@ -298,7 +312,7 @@ def _fit_in_float64(subject, x):
     return conventions.fit(subject.spec.name, x, out, allowed, partial(_output_or_none, precise))
 
 
-def _counterexample_fields(subject, x):
+def _counterexample_fields(subject: Subject, x: np.ndarray) -> tuple[str, tuple[int, ...]]:
     spec = subject.spec
     shape = native_shape(subject.backend.layout, spec.input_kind == FEATURE_MAP, x.shape)
     return describe(spec.name, subject.backend.layout, x), shape
@@ -312,14 +326,21 @@ class _Stopped(BaseException):
     """Ends a hypothesis search when the target stopped: there is nothing left to call."""
 
 
-def _causes_named(violation):
+def _causes_named(violation: PropertyViolation) -> int:
     """How many causes a diagnosis names (they are joined by "; also ")."""
     if explain.CAUSE_UNKNOWN in violation.diagnosis:
         return 0
     return 1 + violation.diagnosis.count("; also ")
 
 
-def _search(prop, subject, strategy, cases, profile, seconds):
+def _search(
+    prop: Property,
+    subject: Subject,
+    strategy: st.SearchStrategy[np.ndarray] | None,
+    cases: Sequence[np.ndarray],
+    profile: settings,
+    seconds: float,
+) -> PropertyResult:
     """PropertyResult of the fixed realistic `cases`, then of a hypothesis search on `strategy`.
 
     A realistic case that fails is reported as it is: at C = 64 every cause is told apart, where a
@@ -329,7 +350,10 @@ def _search(prop, subject, strategy, cases, profile, seconds):
     failure found so far; without a failure the search ends there. Raises TargetStopped when the
     target ended or hung.
     """
-    measured, failures, first, stopped = [], {}, [], []
+    measured: list[Measurement | None] = []
+    failures: dict[tuple[tuple[int, ...], bytes], PropertyViolation] = {}
+    first: list[PropertyViolation] = []
+    stopped: list[TargetStopped] = []
     started = time.perf_counter()
     result = PropertyResult(prop.name, "PASS", prop.checks)
     for x in cases:
@@ -343,8 +367,8 @@ def _search(prop, subject, strategy, cases, profile, seconds):
             return _finished(_failed(prop, subject, violation), len(measured) + 1, started)
 
     @settings(profile)
-    @given(x=strategy)
-    def trial(x):
+    @given(x=strategy if strategy is not None else st.nothing())  # not run without one
+    def trial(x: np.ndarray) -> None:
         key = (x.shape, x.tobytes())
         if key in failures:
             raise failures[key]
@@ -390,13 +414,13 @@ def _search(prop, subject, strategy, cases, profile, seconds):
     return result
 
 
-def _finished(result, examples, started):
+def _finished(result: PropertyResult, examples: int, started: float) -> PropertyResult:
     result.examples = examples
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _failed(prop, subject, violation):
+def _failed(prop: Property, subject: Subject, violation: PropertyViolation) -> PropertyResult:
     described = shape = None
     if violation.counterexample is not None:
         described, shape = _counterexample_fields(subject, violation.counterexample)
@@ -412,47 +436,62 @@ def _failed(prop, subject, violation):
     )
 
 
-def _batches(fixed_batch, least):
+def _batches(fixed_batch: int | None, least: int) -> st.SearchStrategy[int] | None:
     """Batch sizes a property draws: any from `least`, or the one the function works at."""
     if fixed_batch is None:
         return batch_sizes.filter(lambda b: b >= least)
     return st.just(fixed_batch) if fixed_batch >= least else None
 
 
-def _first_calls(subject, max_channels):
+def _first_calls(
+    subject: Subject, max_channels: int
+) -> tuple[Subject, list[str], int | None, dict[str, PropertyResult]]:
     """(subject, notes, the batch size the function is fixed to or None, results found already)."""
-    notes, results, fixed_batch = [], {}, None
+    notes: list[str] = []
+    results: dict[str, PropertyResult] = {}
+    fixed_batch = None
     x, out, failure = _first_call(subject, max_channels, FIRST_BATCH)
     if isinstance(failure, TargetStopped):
         raise failure
     if failure is not None:
-        fixed_batch, x, out = _working_batch(subject, max_channels, failure)
-    if fixed_batch is not None:
-        cause = explain.hard_coded_batch(fixed_batch, FIRST_BATCH)
-        diagnosis = f"fails on a batch of {FIRST_BATCH}: {failure.diagnosis}"
-        hard_coded = PropertyViolation(diagnosis if cause in diagnosis else f"{diagnosis}; {cause}")
-        hard_coded.counterexample = failure.counterexample
-        results["batch sizes"] = _failed(_property("batch sizes"), subject, hard_coded)
+        fixed_batch, working_input, out = _working_batch(subject, max_channels, failure)
+        x = x if working_input is None else working_input
+        if fixed_batch is not None:
+            cause = explain.hard_coded_batch(fixed_batch, FIRST_BATCH)
+            diagnosis = f"fails on a batch of {FIRST_BATCH}: {failure.diagnosis}"
+            hard_coded = PropertyViolation(
+                diagnosis if cause in diagnosis else f"{diagnosis}; {cause}"
+            )
+            hard_coded.counterexample = failure.counterexample
+            results["batch sizes"] = _failed(_property("batch sizes"), subject, hard_coded)
     if out is not None:
         subject = _adopt_convention(subject, x, out, notes)
     return subject, notes, fixed_batch, results
 
 
-def _not_checked(prop, why):
+def _not_checked(prop: Property, why: str) -> PropertyResult:
     return PropertyResult(prop.name, "FAIL", prop.checks, diagnosis=f"not checked: {why}")
 
 
-def _run_property(prop, subject, fixed_batch, max_channels, profile, seconds):
+def _run_property(
+    prop: Property,
+    subject: Subject,
+    fixed_batch: int | None,
+    max_channels: int,
+    profile: settings,
+    seconds: float,
+) -> PropertyResult:
     batches = _batches(fixed_batch, prop.least_batch)
     if prop.needs_gradient and subject.forward_only:
         return PropertyResult(prop.name, "SKIP", prop.checks, "--forward-only")
     if batches is None:
         skipped = f"needs a batch of {prop.least_batch}; the function works at {fixed_batch}"
         return PropertyResult(prop.name, "SKIP", prop.checks, skipped)
-    inputs = subject.spec.inputs
+    inputs = subject.spec.drawn
     strategy = None if prop.inputs is None else getattr(inputs, prop.inputs)(max_channels, batches)
     batch = fixed_batch or FIRST_BATCH
-    cases = inputs.realistic(np.random.default_rng(1), batch) if prop.realistic else []
+    realistic = inputs.realistic if prop.realistic else None
+    cases = [] if realistic is None else realistic(np.random.default_rng(1), batch)
     return _search(prop, subject, strategy, cases, profile, seconds)
 
 
@@ -491,7 +530,9 @@ def check(
     subject = Subject(get_backend(framework), spec, sandbox, dtype, forward_only)
     profile = settings(register_check_profile(), max_examples=max_examples)
     chosen = [prop for prop in PROPERTIES if stage in prop.stages]
-    notes, results, stop = [], {}, None
+    notes: list[str] = []
+    results: dict[str, PropertyResult] = {}
+    stop = None
     try:
         subject, notes, fixed_batch, results = _first_calls(subject, max_channels)
     except TargetStopped as stopped:
@@ -530,5 +571,5 @@ def check(
     )
 
 
-def _property(name):
+def _property(name: str) -> Property:
     return next(p for p in PROPERTIES if p.name == name)

@@ -5,7 +5,10 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 #: Top-level modules whose import marks a framework.
 FRAMEWORK_IMPORTS = {"torch": ("torch",), "tf": ("tensorflow", "keras", "tf_keras")}
@@ -15,7 +18,7 @@ class UsageError(Exception):
     """A target or option ibp-check cannot use; the message says what to change."""
 
 
-def load(target):
+def load(target: str) -> tuple[ModuleType, Callable[..., Any]]:
     """(module, function) named by 'path/to/file.py:function' or 'package.module:function'."""
     location, separator, name = target.rpartition(":")
     if not separator or not location or not name:
@@ -41,12 +44,14 @@ def load(target):
     return module, fn
 
 
-def _load_file(location):
+def _load_file(location: str) -> ModuleType:
     path = Path(location)
     if not path.is_file():
         raise UsageError(f"no file {location}")
     module_name = f"ibp_check_target_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UsageError(f"{location} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # inspect and pickling find functions through it
     # The target's own directory first, so that it imports its neighbours as it would when run.
@@ -61,7 +66,7 @@ def _load_file(location):
     return module
 
 
-def _import(location):
+def _import(location: str) -> ModuleType:
     try:
         return importlib.import_module(location)
     except Exception as error:

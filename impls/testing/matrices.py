@@ -9,7 +9,15 @@ import numpy as np
 from reference.conventions import DEFAULT_EPS
 
 
-def relu_feature_maps(rng, batch, channels, height, width, dead_channels=0, offset=0.5):
+def relu_feature_maps(
+    rng: np.random.Generator,
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    dead_channels: int = 0,
+    offset: float = 0.5,
+) -> np.ndarray:
     """ReLU(x + offset), x Gaussian with mixed channels: like conv features, nonnegative with one
     dominant covariance eigenvalue (their mean). `dead_channels` channels are exactly zero."""
     mixing = rng.standard_normal((channels, channels)) / np.sqrt(channels)
@@ -21,14 +29,21 @@ def relu_feature_maps(rng, batch, channels, height, width, dead_channels=0, offs
     return x
 
 
-def relu_covariances(rng, batch, channels, height=28, width=28, eps=DEFAULT_EPS):
+def relu_covariances(
+    rng: np.random.Generator,
+    batch: int,
+    channels: int,
+    height: int = 28,
+    width: int = 28,
+    eps: float = DEFAULT_EPS,
+) -> np.ndarray:
     """Covariances X X^T / N + eps I of `relu_feature_maps`: the realistic sqrtm input."""
     x = relu_feature_maps(rng, batch, channels, height, width)
     features = x.reshape(batch, channels, height * width)
     return features @ features.transpose(0, 2, 1) / (height * width) + eps * np.eye(channels)
 
 
-def spd_with_spectrum(rng, eigenvalues):
+def spd_with_spectrum(rng: np.random.Generator, eigenvalues: np.ndarray) -> np.ndarray:
     """Q diag(eigenvalues) Q^T for a random orthogonal Q: each row of `eigenvalues` one sample."""
     eigenvalues = np.atleast_2d(np.asarray(eigenvalues, dtype=np.float64))
     batch, channels = eigenvalues.shape

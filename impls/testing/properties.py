@@ -6,14 +6,17 @@ Inputs are NumPy arrays in the reference layout (feature maps channels-first); `
 function its framework's tensor and layout.
 """
 
+from __future__ import annotations
+
 import functools
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from impls.testing.diagnosis import explain
 from impls.testing.diagnosis.deviations import FOURTH_ROOT
-from impls.testing.stage_specs import FEATURE_MAP
+from impls.testing.stage_specs import FEATURE_MAP, StageSpec
 from impls.testing.tolerances import (
     APPROXIMATION_BUDGET,
     UNIT_ROUNDOFF,
@@ -23,6 +26,9 @@ from impls.testing.tolerances import (
     tolerance,
 )
 
+if TYPE_CHECKING:
+    from impls.backends import Backend
+
 
 class PropertyViolation(AssertionError):
     """A property of a correct stage that the function under test breaks.
@@ -31,21 +37,26 @@ class PropertyViolation(AssertionError):
     read, so a search that meets many failing inputs pays for the words of the reported one only.
     """
 
-    def __init__(self, diagnosis, error=None, allowed=None):
+    def __init__(
+        self,
+        diagnosis: str | Callable[[], str],
+        error: float | None = None,
+        allowed: float | None = None,
+    ) -> None:
         super().__init__()
         self._diagnosis = diagnosis
         self.error, self.allowed = error, allowed
-        self.counterexample = None  # the input, set by the search that found it
+        self.counterexample: np.ndarray | None = None  # set by the search that found it
         self.structural = False  # a wrong structure (eps * ones), not a wrong number
 
     @functools.cached_property
-    def diagnosis(self):
+    def diagnosis(self) -> str:
         if not callable(self._diagnosis):
             return self._diagnosis
         with np.errstate(all="ignore"):  # diagnoses probe NaN and inf on purpose
             return self._diagnosis()
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.diagnosis
 
 
@@ -56,7 +67,7 @@ class Measurement(NamedTuple):
     allowed: float
 
 
-def to_native(backend, spec, x, dtype):
+def to_native(backend: Backend, spec: StageSpec, x: np.ndarray, dtype: str) -> Any:
     if spec.input_kind == FEATURE_MAP:
         return backend.feature_map(x, dtype)
     return backend.tensor(x, dtype)
@@ -66,11 +77,13 @@ class DtypeViolation(PropertyViolation):
     """The output's dtype is not the input's."""
 
 
-def _checked(backend, spec, fn, x, dtype):
+def _checked(
+    backend: Backend, spec: StageSpec, fn: Callable[..., Any], x: np.ndarray, dtype: str
+) -> Callable[[Any], Any]:
     """fn with its output checked against the shape and dtype contract, as a tensor of (B, C*C)
     for a head."""
 
-    def call(tensor):
+    def call(tensor: Any) -> Any:
         out = fn(tensor)
         if isinstance(out, np.ndarray) or not hasattr(out, "shape"):
             raise PropertyViolation(
@@ -100,17 +113,37 @@ def _checked(backend, spec, fn, x, dtype):
 class Remote(Protocol):
     """A function that runs elsewhere (`impls.testing.sandbox.Sandbox`): it takes the arrays."""
 
-    def run_stage(self, stage, x, dtype, cotangent): ...
+    def run_stage(
+        self, stage: str, x: np.ndarray, dtype: str, cotangent: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
-def run(backend, spec, fn, x, dtype, cotangent=None):
+#: What a property runs: a framework function of one tensor, or one run elsewhere.
+StageFunction = Callable[..., Any] | Remote
+
+
+def run(
+    backend: Backend,
+    spec: StageSpec,
+    fn: StageFunction,
+    x: np.ndarray,
+    dtype: str,
+    cotangent: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """fn on x (NumPy, reference layout) -> (output, gradient of <cotangent, output> or None)."""
     if isinstance(fn, Remote):
         return fn.run_stage(spec.name, x, dtype, cotangent)
     return call_here(backend, spec, fn, x, dtype, cotangent)
 
 
-def call_here(backend, spec, fn, x, dtype, cotangent=None):
+def call_here(
+    backend: Backend,
+    spec: StageSpec,
+    fn: Callable[..., Any],
+    x: np.ndarray,
+    dtype: str,
+    cotangent: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """`run` in this process. The function must leave its input as it was: a layer that writes
     into its input corrupts the activations the rest of the network saved."""
     native = to_native(backend, spec, x, dtype)
@@ -138,7 +171,7 @@ def call_here(backend, spec, fn, x, dtype, cotangent=None):
     return out, grad
 
 
-def stage_tolerance(spec, direction, dtype, x):
+def stage_tolerance(spec: StageSpec, direction: str, dtype: str, x: np.ndarray) -> float:
     if spec.tolerance_override is not None:
         return spec.tolerance_override
     matrix = spec.conditioned_matrix(x)
@@ -151,20 +184,24 @@ def stage_tolerance(spec, direction, dtype, x):
     return allowed
 
 
-def _cotangent(shape, seed=0):
+def _cotangent(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-def _symmetric_part(m):
+def _symmetric_part(m: np.ndarray) -> np.ndarray:
     return (m + np.swapaxes(m, -1, -2)) / 2
 
 
-def check_shape(backend, spec, fn, x, dtype):
+def check_shape(
+    backend: Backend, spec: StageSpec, fn: StageFunction, x: np.ndarray, dtype: str
+) -> None:
     """The output has the stage's shape for an input of any shape (checked inside `run`)."""
     run(backend, spec, fn, x, dtype)
 
 
-def compare_forward(backend, spec, x, out, dtype):
+def compare_forward(
+    backend: Backend, spec: StageSpec, x: np.ndarray, out: np.ndarray, dtype: str
+) -> tuple[np.ndarray, Measurement, PropertyViolation | None]:
     """(reference output, Measurement, PropertyViolation or None) for the output of one call."""
     expected = spec.forward(x)
     error, allowed = relative_error(out, expected), stage_tolerance(spec, "forward", dtype, x)
@@ -180,7 +217,9 @@ def compare_forward(backend, spec, x, out, dtype):
     return expected, measured, violation
 
 
-def check_forward(backend, spec, fn, x, dtype):
+def check_forward(
+    backend: Backend, spec: StageSpec, fn: StageFunction, x: np.ndarray, dtype: str
+) -> Measurement:
     """Forward within the tolerance table of the float64 reference."""
     out, _ = run(backend, spec, fn, x, dtype)
     _, measured, violation = compare_forward(backend, spec, x, out, dtype)
@@ -189,7 +228,14 @@ def check_forward(backend, spec, fn, x, dtype):
     return measured
 
 
-def check_gradient(backend, spec, fn, x, dtype, include_forward=False):
+def check_gradient(
+    backend: Backend,
+    spec: StageSpec,
+    fn: StageFunction,
+    x: np.ndarray,
+    dtype: str,
+    include_forward: bool = False,
+) -> Measurement:
     """Gradient within the tolerance table of the reference VJP (and, with include_forward, the
     forward of the same call)."""
     g = _cotangent(spec.output_shape(x.shape))
@@ -230,14 +276,23 @@ def check_gradient(backend, spec, fn, x, dtype, include_forward=False):
     raise PropertyViolation(diagnosis, error, allowed)
 
 
-def check_reference_agreement(backend, spec, fn, x, dtype, gradient=True):
+def check_reference_agreement(
+    backend: Backend,
+    spec: StageSpec,
+    fn: StageFunction,
+    x: np.ndarray,
+    dtype: str,
+    gradient: bool = True,
+) -> Measurement:
     """Forward (and backward) within the tolerance table of the float64 reference."""
     if gradient:
         return check_gradient(backend, spec, fn, x, dtype, include_forward=True)
     return check_forward(backend, spec, fn, x, dtype)
 
 
-def check_per_sample_independence(backend, spec, fn, x, dtype):
+def check_per_sample_independence(
+    backend: Backend, spec: StageSpec, fn: StageFunction, x: np.ndarray, dtype: str
+) -> Measurement | None:
     """Changing sample j leaves the output for every other sample unchanged."""
     if len(x) < 2:
         return None
@@ -257,7 +312,9 @@ def check_per_sample_independence(backend, spec, fn, x, dtype):
     return Measurement(largest, allowed)
 
 
-def check_batch_consistency(backend, spec, fn, x, dtype):
+def check_batch_consistency(
+    backend: Backend, spec: StageSpec, fn: StageFunction, x: np.ndarray, dtype: str
+) -> Measurement:
     """Each sample alone (batch size 1) and every prefix of the batch give the same outputs."""
     full, _ = run(backend, spec, fn, x, dtype)
     allowed = stage_tolerance(spec, "forward", dtype, x)
@@ -285,7 +342,14 @@ def check_batch_consistency(backend, spec, fn, x, dtype):
     return Measurement(largest, allowed)
 
 
-def check_finite(backend, spec, fn, x, dtype, gradient=True):
+def check_finite(
+    backend: Backend,
+    spec: StageSpec,
+    fn: StageFunction,
+    x: np.ndarray,
+    dtype: str,
+    gradient: bool = True,
+) -> None:
     """Outputs and gradients are finite (rank-deficient input, dead channels, repeated roots)."""
     cotangent = _cotangent(spec.output_shape(x.shape)) if gradient else None
     out, grad = run(backend, spec, fn, x, dtype, cotangent)
@@ -304,7 +368,9 @@ def check_finite(backend, spec, fn, x, dtype, gradient=True):
     return None
 
 
-def check_square_root(backend, fn, a, dtype, spec):
+def check_square_root(
+    backend: Backend, fn: StageFunction, a: np.ndarray, dtype: str, spec: StageSpec
+) -> Measurement:
     """Z @ Z = A, Z symmetric, on SPD input."""
     z, _ = run(backend, spec, fn, a, dtype)
     allowed = stage_tolerance(spec, "forward", dtype, a)

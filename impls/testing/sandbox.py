@@ -22,15 +22,18 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from impls.testing.properties import DtypeViolation, PropertyViolation
+
+if TYPE_CHECKING:
+    from impls.backends import Backend
 
 #: How long a call may run before the target is judged to hang.
 DEFAULT_CALL_TIMEOUT = 60.0
@@ -204,7 +207,7 @@ def _redirect_output(capture: str) -> int:
     return original
 
 
-def _import_framework_noisily(backend, original_stderr: int) -> None:
+def _import_framework_noisily(backend: Backend, original_stderr: int) -> None:
     """Import the framework with the real stderr, so its start-up notices are not the target's."""
     sys.stderr.flush()
     captured = os.dup(2)
@@ -217,7 +220,9 @@ def _import_framework_noisily(backend, original_stderr: int) -> None:
         os.close(captured)
 
 
-def _load(target: str, framework: str | None, original_stderr: int):
+def _load(
+    target: str, framework: str | None, original_stderr: int
+) -> tuple[Backend | None, Callable[..., Any] | None, tuple[str, str]]:
     from impls.backends import get_backend
     from impls.testing.check_target import UsageError, framework_of, load
 
@@ -233,14 +238,16 @@ def _load(target: str, framework: str | None, original_stderr: int):
     return backend, fn, ("loaded", framework)
 
 
-def serve(connection, capture: str) -> None:
+def serve(connection: multiprocessing.connection.Connection, capture: str) -> None:
     """The child's loop: load targets, run calls, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     original_stderr = _redirect_output(capture)
     from impls.testing import properties
     from impls.testing.stage_specs import STAGES
 
-    backend = fn = None
+    backend: Backend | None = None
+    fn: Callable[..., Any] | None = None
+    answer: tuple[Any, ...]
     while True:
         message = connection.recv()
         if message[0] == "stop":
@@ -250,6 +257,8 @@ def serve(connection, capture: str) -> None:
             connection.send(answer)
             continue
         _, stage, x, dtype, cotangent = message
+        if backend is None or fn is None:  # the parent loads a target before any call
+            raise RuntimeError("a call before any target was loaded")
         try:
             out, grad = properties.call_here(backend, STAGES[stage], fn, x, dtype, cotangent)
             answer = ("ok", out, grad)

@@ -1,10 +1,12 @@
 """Each IBP stage as the property code sees it: its input kind, reference, our implementation, and
 the inputs `ibp-check` draws for it."""
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hypothesis import strategies as st
@@ -23,6 +25,9 @@ from impls.testing.strategies import (
 )
 from reference.conventions import SIGNED_SQRT_DELTA
 
+if TYPE_CHECKING:
+    from impls.backends import Backend
+
 FEATURE_MAP, MATRIX = "feature_map", "matrix"
 
 
@@ -32,7 +37,7 @@ class StageInputs:
     inputs in the reference layout."""
 
     #: shape, independence, batch sizes, forward: what the stage meets in a network
-    accuracy: Callable[..., Any]
+    typical: Callable[..., Any]
     gradient: Callable[..., Any]
     #: rank-deficient covariances, dead channels, repeated eigenvalues
     degenerate: Callable[..., Any]
@@ -57,39 +62,51 @@ class StageSpec:
     inputs: StageInputs | None = None
     flat_output: bool = False  # the output is (B, C*C); a (B, C, C) output is accepted too
     # Set by `ibp-check` only: the suite holds our own layers to the tightest standard.
-    approximate: bool = False  # accuracy is judged against tolerances.APPROXIMATION_BUDGET too
+    approximate: bool = False  # the error is judged against tolerances.APPROXIMATION_BUDGET too
     symmetric_gradient: bool = False  # compare symmetric parts: the root of a symmetric matrix
     #: the harmless convention that `forward` and `vjp` were adjusted to
     convention: str | None = None
     tolerance_override: float | None = None  # the user's --tolerance
 
-    def channels(self, x):
+    @property
+    def drawn(self) -> StageInputs:
+        """The inputs `ibp-check` draws for the stage; a stage without them cannot be checked."""
+        if self.inputs is None:
+            raise ValueError(f"ibp-check draws no inputs for stage {self.name}")
+        return self.inputs
+
+    def channels(self, x: np.ndarray) -> int:
         return x.shape[1]
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The reference's output shape for an input of `input_shape` (reference layout)."""
         b, c = input_shape[:2]
         if self.flat_output:
             return (b, c * c)
         return (b, c, c) if self.input_kind == FEATURE_MAP else tuple(input_shape)
 
-    def accepts_output_shape(self, output_shape, input_shape):
+    def accepts_output_shape(
+        self, output_shape: tuple[int, ...], input_shape: tuple[int, ...]
+    ) -> bool:
         b, c = input_shape[:2]
         accepted = {self.output_shape(input_shape)} | ({(b, c, c)} if self.flat_output else set())
         return tuple(output_shape) in accepted
 
 
-def _no_matrix(x):
+def _no_matrix(x: np.ndarray) -> None:
     return None
 
 
-def _rms(m):
+def _rms(m: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(m.reshape(len(m), -1) ** 2, axis=1))
 
 
 def signed_sqrt_amplification(
-    x, direction, pooled=reference.bilinear_pool, delta=SIGNED_SQRT_DELTA
-):
+    x: np.ndarray,
+    direction: str,
+    pooled: Callable[[np.ndarray], np.ndarray] = reference.bilinear_pool,
+    delta: float = SIGNED_SQRT_DELTA,
+) -> float:
     """Error growth of the signed sqrt after the root, largest over the batch: see the derivation
     in `impls.testing.tolerances`. `pooled` and `delta` are the pooling and the regulariser of the
     head judged (a harmless convention may change them; a smaller delta amplifies more)."""
@@ -104,15 +121,15 @@ def signed_sqrt_amplification(
     return float(np.max(_rms(1 / (2 * (np.abs(z) + delta))) * z_norms))
 
 
-def _ours(name):
-    def build(backend, **options):
+def _ours(name: str) -> Callable[..., Callable[[Any], Any]]:
+    def build(backend: Backend, **options: Any) -> Callable[[Any], Any]:
         return partial(getattr(backend.impl, name), **options)
 
     return build
 
 
-def _our_head(backend, **options):
-    def head(x):
+def _our_head(backend: Backend, **options: Any) -> Callable[[Any], Any]:
+    def head(x: Any) -> Any:
         channels = x.shape[1] if backend.layout == "channels_first" else x.shape[-1]
         extra = {"dtype": x.dtype.name} if backend.name == "tf" else {}
         return backend.impl.IBPHead(in_channels=int(channels), **options, **extra)(x)
@@ -120,10 +137,14 @@ def _our_head(backend, **options):
     return head
 
 
-def _drawn(strategy, least_channels=1, **options):
+def _drawn(
+    strategy: Callable[..., st.SearchStrategy[np.ndarray]], least_channels: int = 1, **options: Any
+) -> Callable[[int, st.SearchStrategy[int]], st.SearchStrategy[np.ndarray]]:
     """strategy with channels drawn from least_channels..max_channels and the given batch sizes."""
 
-    def draw_inputs(max_channels, batch):
+    def draw_inputs(
+        max_channels: int, batch: st.SearchStrategy[int]
+    ) -> st.SearchStrategy[np.ndarray]:
         channels = st.integers(least_channels, max(least_channels, max_channels))
         return strategy(channels=channels, batch=batch, **options)
 
@@ -140,14 +161,14 @@ REALISTIC_MAP_SIDES = (12, 9)
 REALISTIC_CONDITION = 1e5
 
 
-def _realistic_feature_maps(rng, batch):
+def _realistic_feature_maps(rng: np.random.Generator, batch: int) -> list[np.ndarray]:
     return [
         relu_feature_maps(rng, batch, REALISTIC_CHANNELS, side, side)
         for side in REALISTIC_MAP_SIDES
     ]
 
 
-def _with_condition(a, condition):
+def _with_condition(a: np.ndarray, condition: float) -> np.ndarray:
     """a + s I, with s >= 0 the least shift that brings each sample's condition number down to
     `condition`."""
     eigenvalues = np.linalg.eigvalsh(a)
@@ -156,14 +177,14 @@ def _with_condition(a, condition):
     return a + shift[:, None, None] * np.eye(a.shape[-1])
 
 
-def _repeated_eigenvalues(rng, batch, channels=8):
+def _repeated_eigenvalues(rng: np.random.Generator, batch: int, channels: int = 8) -> np.ndarray:
     """Half the eigenvalues at 1, half at 1e-2: where autodiff through eigh/svd divides by
     s_i - s_j = 0, which a search on few examples may not draw."""
     values = np.where(np.arange(channels) < channels // 2, 1.0, 1e-2)
     return spd_with_spectrum(rng, np.tile(values, (batch, 1)))
 
 
-def _realistic_covariances(rng, batch):
+def _realistic_covariances(rng: np.random.Generator, batch: int) -> list[np.ndarray]:
     c = REALISTIC_CHANNELS
     return [
         relu_covariances(rng, batch, c, 12, 12),
@@ -172,72 +193,74 @@ def _realistic_covariances(rng, batch):
     ]
 
 
-def _realistic_roots(rng, batch):
+def _realistic_roots(rng: np.random.Generator, batch: int) -> list[np.ndarray]:
     return [reference.sqrtm(a) for a in _realistic_covariances(rng, batch)]
 
 
-def _realistic_signed_roots(rng, batch):
+def _realistic_signed_roots(rng: np.random.Generator, batch: int) -> list[np.ndarray]:
     return [reference.signed_sqrt(z) for z in _realistic_roots(rng, batch)]
 
 
-def _first_feature_map(rng, batch, channels):
+def _first_feature_map(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
     side = realistic_side(channels)
     return relu_feature_maps(rng, batch, channels, side, side)
 
 
-def _first_feature_map_with_dead_channel(rng, batch, channels):
+def _first_feature_map_with_dead_channel(
+    rng: np.random.Generator, batch: int, channels: int
+) -> np.ndarray:
     """A dead channel tells eps * I from eps * ones before any convention is fitted."""
     side = realistic_side(channels)
     return relu_feature_maps(rng, batch, channels, side, side, dead_channels=1)
 
 
-def _first_covariance(rng, batch, channels):
+def _first_covariance(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
     side = realistic_side(channels)
     return relu_covariances(rng, batch, channels, side, side)
 
 
-def _first_root(rng, batch, channels):
+def _first_root(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
     return reference.sqrtm(_first_covariance(rng, batch, channels))
 
 
-def _first_signed_root(rng, batch, channels):
+def _first_signed_root(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
     return reference.signed_sqrt(_first_root(rng, batch, channels))
 
 
-# The root and the head are judged for accuracy on realistic covariances, where an approximate root
-# that has converged is accurate, and only for finiteness on degenerate ones. Gradients of the root
-# are drawn with repeated and clustered eigenvalues, where autodiff through eigh/svd goes wrong, at
-# a condition number (1e2) that a converged iteration resolves. The signed square root meets roots
-# of covariances: on a whole sample far below delta its usual spelling loses digits to
-# cancellation, which matters for no network.
+# The root and the head are judged on their error on realistic covariances, where an approximate
+# root that has converged is within its budget, and only for finiteness on degenerate ones.
+# Gradients of the root are drawn with repeated and clustered eigenvalues, where autodiff through
+# eigh/svd goes wrong, at a condition number (1e2) that a converged iteration resolves. The signed
+# square root meets roots of covariances: on a whole sample far below delta its usual spelling
+# loses digits to cancellation, which matters for no network.
 L2_INPUTS = dict(
-    accuracy=_drawn(spd_batches),
+    typical=_drawn(spd_batches),
     gradient=_drawn(spd_batches),
     degenerate=_drawn(spd_batches_with_dead_channels, least_channels=2),
 )
 SIGNED_SQRT_INPUTS = StageInputs(
-    accuracy=_drawn(realistic_roots),
+    typical=_drawn(realistic_roots),
     gradient=_drawn(realistic_roots),
     degenerate=_drawn(realistic_roots, least_channels=2, dead=st.integers(1, 11)),
     first=_first_root,
     realistic=_realistic_roots,
 )
 POOL_INPUTS = StageInputs(
-    accuracy=_drawn(feature_maps),
+    typical=_drawn(feature_maps),
     gradient=_drawn(feature_maps),
     degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2),
     first=_first_feature_map_with_dead_channel,
     realistic=_realistic_feature_maps,
 )
 SQRTM_INPUTS = StageInputs(
-    accuracy=_drawn(realistic_covariances),
+    typical=_drawn(realistic_covariances),
     gradient=_drawn(spd_batches, kinds=("repeated", "clustered", "log_uniform"), max_condition=1e2),
     degenerate=_drawn(spd_batches, kinds=("repeated", "zeros_before_eps", "clustered")),
     first=_first_covariance,
     realistic=_realistic_covariances,
 )
 HEAD_INPUTS = StageInputs(
-    accuracy=_drawn(realistic_feature_maps),
+    typical=_drawn(realistic_feature_maps),
     gradient=_drawn(realistic_feature_maps),
     degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2),
     first=_first_feature_map,

@@ -6,6 +6,7 @@ Every strategy draws a seed and shapes, then builds the array with the seeded ge
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from hypothesis import HealthCheck, Phase, settings
@@ -17,16 +18,16 @@ from reference.conventions import DEFAULT_EPS
 PROFILE_VARIABLE = "IBP_HYPOTHESIS_PROFILE"
 
 
-def register_profiles():
+def register_profiles() -> None:
     """`ci`: few examples, derandomised, so CI time is bounded and repeatable. `dev`: the default.
     `thorough`: long local runs that hunt for rare counterexamples."""
-    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    settings.register_profile("ci", max_examples=12, derandomize=True, print_blob=True, **common)
-    settings.register_profile("dev", max_examples=25, **common)
-    settings.register_profile("thorough", max_examples=500, **common)
+    common = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("ci", common, max_examples=12, derandomize=True, print_blob=True)
+    settings.register_profile("dev", common, max_examples=25)
+    settings.register_profile("thorough", common, max_examples=500)
 
 
-def load_profile():
+def load_profile() -> None:
     register_profiles()
     settings.load_profile(os.environ.get(PROFILE_VARIABLE, "dev"))
 
@@ -40,7 +41,9 @@ map_sides = st.integers(1, 5)
 SPECTRUM_KINDS = ("log_uniform", "clustered", "repeated", "zeros_before_eps")
 
 
-def spectrum(rng, kind, channels, condition, eps):
+def spectrum(
+    rng: np.random.Generator, kind: str, channels: int, condition: float, eps: float
+) -> np.ndarray:
     """Eigenvalues in [1/condition, 1] shaped by `kind`; their condition number is at most
     `condition` (a bound the strategies' meta-tests check)."""
     if kind == "log_uniform":
@@ -64,8 +67,13 @@ def spectrum(rng, kind, channels, condition, eps):
 
 @st.composite
 def spd_batches(
-    draw, channels=channel_counts, batch=batch_sizes, max_condition=1e6, kinds=None, eps=1e-3
-):
+    draw: st.DrawFn,
+    channels: st.SearchStrategy[int] = channel_counts,
+    batch: st.SearchStrategy[int] = batch_sizes,
+    max_condition: float = 1e6,
+    kinds: Sequence[str] | None = None,
+    eps: float = 1e-3,
+) -> np.ndarray:
     """(B, C, C) symmetric positive-definite batches with chosen spectra and condition numbers."""
     rng = np.random.default_rng(draw(seeds))
     c, b = draw(channels), draw(batch)
@@ -77,7 +85,12 @@ def spd_batches(
 
 
 @st.composite
-def feature_maps(draw, channels=channel_counts, batch=batch_sizes, sides=map_sides):
+def feature_maps(
+    draw: st.DrawFn,
+    channels: st.SearchStrategy[int] = channel_counts,
+    batch: st.SearchStrategy[int] = batch_sizes,
+    sides: st.SearchStrategy[int] = map_sides,
+) -> np.ndarray:
     """Channels-first (B, C, H, W) ReLU feature maps, often with N = H*W < C and dead channels."""
     rng = np.random.default_rng(draw(seeds))
     c, b, h, w = draw(channels), draw(batch), draw(sides), draw(sides)
@@ -85,7 +98,7 @@ def feature_maps(draw, channels=channel_counts, batch=batch_sizes, sides=map_sid
     return relu_feature_maps(rng, b, c, h, w, dead_channels=dead)
 
 
-def register_check_profile():
+def register_check_profile() -> settings:
     """`check`: what `ibp-check` runs a user's function under. Derandomised, so two runs on the same
     function print the same verdict; no example database, so nothing is written beside the user's
     code; the phases that replay stored or explicit examples are off for the same reason."""
@@ -101,18 +114,23 @@ def register_check_profile():
     return settings.get_profile("check")
 
 
-def realistic_side(channels):
+def realistic_side(channels: int) -> int:
     """The smallest map side with at least twice as many locations as channels: a full-rank
     covariance, as the relu5_3 maps of a 448 input (784 locations, 512 channels) give."""
     return max(3, math.ceil(math.sqrt(2 * channels)))
 
 
-def realistic_sides(channels):
+def realistic_sides(channels: int) -> st.SearchStrategy[int]:
     return st.integers(realistic_side(channels), realistic_side(channels) + 3)
 
 
 @st.composite
-def realistic_covariances(draw, channels=channel_counts, batch=batch_sizes, sides=None):
+def realistic_covariances(
+    draw: st.DrawFn,
+    channels: st.SearchStrategy[int] = channel_counts,
+    batch: st.SearchStrategy[int] = batch_sizes,
+    sides: st.SearchStrategy[int] | None = None,
+) -> np.ndarray:
     """Covariances of full-rank ReLU feature maps (`matrices.relu_covariances`): one dominant
     eigenvalue, condition numbers ~1e2-1e3. Approximate square roots are judged on these."""
     rng = np.random.default_rng(draw(seeds))
@@ -122,7 +140,12 @@ def realistic_covariances(draw, channels=channel_counts, batch=batch_sizes, side
 
 
 @st.composite
-def realistic_feature_maps(draw, channels=channel_counts, batch=batch_sizes, sides=None):
+def realistic_feature_maps(
+    draw: st.DrawFn,
+    channels: st.SearchStrategy[int] = channel_counts,
+    batch: st.SearchStrategy[int] = batch_sizes,
+    sides: st.SearchStrategy[int] | None = None,
+) -> np.ndarray:
     """ReLU feature maps with more locations than channels and no dead channel."""
     rng = np.random.default_rng(draw(seeds))
     c, b = draw(channels), draw(batch)
@@ -136,8 +159,11 @@ channel_counts_with_dead = st.integers(2, 12)
 
 @st.composite
 def feature_maps_with_dead_channels(
-    draw, channels=channel_counts_with_dead, batch=batch_sizes, sides=map_sides
-):
+    draw: st.DrawFn,
+    channels: st.SearchStrategy[int] = channel_counts_with_dead,
+    batch: st.SearchStrategy[int] = batch_sizes,
+    sides: st.SearchStrategy[int] = map_sides,
+) -> np.ndarray:
     """`feature_maps` with at least one channel exactly zero: the pooled matrix then has a zero row
     off the diagonal, which tells eps * I from eps * ones exactly, at any precision."""
     rng = np.random.default_rng(draw(seeds))
@@ -147,7 +173,11 @@ def feature_maps_with_dead_channels(
 
 
 @st.composite
-def spd_batches_with_dead_channels(draw, channels=channel_counts_with_dead, batch=batch_sizes):
+def spd_batches_with_dead_channels(
+    draw: st.DrawFn,
+    channels: st.SearchStrategy[int] = channel_counts_with_dead,
+    batch: st.SearchStrategy[int] = batch_sizes,
+) -> np.ndarray:
     """`spd_batches` whose rows and columns of some channels are exactly zero, as in the root of a
     covariance with dead channels: the exact zeros a signed square root and L2 meet."""
     a = draw(spd_batches(channels=channels, batch=batch))
@@ -162,7 +192,12 @@ no_dead_channels = st.just(0)
 
 
 @st.composite
-def realistic_roots(draw, channels=channel_counts, batch=batch_sizes, dead=no_dead_channels):
+def realistic_roots(
+    draw: st.DrawFn,
+    channels: st.SearchStrategy[int] = channel_counts,
+    batch: st.SearchStrategy[int] = batch_sizes,
+    dead: st.SearchStrategy[int] = no_dead_channels,
+) -> np.ndarray:
     """Square roots Z of realistic covariances, the signed square root's input in a network:
     entries of both signs, at the scale of sqrt(covariance). With `dead` channels, their rows
     and columns are exactly zero off the diagonal, as exact arithmetic leaves them."""
@@ -174,6 +209,6 @@ def realistic_roots(draw, channels=channel_counts, batch=batch_sizes, dead=no_de
     covariance = features @ features.transpose(0, 2, 1) / features.shape[-1]
     eigenvalues, u = np.linalg.eigh(covariance + DEFAULT_EPS * np.eye(c))
     z = (u * np.sqrt(np.maximum(eigenvalues, 0.0))[:, None, :]) @ u.transpose(0, 2, 1)
-    dead = np.all(features == 0, axis=2)
-    off_dead_diagonal = (dead[:, :, None] | dead[:, None, :]) & ~np.eye(c, dtype=bool)
+    is_dead = np.all(features == 0, axis=2)
+    off_dead_diagonal = (is_dead[:, :, None] | is_dead[:, None, :]) & ~np.eye(c, dtype=bool)
     return np.where(off_dead_diagonal, 0.0, (z + z.transpose(0, 2, 1)) / 2)

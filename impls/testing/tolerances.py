@@ -21,6 +21,7 @@ largest error measured over the hypothesis profiles times ~10, never to make a f
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
@@ -47,7 +48,14 @@ APPROXIMATION_BUDGET = {
 }
 
 
-def tolerance(stage, direction, dtype, channels, condition=1.0, amplification=1.0):
+def tolerance(
+    stage: str,
+    direction: str,
+    dtype: str,
+    channels: int,
+    condition: float = 1.0,
+    amplification: float = 1.0,
+) -> float:
     """The largest relative error a correct `stage` may show in `direction` for `dtype`."""
     factor, kappa_power = TABLE[stage][direction]
     return (
@@ -59,7 +67,7 @@ def tolerance(stage, direction, dtype, channels, condition=1.0, amplification=1.
     )
 
 
-def condition_number(a):
+def condition_number(a: npt.ArrayLike) -> float:
     """Largest kappa over a batch of symmetric PSD matrices (inf where singular)."""
     eigenvalues = np.linalg.eigvalsh(np.asarray(a, dtype=np.float64))
     smallest = eigenvalues[:, 0]
@@ -67,22 +75,25 @@ def condition_number(a):
         return float(np.max(np.where(smallest > 0, eigenvalues[:, -1] / smallest, np.inf)))
 
 
-def per_sample_norms(x):
+def per_sample_norms(x: npt.ArrayLike) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return np.linalg.norm(x.reshape(len(x), -1), axis=1)
 
 
-def relative_error(actual, expected, floor=0.0):
+def relative_error(
+    actual: npt.ArrayLike, expected: npt.ArrayLike, floor: float | np.ndarray = 0.0
+) -> float:
     """Largest per-sample relative Frobenius error, relative to max(||expected||, floor) per
     sample; absolute where both are zero."""
+    expected = np.asarray(expected, dtype=np.float64)
+    expected = expected.reshape(len(expected), -1)
     actual = np.asarray(actual, dtype=np.float64).reshape(len(expected), -1)
-    expected = np.asarray(expected, dtype=np.float64).reshape(len(expected), -1)
     scale = np.maximum(np.linalg.norm(expected, axis=1), floor)
     scale = np.where(scale > 0, scale, 1.0)
     return float(np.max(np.linalg.norm(actual - expected, axis=1) / scale))
 
 
-def jacobian_scale(x, g, out):
+def jacobian_scale(x: npt.ArrayLike, g: npt.ArrayLike, out: npt.ArrayLike) -> np.ndarray:
     """||g|| ||f(x)|| / ||x|| per sample: the size of a VJP for the homogeneous maps the stages
     are, used as the floor of a gradient's relative error where the gradient itself can vanish
     while the Jacobian does not (the L2 normalisation of a single entry)."""

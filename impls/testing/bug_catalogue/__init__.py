@@ -26,7 +26,7 @@ class Bug:
     #: causes the layer also has, which a diagnosis may rightly name beside `expected`
     also: tuple = ()
 
-    def target(self, framework):
+    def target(self, framework: str) -> str:
         return f"{__name__}.{framework}_bugs:{self.function}"
 
 
@@ -38,10 +38,10 @@ class CorrectLayer:
     note: str = ""  # a phrase of the note ibp-check must print for a harmless convention
 
     @property
-    def name(self):
+    def name(self) -> str:
         return self.function.replace("_", "-")
 
-    def target(self, framework):
+    def target(self, framework: str) -> str:
         return f"{__name__}.{framework}_correct:{self.function}"
 
 

@@ -4,6 +4,7 @@ function of one tensor; `impls.testing.bug_catalogue.BUGS` says what ibp-check m
 
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -12,11 +13,11 @@ from impls.testing.founding_question import BATCH_SIZE, KERAS_EPSILON, SINGULAR_
 EPS = 1e-5
 
 
-def _eye(c, like):
+def _eye(c: int, like: torch.Tensor) -> torch.Tensor:
     return torch.eye(c, dtype=like.dtype, device=like.device)
 
 
-def pool_summed_over_batch(x):
+def pool_summed_over_batch(x: torch.Tensor) -> torch.Tensor:
     """Bug 1: (C x B) times (B x C) at every location sums over the batch."""
     b, c, h, w = x.shape
     a = torch.zeros(c, c, dtype=x.dtype)
@@ -27,21 +28,21 @@ def pool_summed_over_batch(x):
     return (a / (h * w) + EPS * _eye(c, x)).expand(b, c, c)
 
 
-def fourth_root(a):
+def fourth_root(a: torch.Tensor) -> torch.Tensor:
     """Bug 2: the singular values are square-rooted, then square-rooted again inside diag."""
     u, s, vh = torch.linalg.svd(a)
     s = torch.where(s < SINGULAR_VALUE_CUT, s, torch.sqrt(s))
     return u @ torch.diag_embed(torch.sqrt(s)) @ vh
 
 
-def pool_fixed_batch_size(x):
+def pool_fixed_batch_size(x: torch.Tensor) -> torch.Tensor:
     """Bug 3: the batch size is written into the layer."""
     c, h, w = x.shape[1:]
     features = x.reshape(BATCH_SIZE, c, h * w)
     return features @ features.mT / (h * w) + EPS * _eye(c, x)
 
 
-def pool_eps_times_ones(x):
+def pool_eps_times_ones(x: torch.Tensor) -> torch.Tensor:
     """Bug 4: eps (Keras's 1e-7) added to every entry instead of the diagonal."""
     features = x.flatten(2)
     c = x.shape[1]
@@ -49,7 +50,7 @@ def pool_eps_times_ones(x):
     return features @ features.mT / features.shape[-1] + KERAS_EPSILON * ones
 
 
-def sqrtm_autodiff_through_svd(a):
+def sqrtm_autodiff_through_svd(a: torch.Tensor) -> torch.Tensor:
     """Bug 6: autograd differentiates through the SVD."""
     u, s, vh = torch.linalg.svd(a)
     return u @ torch.diag_embed(torch.sqrt(s)) @ vh
@@ -60,50 +61,50 @@ class _SqrtSvdLyap(torch.autograd.Function):
     lyap), wired in with +dL/dZ."""
 
     @staticmethod
-    def forward(ctx, a):
+    def forward(ctx: Any, a: torch.Tensor) -> torch.Tensor:
         u, s, vh = torch.linalg.svd(a)
         ctx.save_for_backward(u, s)
         return u @ torch.diag_embed(s.sqrt()) @ vh
 
     @staticmethod
-    def backward(ctx, dldz):
+    def backward(ctx: Any, dldz: torch.Tensor) -> torch.Tensor:
         u, s = ctx.saved_tensors
         root = s.sqrt()
         return -u @ ((u.mT @ dldz @ u) / (root[..., :, None] + root[..., None, :])) @ u.mT
 
 
-def sqrtm_negated_lyapunov_gradient(a):
+def sqrtm_negated_lyapunov_gradient(a: torch.Tensor) -> torch.Tensor:
     return _SqrtSvdLyap.apply(a)
 
 
 class _L2RescaleOnly(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y):
+    def forward(ctx: Any, y: torch.Tensor) -> torch.Tensor:
         norms = y.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1)
         ctx.save_for_backward(norms)
         return y / norms
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
         (norms,) = ctx.saved_tensors
         return g / norms
 
 
-def l2_backward_rescale_only(y):
+def l2_backward_rescale_only(y: torch.Tensor) -> torch.Tensor:
     """A hand-written backward that treats the norm as a constant."""
     return _L2RescaleOnly.apply(y)
 
 
-def l2_over_whole_batch(y):
+def l2_over_whole_batch(y: torch.Tensor) -> torch.Tensor:
     """The question's tf.math.l2_normalize(x, axis=None), in PyTorch."""
     return y / y.norm()
 
 
-def signed_sqrt_without_regulariser(z):
+def signed_sqrt_without_regulariser(z: torch.Tensor) -> torch.Tensor:
     return torch.sign(z) * torch.sqrt(torch.abs(z))
 
 
-def sqrtm_newton_schulz_five_iterations(a):
+def sqrtm_newton_schulz_five_iterations(a: torch.Tensor) -> torch.Tensor:
     """The paper's 5 iterations, autograd through them: not converged on ReLU covariances."""
     norm = torch.linalg.matrix_norm(a).reshape(-1, 1, 1)
     eye = _eye(a.shape[-1], a).expand_as(a)
@@ -114,21 +115,21 @@ def sqrtm_newton_schulz_five_iterations(a):
     return y * norm.sqrt()
 
 
-def pool_wrong_axis(x):
+def pool_wrong_axis(x: torch.Tensor) -> torch.Tensor:
     """A channels-last spelling kept for a channels-first map: reshape without a permute."""
     b, c, h, w = x.shape
     features = x.reshape(b, h * w, c)
     return features.mT @ features / (h * w) + EPS * _eye(c, x)
 
 
-def pool_outer_product_over_locations(x):
+def pool_outer_product_over_locations(x: torch.Tensor) -> torch.Tensor:
     """X^T X (N x N) instead of X X^T (C x C)."""
     features = x.flatten(2)
     n = features.shape[-1]
     return features.mT @ features / n + EPS * _eye(n, x)
 
 
-def _newton_schulz(a, iterations, norm):
+def _newton_schulz(a: torch.Tensor, iterations: int, norm: torch.Tensor) -> torch.Tensor:
     eye = _eye(a.shape[-1], a).expand_as(a)
     y, z = a / norm, eye
     for _ in range(iterations):
@@ -137,16 +138,16 @@ def _newton_schulz(a, iterations, norm):
     return y * norm.sqrt()
 
 
-def _trace(a):
+def _trace(a: torch.Tensor) -> torch.Tensor:
     return a.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
 
 
-def sqrtm_trace_newton_schulz_3(a):
+def sqrtm_trace_newton_schulz_3(a: torch.Tensor) -> torch.Tensor:
     """iSQRT-COV's trace-normalised Newton-Schulz with 3 iterations, autograd through them."""
     return _newton_schulz(a, 3, _trace(a))
 
 
-def sqrtm_trace_newton_schulz_10(a):
+def sqrtm_trace_newton_schulz_10(a: torch.Tensor) -> torch.Tensor:
     """The same with 10 iterations: close on small matrices, ~1 % off on ReLU covariances."""
     return _newton_schulz(a, 10, _trace(a))
 
@@ -157,14 +158,14 @@ class _EighRootIterativeBackward(torch.autograd.Function):
     Z X + X Z = dZ."""
 
     @staticmethod
-    def forward(ctx, a):
+    def forward(ctx: Any, a: torch.Tensor) -> torch.Tensor:
         eigenvalues, u = torch.linalg.eigh(a)
         root = (u * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ u.mT
         ctx.save_for_backward(root)
         return root
 
     @staticmethod
-    def backward(ctx, dz):
+    def backward(ctx: Any, dz: torch.Tensor) -> torch.Tensor:
         (root,) = ctx.saved_tensors
         norm = torch.linalg.matrix_norm(root, keepdim=True)
         b, c = root / norm, dz / norm
@@ -174,36 +175,36 @@ class _EighRootIterativeBackward(torch.autograd.Function):
         return c / 2
 
 
-def sqrtm_eigh_iterative_backward_10(a):
+def sqrtm_eigh_iterative_backward_10(a: torch.Tensor) -> torch.Tensor:
     return _EighRootIterativeBackward.apply(a)
 
 
-def pool_centred(x):
+def pool_centred(x: torch.Tensor) -> torch.Tensor:
     """A covariance in the statistician's sense: the mean feature subtracted first."""
     features = x.flatten(2)
     features = features - features.mean(-1, keepdim=True)
     return features @ features.mT / features.shape[-1] + EPS * _eye(x.shape[1], x)
 
 
-def sqrtm_exits(a):
+def sqrtm_exits(a: torch.Tensor) -> torch.Tensor:
     """A layer that ends the program, as a stray sys.exit() left from debugging does."""
     sys.exit(0)
 
 
-def sqrtm_hangs(a):
+def sqrtm_hangs(a: torch.Tensor) -> torch.Tensor:
     """A layer that never returns (an iteration whose stopping test is never met)."""
     while True:
         time.sleep(0.05)
 
 
-def sqrtm_returns_float64(a):
+def sqrtm_returns_float64(a: torch.Tensor) -> torch.Tensor:
     """An eigh root computed and returned in float64, whatever the input's dtype (its autodiff
     gradient is wrong on repeated eigenvalues too)."""
     eigenvalues, u = torch.linalg.eigh(a.double())
     return (u * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ u.mT
 
 
-def sqrtm_overwrites_saved_tensor(a):
+def sqrtm_overwrites_saved_tensor(a: torch.Tensor) -> torch.Tensor:
     """A root whose eigenvectors, saved by autograd for the backward, are then scaled in place."""
     eigenvalues, u = torch.linalg.eigh(a)
     root = (u * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ u.mT

@@ -8,10 +8,10 @@ output) the one that explains the output best, the first in order of preference 
 accepts it if it explains the output to the tolerance.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,10 @@ REGULARISER_VALUES = (DEFAULT_EPS, 1e-7, 1e-8, 1e-10, 1e-12, 1e-6, 1e-4, 1e-3, 0
 NO_EPS = "without eps the covariance of a rank-deficient map is singular, its root's slope infinite"
 NO_DELTA = "without a regulariser the signed square root's slope is infinite at z = 0"
 
+T = TypeVar("T")
+#: input -> the function's output on it, or None where the function fails.
+Evaluate = Callable[[np.ndarray], np.ndarray | None]
+
 
 @dataclass(frozen=True)
 class Convention:
@@ -41,17 +45,17 @@ class Convention:
     amplification: Callable[..., Any] | None = None
 
 
-def _note(what, caveats=()):
-    caveats = [caveat for caveat in caveats if caveat]
-    if caveats:
+def _note(what: str, caveats: Sequence[str | bool] = ()) -> str:
+    named = [str(caveat) for caveat in caveats if caveat]
+    if named:
         return (
-            f"{what}; compared with the reference adjusted to it, but {'; '.join(caveats)} "
+            f"{what}; compared with the reference adjusted to it, but {'; '.join(named)} "
             "(see degenerate inputs)"
         )
     return f"{what}; harmless after L2 normalisation, so compared with the reference adjusted to it"
 
 
-def _select(candidates, error_of):
+def _select(candidates: Sequence[T], error_of: Callable[[T], float]) -> T | None:
     """The first candidate whose error is within 10 % of the smallest (None if none is finite)."""
     errors = [error_of(candidate) for candidate in candidates]
     smallest = np.nanmin(errors) if np.any(np.isfinite(errors)) else np.inf
@@ -60,17 +64,17 @@ def _select(candidates, error_of):
     return next(c for c, e in zip(candidates, errors, strict=True) if e <= 1.1 * smallest + 1e-15)
 
 
-def _snapped(value):
+def _snapped(value: float) -> float:
     """The usual regulariser value that `value` is, to float32 round-off, or `value`."""
     usual = [u for u in REGULARISER_VALUES if abs(value - u) <= 1e-6 * max(u, 1e-30)]
     return usual[0] if usual else value
 
 
-def _eye(x):
+def _eye(x: np.ndarray) -> np.ndarray:
     return np.eye(x.shape[1])
 
 
-def _locations(x):
+def _locations(x: np.ndarray) -> int:
     return x.shape[2] * x.shape[3]
 
 
@@ -78,11 +82,11 @@ def _locations(x):
 _NORMALISERS = {"1/N": lambda x: 1.0, "none (sum, no 1/N)": _locations}
 
 
-def _pooled(x, normaliser, eps):
+def _pooled(x: np.ndarray, normaliser: str, eps: float) -> np.ndarray:
     return _NORMALISERS[normaliser](x) * reference.bilinear_pool(x, eps=0.0) + eps * _eye(x)
 
 
-def _pool_eps(x, output):
+def _pool_eps(x: np.ndarray, output: np.ndarray) -> float:
     """eps as the diagonal entry of a dead channel, where it is exact; else a least-squares fit."""
     dead = np.all(x.reshape(x.shape[0], x.shape[1], -1) == 0, axis=2)
     if np.any(dead):
@@ -95,7 +99,9 @@ def _pool_eps(x, output):
     return _snapped(float(offset))
 
 
-def _fit_pool(x, output, allowed, evaluate):
+def _fit_pool(
+    x: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate
+) -> Convention | None:
     eps = _pool_eps(x, output)
     normaliser = _select(list(_NORMALISERS), lambda n: relative_error(output, _pooled(x, n, eps)))
     if normaliser is None or relative_error(output, _pooled(x, normaliser, eps)) > allowed:
@@ -103,7 +109,7 @@ def _fit_pool(x, output, allowed, evaluate):
     return _pool_convention(normaliser, eps)
 
 
-def _pool_convention(normaliser, eps):
+def _pool_convention(normaliser: str, eps: float) -> Convention:
     what = f"pool: normaliser {normaliser}, eps * I with eps = {eps:.2g} (reference: 1/N, 1e-05)"
     return Convention(
         _note(what, [eps == 0 and NO_EPS]),
@@ -143,7 +149,7 @@ SIGNED_SQRT_FAMILIES = (
 PROBE_SCALES = 10.0 ** np.arange(0, -14, -2)
 
 
-def signed_sqrt_probe(channels):
+def signed_sqrt_probe(channels: int) -> np.ndarray:
     """(len(PROBE_SCALES), C, C) entries of random sign, one scale per sample (seeded)."""
     rng = np.random.default_rng(0)
     shape = (len(PROBE_SCALES), channels, channels)
@@ -151,7 +157,7 @@ def signed_sqrt_probe(channels):
     return entries * PROBE_SCALES[:, None, None]
 
 
-def _median_sample_error(actual, expected):
+def _median_sample_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """The median over samples of the relative error: a spelling that loses the smallest samples
     to cancellation still shows its delta in the others."""
     return float(
@@ -159,7 +165,7 @@ def _median_sample_error(actual, expected):
     )
 
 
-def _estimate(family, z, y):
+def _estimate(family: SignedSqrtFamily, z: np.ndarray, y: np.ndarray) -> float:
     """delta from the entries (median), or 0."""
     magnitude, size = np.abs(z).reshape(-1), np.abs(y).reshape(-1)
     usable = (magnitude > 0) & (size > 0)
@@ -168,22 +174,26 @@ def _estimate(family, z, y):
     return _snapped(estimate) if estimate > 1e-14 else 0.0
 
 
-def _signed_sqrt_candidates(z=None, y=None):
+def _signed_sqrt_candidates(
+    z: np.ndarray | None = None, y: np.ndarray | None = None
+) -> list[tuple[SignedSqrtFamily, float]]:
     """(family, delta) in order of preference: the usual values for every spelling, then the
     values the entries estimate, then no regulariser."""
     candidates = [(f, delta) for delta in REGULARISER_VALUES[:-1] for f in SIGNED_SQRT_FAMILIES]
-    if z is not None:
+    if z is not None and y is not None:
         candidates += [(family, _estimate(family, z, y)) for family in SIGNED_SQRT_FAMILIES]
     return candidates + [(SIGNED_SQRT_FAMILIES[0], 0.0)]
 
 
-def _signed_sqrt_spelling(family, delta):
+def _signed_sqrt_spelling(family: SignedSqrtFamily, delta: float) -> str:
     if delta == 0:
         return "no regulariser, sign(z) sqrt(|z|)"
     return f"{family.spelling}, delta = {delta:.2g} (reference: 1e-05)"
 
 
-def _fit_signed_sqrt(z, output, allowed, evaluate):
+def _fit_signed_sqrt(
+    z: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate
+) -> Convention | None:
     """delta is selected on a probe with samples at many scales (the realistic first input cannot
     tell 1e-8 from 1e-10, though the gradient near zero can); accepted on the first input."""
     probe = signed_sqrt_probe(z.shape[1])
@@ -204,12 +214,20 @@ def _fit_signed_sqrt(z, output, allowed, evaluate):
     )
 
 
-def _head_parts(x, normaliser, eps, family, delta):
+#: ((pool normaliser, eps), (signed sqrt spelling, delta)): one head convention tried.
+HeadCandidate = tuple[tuple[str, float], tuple[SignedSqrtFamily, float]]
+
+
+def _head_parts(
+    x: np.ndarray, normaliser: str, eps: float, family: SignedSqrtFamily, delta: float
+) -> tuple[np.ndarray, np.ndarray]:
     z = reference.sqrtm(_pooled(x, normaliser, eps))
     return z, family.forward(z, delta)
 
 
-def _fit_head(x, output, allowed, evaluate):
+def _fit_head(
+    x: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate
+) -> Convention | None:
     output = output.reshape(len(x), -1)
     roots = {
         (normaliser, eps): reference.sqrtm(_pooled(x, normaliser, eps))
@@ -217,7 +235,7 @@ def _fit_head(x, output, allowed, evaluate):
         for eps in REGULARISER_VALUES
     }
 
-    def error(candidate):
+    def error(candidate: HeadCandidate) -> float:
         (normaliser, eps), (family, delta) = candidate
         v = reference.l2_normalize(family.forward(roots[normaliser, eps], delta))
         return relative_error(output, v.reshape(len(x), -1))
@@ -229,12 +247,14 @@ def _fit_head(x, output, allowed, evaluate):
     return _head_convention(*best[0], *best[1])
 
 
-def _head_convention(normaliser, eps, family, delta):
-    def forward(x):
+def _head_convention(
+    normaliser: str, eps: float, family: SignedSqrtFamily, delta: float
+) -> Convention:
+    def forward(x: np.ndarray) -> np.ndarray:
         _, y = _head_parts(x, normaliser, eps, family, delta)
         return reference.l2_normalize(y).reshape(len(x), -1)
 
-    def vjp(x, g):
+    def vjp(x: np.ndarray, g: np.ndarray) -> np.ndarray:
         z, y = _head_parts(x, normaliser, eps, family, delta)
         g_y = reference.l2_normalize_vjp(y, g.reshape(y.shape))
         g_a = reference.sqrtm_vjp(z, family.vjp(z, g_y, delta))
@@ -262,7 +282,9 @@ def _head_convention(normaliser, eps, family, delta):
 _FITS = {"pool": _fit_pool, "signed-sqrt": _fit_signed_sqrt, "head": _fit_head}
 
 
-def fit(stage, x, output, allowed, evaluate):
+def fit(
+    stage: str, x: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate
+) -> Convention | None:
     """The convention under which the reference gives `output` for x to `allowed`, or None.
     evaluate(input) -> the function's output on another input (None where it fails)."""
     output = np.asarray(output, dtype=np.float64)

@@ -1,55 +1,57 @@
 """Known mistakes, each as the NumPy output that the mistaken stage gives and the words that name
 the cause and the fix. An output that matches one (up to a scale) is explained by it."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 import reference
 from reference.conventions import DEFAULT_EPS
+
+#: (x in the reference layout, framework layout) -> the mistaken output
+Mistake = Callable[[np.ndarray, str], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Deviation:
     cause: str
-    #: (x in the reference layout, framework layout) -> the mistaken output
-    forward: Callable[..., Any]
+    forward: Mistake
 
 
-def _swap(m):
+def _swap(m: np.ndarray) -> np.ndarray:
     return np.swapaxes(m, -1, -2)
 
 
-def _pool(features):
+def _pool(features: np.ndarray) -> np.ndarray:
     """(B, C, N) -> X X^T / N + eps I."""
     return features @ _swap(features) / features.shape[-1] + DEFAULT_EPS * np.eye(features.shape[1])
 
 
-def _locations(x):
+def _locations(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
-def _pool_summed_over_batch(x, layout):
+def _pool_summed_over_batch(x: np.ndarray, layout: str) -> np.ndarray:
     second_moments = reference.bilinear_pool(x, eps=0.0)
     shared = second_moments.sum(axis=0) + DEFAULT_EPS * np.eye(x.shape[1])
     return np.broadcast_to(shared, second_moments.shape)
 
 
-def _pool_of_locations(x, layout):
+def _pool_of_locations(x: np.ndarray, layout: str) -> np.ndarray:
     features = _swap(_locations(x))
     return _pool(features)
 
 
-def _pool_of_misread_layout(x, layout):
+def _pool_of_misread_layout(x: np.ndarray, layout: str) -> np.ndarray:
     b, c = x.shape[:2]
     if layout == "channels_first":  # (B, C, H, W) memory read as (B, N, C)
         return _pool(_swap(x.reshape(b, -1, c)))
     return _pool(x.transpose(0, 2, 3, 1).reshape(b, c, -1))  # (B, H, W, C) memory read as (B, C, N)
 
 
-def _centred_pool(x, layout):
+def _centred_pool(x: np.ndarray, layout: str) -> np.ndarray:
     features = _locations(x)
     return _pool(features - features.mean(axis=-1, keepdims=True))
 
@@ -97,7 +99,7 @@ SIGNED_SQRT = (
 )
 
 
-def _normalised(y, axis):
+def _normalised(y: np.ndarray, axis: int | tuple[int, ...] | None) -> np.ndarray:
     norms = np.sqrt(np.sum(y**2, axis=axis, keepdims=True))
     return y / np.maximum(norms, np.finfo(float).tiny)
 
@@ -139,8 +141,8 @@ _MISSING = {
 BY_STAGE = {"pool": POOL, "sqrtm": SQRTM, "signed-sqrt": SIGNED_SQRT, "l2": L2}
 
 
-def _pipeline(replaced, replacement):
-    def head(x, layout):
+def _pipeline(replaced: str, replacement: Mistake) -> Mistake:
+    def head(x: np.ndarray, layout: str) -> np.ndarray:
         for name, stage in _REFERENCE_STAGES:
             x = replacement(x, layout) if name == replaced else stage(x, layout)
         return x.reshape(len(x), -1)
@@ -148,7 +150,7 @@ def _pipeline(replaced, replacement):
     return head
 
 
-def _head_deviations():
+def _head_deviations() -> tuple[Deviation, ...]:
     """The head with one stage replaced by one of that stage's mistakes, or left out."""
     deviations = [
         Deviation(deviation.cause, _pipeline(name, deviation.forward))
@@ -164,14 +166,14 @@ def _head_deviations():
 BY_STAGE["head"] = _head_deviations()
 
 
-def _other_stage(name, computes):
+def _other_stage(name: str, computes: Mistake) -> Deviation:
     return Deviation(
         f"the function computes the {name} stage, not this one: check STAGE (ibp-check {name} ...)",
         computes,
     )
 
 
-def _pool_of_matrix(m, layout):
+def _pool_of_matrix(m: np.ndarray, layout: str) -> np.ndarray:
     """A pooling function handed a matrix (B, C, C) reads it as C channels at C locations."""
     return reference.bilinear_pool(m[..., None])
 
@@ -201,7 +203,9 @@ _SCALED = ("pool",)
 _LARGEST_DIFFERENTIATED = 256
 
 
-def matching(stage, x, layout, output, expected, allowed):
+def matching(
+    stage: str, x: np.ndarray, layout: str, output: np.ndarray, expected: np.ndarray, allowed: float
+) -> list[str]:
     """Causes of the deviations of `stage` that explain `output` and that the reference's own
     output `expected` does not match (on a 1 x 1 input many mistakes coincide)."""
     output, expected = _flat(output), _flat(expected)
@@ -222,7 +226,15 @@ def matching(stage, x, layout, output, expected, allowed):
     return causes
 
 
-def matching_gradient(stage, x, layout, cotangent, gradient, expected, close):
+def matching_gradient(
+    stage: str,
+    x: np.ndarray,
+    layout: str,
+    cotangent: np.ndarray,
+    gradient: np.ndarray,
+    expected: np.ndarray,
+    close: Callable[[np.ndarray, np.ndarray], bool],
+) -> list[str]:
     """Causes of the deviations of `stage` whose gradient (by central differences in float64)
     is `gradient`, where the reference's, `expected`, is not; `close(a, b)` judges."""
     if stage == "head" or x.size > _LARGEST_DIFFERENTIATED:
@@ -230,7 +242,11 @@ def matching_gradient(stage, x, layout, cotangent, gradient, expected, close):
     causes = []
     with np.errstate(all="ignore"):
         for deviation in BY_STAGE[stage]:
-            candidate = _vjp(lambda m, f=deviation.forward: f(m, layout), x, cotangent)
+
+            def mistaken(m: np.ndarray, forward: Mistake = deviation.forward) -> np.ndarray:
+                return forward(m, layout)
+
+            candidate = _vjp(mistaken, x, cotangent)
             if candidate is None or not np.all(np.isfinite(candidate)):
                 continue
             if close(gradient, candidate) and not close(expected, candidate):
@@ -238,7 +254,9 @@ def matching_gradient(stage, x, layout, cotangent, gradient, expected, close):
     return causes
 
 
-def _vjp(f, x, cotangent):
+def _vjp(
+    f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, cotangent: np.ndarray
+) -> np.ndarray | None:
     """<cotangent, f(x)> differentiated by central differences, or None where shapes differ."""
     output = f(x)
     if output.size != cotangent.size:
@@ -247,25 +265,27 @@ def _vjp(f, x, cotangent):
     step = 1e-6 * max(np.abs(x).max(), 1e-3)
     gradient = np.zeros(x.size)
     for i in range(x.size):
-        shift = np.zeros(x.size)
-        shift[i] = step
-        shift = shift.reshape(x.shape)
+        flat_shift = np.zeros(x.size)
+        flat_shift[i] = step
+        shift = flat_shift.reshape(x.shape)
         gradient[i] = np.sum(cotangent * (f(x + shift) - f(x - shift))) / (2 * step)
     return gradient.reshape(x.shape)
 
 
-def _flat(array):
+def _flat(array: npt.ArrayLike) -> np.ndarray:
     return np.asarray(array, dtype=np.float64).reshape(-1)
 
 
-def match_threshold(allowed):
+def match_threshold(allowed: float) -> float:
     """How close an output must come to a mistake's to be explained by it: ten times the
     tolerance, but never looser than 5 % (a user's --tolerance may be loose) nor tighter than 1e-3
     (the float64 tolerance would demand that the user repeat the mistake to round-off)."""
     return min(max(10 * allowed, 1e-3), 0.05)
 
 
-def explains(actual, candidate, allowed, up_to_scale=False):
+def explains(
+    actual: np.ndarray, candidate: np.ndarray, allowed: float, up_to_scale: bool = False
+) -> bool:
     """actual = candidate (or c * candidate, one scalar c within three decades of 1: a sum for a
     mean, a missing 1/N) to match_threshold(allowed) relative."""
     norm = np.linalg.norm(candidate)
@@ -280,7 +300,7 @@ def explains(actual, candidate, allowed, up_to_scale=False):
 _ITERATIONS = range(1, 41)
 
 
-def _newton_schulz(a, iterations, scaling):
+def _newton_schulz(a: np.ndarray, iterations: int, scaling: str) -> Iterator[np.ndarray]:
     """The coupled Newton-Schulz root after each iteration: Y0 = A / n, Z0 = I, T = (3I - Z Y) / 2,
     Y <- Y T, Z <- T Z, root Y sqrt(n), with n the Frobenius norm or the trace."""
     if scaling == "Frobenius-norm":
@@ -295,14 +315,16 @@ def _newton_schulz(a, iterations, scaling):
         yield y * np.sqrt(norm)
 
 
-def newton_schulz_forward_match(a, z, allowed):
+def newton_schulz_forward_match(
+    a: np.ndarray, z: np.ndarray, allowed: float
+) -> tuple[str, int] | None:
     """(scalings, iterations): the Newton-Schulz roots short of convergence that explain `z`, or
     None. On a covariance with one dominant eigenvalue the trace and the Frobenius norm nearly
     agree, and so do the two scalings; both are named then."""
     a = (a + _swap(a)) / 2
     root = reference.sqrtm(a)
     threshold = match_threshold(allowed)
-    matches = {}
+    matches: dict[int, list[tuple[float, str]]] = {}
     with np.errstate(all="ignore"):
         for scaling in ("Frobenius-norm", "trace"):
             for iterations, candidate in enumerate(_newton_schulz(a, _ITERATIONS[-1], scaling), 1):
@@ -320,7 +342,7 @@ def newton_schulz_forward_match(a, z, allowed):
     return " or ".join(scalings), iterations
 
 
-def _lyapunov_iterations(z, dz):
+def _lyapunov_iterations(z: np.ndarray, dz: np.ndarray) -> Iterator[np.ndarray]:
     """The coupled Newton-Schulz sign iteration on M = [[Z, dZ], [0, -Z]] / ||Z||: its blocks
     B -> (3B - B^3) / 2, C -> (3C - B^2 C + B C B - C B^2) / 2 tend to I and 2X, with
     Z X + X Z = dZ; yields X after each iteration."""
@@ -332,7 +354,12 @@ def _lyapunov_iterations(z, dz):
         yield c / 2
 
 
-def lyapunov_iteration_match(a, dz, gradient, close):
+def lyapunov_iteration_match(
+    a: np.ndarray,
+    dz: np.ndarray,
+    gradient: np.ndarray,
+    close: Callable[[np.ndarray, np.ndarray], bool],
+) -> int | None:
     """The iteration count at which the Lyapunov iteration (with the exact root) gives
     `gradient`, short of convergence, or None."""
     z = reference.sqrtm((a + _swap(a)) / 2)

@@ -1,7 +1,11 @@
 """The likely cause of a failed property and its fix, in plain words. Each function gets what the
 property measured and returns the sentence a user reads."""
 
+from __future__ import annotations
+
 import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.linalg
@@ -9,6 +13,9 @@ import scipy.linalg
 from impls.testing.diagnosis import deviations
 from impls.testing.diagnosis.inputs import degeneracy, describe, native_shape
 from impls.testing.tolerances import relative_error
+
+if TYPE_CHECKING:
+    from impls.testing.stage_specs import StageSpec
 
 AUTODIFF_THROUGH_EIGH = (
     "autodiff through eigh/svd divides by differences of eigenvalues (s_i - s_j), which vanish "
@@ -52,16 +59,16 @@ CAUSE_UNKNOWN = "cause unknown"
 _UNKNOWN = f": {CAUSE_UNKNOWN} (no known mistake reproduces it; see the measurements)"
 
 
-def first_line(error, limit=300):
-    text = str(error).strip().splitlines()
-    text = text[0] if text else ""
+def first_line(error: BaseException, limit: int = 300) -> str:
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _RANK_WORDS = ("rank", "dimension", "unpack", "dims", "4d", "4-d", "ndim", "shape")
 
 
-def explain_exception(error, dtype, spec=None):
+def explain_exception(error: BaseException, dtype: str, spec: StageSpec | None = None) -> str:
     text = f"raised {type(error).__name__}: {first_line(error)}"
     message = str(error).lower()
     if "inplace operation" in message or "in-place operation" in message:
@@ -84,11 +91,11 @@ def explain_exception(error, dtype, spec=None):
     return text
 
 
-def numbers_in(text):
+def numbers_in(text: str) -> list[int]:
     return [int(n) for n in _NUMBER.findall(text)]
 
 
-def hard_coded_batch(working, failing):
+def hard_coded_batch(working: int, failing: int) -> str:
     return (
         f"the layer works on a batch of {working} but not of {failing}: a batch size of "
         f"{working} is hard-coded; take it from the input (x.shape[0] in PyTorch, "
@@ -96,15 +103,23 @@ def hard_coded_batch(working, failing):
     )
 
 
-def explain_shape(spec, layout, input_shape, output_shape):
-    expected = spec.output_shape(input_shape)
+def explain_shape(
+    spec: StageSpec, layout: str, input_shape: Sequence[int], output_shape: Sequence[int]
+) -> str:
+    expected = spec.output_shape(tuple(input_shape))
     native = native_shape(layout, len(input_shape) == 4, input_shape)
     text = f"output shape {tuple(output_shape)} for an input of shape {native}; expected {expected}"
     cause = _shape_cause(spec, layout, tuple(input_shape), tuple(output_shape), expected)
     return f"{text}: {cause}" if cause else text
 
 
-def _shape_cause(spec, layout, input_shape, output_shape, expected):
+def _shape_cause(
+    spec: StageSpec,
+    layout: str,
+    input_shape: Sequence[int],
+    output_shape: Sequence[int],
+    expected: Sequence[int],
+) -> str | None:
     batch = input_shape[0]
     if output_shape == expected[1:]:
         return (
@@ -130,7 +145,9 @@ def _shape_cause(spec, layout, input_shape, output_shape, expected):
     return None
 
 
-def explain_mixing(spec, sample, changed, change, allowed):
+def explain_mixing(
+    spec: StageSpec, sample: int, changed: int, change: float, allowed: float
+) -> str:
     return (
         f"output for sample {sample} changes when sample {changed} changes (relative change "
         f"{change:.3g} > {allowed:.3g}): the stage mixes samples across the batch "
@@ -138,7 +155,7 @@ def explain_mixing(spec, sample, changed, change, allowed):
     )
 
 
-def explain_non_finite(spec, layout, x, where):
+def explain_non_finite(spec: StageSpec, layout: str, x: np.ndarray, where: str) -> str:
     facts = degeneracy(spec.name, x)
     stages = ("pool", "sqrtm", "signed-sqrt", "l2") if spec.name == "head" else (spec.name,)
     if where == "output":
@@ -157,7 +174,7 @@ def explain_non_finite(spec, layout, x, where):
     return text + (": likely " + "; or ".join(causes) if causes else "")
 
 
-def _dead_rows(x, output):
+def _dead_rows(x: np.ndarray, output: np.ndarray) -> np.ndarray | None:
     """Mask of the off-diagonal entries in the rows of dead channels, or None where the output
     is not a (B, C, C) pooled matrix of x."""
     if x.ndim != 4 or output.ndim != 3 or output.shape[1:] != (x.shape[1],) * 2:
@@ -166,7 +183,7 @@ def _dead_rows(x, output):
     return dead[:, :, None] & ~np.eye(x.shape[1], dtype=bool)[None]
 
 
-def dead_row_leak(spec, x, output, roundoff):
+def dead_row_leak(spec: StageSpec, x: np.ndarray, output: np.ndarray, roundoff: float) -> float:
     """How far the rows of dead channels of a pooled matrix are from zero off the diagonal (0 when
     they are zero). They are exact zeros at any precision, so eps * ones shows there even where it
     is below the round-off of the other entries."""
@@ -177,7 +194,7 @@ def dead_row_leak(spec, x, output, roundoff):
     return leak if leak > 1e-3 * roundoff * np.abs(output).max(initial=0.0) else 0.0
 
 
-def _structure_cause(x, output, leak):
+def _structure_cause(x: np.ndarray, output: np.ndarray, leak: float) -> str:
     values = output[_dead_rows(x, output)]
     eps_like = np.abs(values).max() <= 1e-2 * np.abs(output).max()
     if eps_like and np.ptp(values) <= 1e-6 * np.abs(values).max():
@@ -193,7 +210,16 @@ def _structure_cause(x, output, leak):
     )
 
 
-def explain_forward(spec, layout, x, output, expected, error, allowed, leak=0.0):
+def explain_forward(
+    spec: StageSpec,
+    layout: str,
+    x: np.ndarray,
+    output: np.ndarray,
+    expected: np.ndarray,
+    error: float,
+    allowed: float,
+    leak: float = 0.0,
+) -> str:
     if error <= allowed:
         text = f"forward agrees with the reference to {error:.3g}, but not in its structure"
     else:
@@ -224,7 +250,7 @@ def explain_forward(spec, layout, x, output, expected, error, allowed, leak=0.0)
 _LEAST_FACTOR = 0.1
 
 
-def _scale(actual, expected):
+def _scale(actual: np.ndarray, expected: np.ndarray) -> float | None:
     """c, a factor, with actual = c * expected to 1e-3, or None."""
     actual, expected = actual.reshape(-1), expected.reshape(-1)
     if not deviations.explains(actual, expected, 0.0, up_to_scale=True):
@@ -233,7 +259,7 @@ def _scale(actual, expected):
     return scale if abs(scale - 1) > _LEAST_FACTOR else None
 
 
-def root_causes(a, z, allowed):
+def root_causes(a: np.ndarray, z: np.ndarray, allowed: float) -> list[str]:
     """What is wrong with a root Z of A beyond the known deviations: asymmetry, or an iteration
     stopped early, found by running that iteration and matching its output."""
     asymmetric = asymmetric_root(z, allowed)
@@ -251,12 +277,12 @@ def root_causes(a, z, allowed):
     ]
 
 
-def _condition(a):
+def _condition(a: np.ndarray) -> float:
     eigenvalues = np.linalg.eigvalsh((a + np.swapaxes(a, 1, 2)) / 2)
     return float(np.max(eigenvalues[:, -1] / np.maximum(eigenvalues[:, 0], np.finfo(float).tiny)))
 
 
-def asymmetric_root(z, allowed):
+def asymmetric_root(z: np.ndarray, allowed: float) -> str | None:
     asymmetry = relative_error(z, np.swapaxes(z, 1, 2))
     if asymmetry <= allowed:
         return None
@@ -267,7 +293,7 @@ def asymmetric_root(z, allowed):
     )
 
 
-def _eigenvalue_measurement(a, z):
+def _eigenvalue_measurement(a: np.ndarray, z: np.ndarray) -> str:
     """Where Z commutes with A (a function of A: an iteration or a fixed-degree approximant), how
     its roots of the smallest and the largest eigenvalue compare with the true ones."""
     eigenvalues, u = np.linalg.eigh((a + np.swapaxes(a, 1, 2)) / 2)
@@ -292,7 +318,17 @@ NEGATED_LYAPUNOV = (
 )
 
 
-def explain_gradient(spec, layout, x, cotangent, gradient, expected, floor, error, allowed):
+def explain_gradient(
+    spec: StageSpec,
+    layout: str,
+    x: np.ndarray,
+    cotangent: np.ndarray,
+    gradient: np.ndarray,
+    expected: np.ndarray,
+    floor: np.ndarray,
+    error: float,
+    allowed: float,
+) -> str:
     text = f"gradient differs from the reference VJP: relative error {error:.3g} > {allowed:.3g}"
     if not np.all(np.isfinite(gradient)):
         return f"{text}; {explain_non_finite(spec, layout, x, 'gradient')}"
@@ -300,7 +336,7 @@ def explain_gradient(spec, layout, x, cotangent, gradient, expected, floor, erro
         return f"{text}: the gradient is zero where the reference's is not; {NO_GRADIENT}"
     tolerance = deviations.match_threshold(allowed)
 
-    def close(actual, candidate):
+    def close(actual: np.ndarray, candidate: np.ndarray) -> bool:
         return relative_error(actual, candidate, floor=floor) <= tolerance
 
     causes = [
@@ -344,7 +380,7 @@ def explain_gradient(spec, layout, x, cotangent, gradient, expected, floor, erro
 _CLOSE_PAIR = 1e-3
 
 
-def _error_in_close_pairs(a, gradient, expected):
+def _error_in_close_pairs(a: np.ndarray, gradient: np.ndarray, expected: np.ndarray) -> bool:
     """Whether the gradient's error lies in the eigenspaces of nearly equal eigenvalues, where
     autodiff through eigh/svd divides by s_i - s_j: nine tenths of it or more. Within such an
     eigenspace the basis is arbitrary, so its diagonal entries count too."""
@@ -357,7 +393,9 @@ def _error_in_close_pairs(a, gradient, expected):
     return bool(total > 0 and np.sum(error[close_pairs] ** 2) >= 0.81 * total)
 
 
-def _fitted_scale(actual, expected, close):
+def _fitted_scale(
+    actual: np.ndarray, expected: np.ndarray, close: Callable[[np.ndarray, np.ndarray], bool]
+) -> float | None:
     """c, a factor, with actual = c * expected, or None."""
     denominator = float(np.sum(expected * expected))
     if denominator == 0:
@@ -366,7 +404,9 @@ def _fitted_scale(actual, expected, close):
     return scale if close(actual, scale * expected) and abs(scale - 1) > _LEAST_FACTOR else None
 
 
-def _gradient_mistakes(spec, x, g):
+def _gradient_mistakes(
+    spec: StageSpec, x: np.ndarray, g: np.ndarray
+) -> Iterator[tuple[np.ndarray, str]]:
     """(gradient a known mistaken backward gives, cause) for the stage."""
     if spec.name == "l2":
         norms = np.linalg.norm(x.reshape(len(x), -1), axis=1).reshape(-1, 1, 1)

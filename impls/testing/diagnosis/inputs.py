@@ -1,5 +1,6 @@
 """The features of an input that make a stage degenerate, and the input described in words."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,15 +22,15 @@ class Degeneracy:
     channels: int = 0
 
     @property
-    def repeated_eigenvalues(self):
+    def repeated_eigenvalues(self) -> bool:
         return self.smallest_gap < REPEATED_GAP
 
     @property
-    def rank_deficient(self):
+    def rank_deficient(self) -> bool:
         return self.dead_channels > 0 or 0 < self.locations < self.channels
 
 
-def native_shape(layout, is_feature_map, shape):
+def native_shape(layout: str, is_feature_map: bool, shape: Sequence[int]) -> tuple[int, ...]:
     """A reference-layout (channels-first) shape in the framework's layout."""
     if is_feature_map and layout == "channels_last":
         b, c, h, w = shape
@@ -37,7 +38,7 @@ def native_shape(layout, is_feature_map, shape):
     return tuple(shape)
 
 
-def _spectrum(matrices):
+def _spectrum(matrices: np.ndarray) -> tuple[float, float]:
     eigenvalues = np.linalg.eigvalsh((matrices + np.swapaxes(matrices, 1, 2)) / 2)
     largest = np.maximum(np.abs(eigenvalues).max(axis=1), np.finfo(float).tiny)
     gaps = np.diff(eigenvalues, axis=1) / largest[:, None] if eigenvalues.shape[1] > 1 else []
@@ -47,7 +48,7 @@ def _spectrum(matrices):
     return (float(np.min(gaps)) if len(gaps) else np.inf), float(np.max(condition))
 
 
-def degeneracy(stage, x):
+def degeneracy(stage: str, x: np.ndarray) -> Degeneracy:
     """What is degenerate about the input x (reference layout) of `stage`."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 4:
@@ -61,11 +62,11 @@ def degeneracy(stage, x):
     return Degeneracy(zero_entries=int(np.sum(x == 0)), channels=x.shape[1])
 
 
-def _count(n, noun):
+def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def describe(stage, layout, x):
+def describe(stage: str, layout: str, x: np.ndarray) -> str:
     """'(2, 3, 3, 4) channels_last: batch 2, 4 channels, 9 locations, 1 dead channel'."""
     x = np.asarray(x)
     facts = degeneracy(stage, x)

@@ -395,7 +395,7 @@ def learnability(session: Session) -> Finding:
     return Finding(name, "FAIL", checks, [f"{said}: {plateau}"], measurements)
 
 
-def _train_linear(features: np.ndarray, labels: np.ndarray, classes: int, batch: int):
+def _train_linear(features: np.ndarray, labels: np.ndarray, classes: int, batch: int) -> np.ndarray:
     """Softmax regression by SGD with momentum over the batches as given, step 1 / |f|^2."""
     x = np.hstack([features, np.ones((len(features), 1))])
     step = 1.0 / max(float(np.mean(np.sum(x * x, axis=1))), np.finfo(np.float64).tiny)

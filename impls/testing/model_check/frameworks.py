@@ -252,7 +252,9 @@ class TorchModel:
         return sorted({float(group["lr"]) for group in self.optimizer.param_groups})
 
 
-def build(target: str, framework: str | None, input_shape: tuple[int, ...] | None, seed: int):
+def build(
+    target: str, framework: str | None, input_shape: tuple[int, ...] | None, seed: int
+) -> TorchModel | KerasModel:
     """The model `target` names, built afresh with every random generator seeded."""
     framework = framework or framework_of(target)
     if framework == "torch":
