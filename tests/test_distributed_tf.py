@@ -238,6 +238,18 @@ def test_replica_pieces_are_contiguous_and_cover_the_batch(size, replicas):
     assert max(map(len, pieces)) - min(map(len, pieces)) <= 1
 
 
+def test_the_question_head_needs_16_samples_on_every_replica():
+    from bench.accuracy.runner_tf import Runner
+
+    runner = Runner("cpu", 1)
+    dataset = synthetic(SEED, 2, 1, IMAGE_SIZE)
+    model = runner.build_model(CONFIGURATIONS["seed"], dataset, MODEL_OPTIONS)
+    step = runner.train_step(model, runner.optimizer(model, Stage(1, "question", True)), False)
+    batch = np.arange(8)
+    with pytest.raises(IBPInputError, match=r"1 replica\(s\) need global batches of 16, got 8"):
+        step(runner.images(dataset.train.load(batch)), dataset.train.labels[batch], len(batch))
+
+
 # The input pipeline -----------------------------------------------------------------------------
 
 
@@ -278,3 +290,32 @@ def test_the_pipeline_passes_in_memory_images_through():
     for indices, (images, labels) in zip(batches, make_dataset(split, batches, 0), strict=True):
         np.testing.assert_array_equal(images.numpy(), split.images[indices])
         np.testing.assert_array_equal(labels.numpy(), split.labels[indices])
+
+
+# Through reproduce-accuracy ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_reproduce_accuracy_on_two_local_workers_records_them_and_only_the_chief_writes(tmp_path):
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    outputs = [tmp_path / f"worker{index}" for index in range(2)]
+    run = [
+        "--framework", "tf", "--dataset", "synthetic", "--config", "first_order", "--quick",
+        "--epochs", "2", "--tf-strategy", "multi-worker", "--no-progress",
+    ]  # fmt: skip
+    processes = []
+    for index, output in enumerate(outputs):
+        cluster = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": json.dumps(cluster)}
+        command = [sys.executable, "-m", "bench.reproduce_accuracy", *run, "--output-dir", output]
+        processes.append(
+            subprocess.Popen(command, cwd=ROOT, env=environment, stderr=subprocess.PIPE, text=True)
+        )
+    _finish(processes)
+    results = json.loads((outputs[0] / "accuracy.json").read_text())
+    assert results["ibp_metadata"]["distribution"] == {
+        "tf": World(0, 2, 2, "multi-worker-mirrored").as_metadata()
+    }
+    [run_record] = results["runs"]
+    assert len(run_record["history"]) == 2
+    assert not outputs[1].exists() or not any(outputs[1].iterdir())

@@ -2,19 +2,14 @@
 training loop drew, several at a time, and prefetches them while the model trains.
 
 `split.load` stays the one place that decodes and augments images; tf.data calls it on several
-batches in parallel. The augmentation of a batch draws from a generator of its own, seeded by
-(seed, epoch, batch position), so the parallelism never changes which crops and flips a batch gets.
+batches in parallel. The augmentation of a batch draws from a generator of its own
+(`data.batch_rng`), so the parallelism never changes which crops and flips a batch gets.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from bench.accuracy.data import Batches
-
-
-def batch_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
-    """The augmentation generator of the batch at `position` of epoch `epoch`."""
-    return np.random.default_rng([seed, epoch, position])
+from bench.accuracy.data import Batches, batch_rng
 
 
 def make_dataset(

@@ -230,7 +230,7 @@ class Runner:
             if pieces_of_16 and global_batch_size != question.BATCH_SIZE * self.world.replicas:
                 raise IBPInputError(
                     f"the question's layers hard-code {question.BATCH_SIZE} samples per replica; "
-                    f"{self.world.replicas} replicas need global batches of "
+                    f"{self.world.replicas} replica(s) need global batches of "
                     f"{question.BATCH_SIZE * self.world.replicas}, got {global_batch_size}"
                 )
             with BACKEND.placement(self.device):
