@@ -203,8 +203,7 @@ class Runner:
 
     def train_step(self, model, optimizer, from_features: bool) -> Callable[..., tuple[float, int]]:
         """step(inputs, labels, global_batch_size) -> (loss summed over the global batch, right
-        answers in it). Without global_batch_size (the loop of one process that calls it with
-        whole batches): (mean loss, right answers)."""
+        answers in it), for the (inputs, labels) of `train_batches`: this process's part."""
         forward = model.get_layer(HEAD_LAYER) if from_features else model
         variables = model.trainable_variables
         pieces_of_16 = isinstance(model.get_layer(HEAD_LAYER), SeedHead)
@@ -224,9 +223,7 @@ class Runner:
             per_replica = self.strategy.run(replica_step, args=(inputs, labels, global_batch_size))
             return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, None) for v in per_replica]
 
-        def run(inputs, labels, global_batch_size=None):
-            whole = global_batch_size is None
-            global_batch_size = len(labels) if whole else global_batch_size
+        def run(inputs, labels, global_batch_size: int) -> tuple[float, int]:
             if pieces_of_16 and global_batch_size != question.BATCH_SIZE * self.world.replicas:
                 raise IBPInputError(
                     f"the question's layers hard-code {question.BATCH_SIZE} samples per replica; "
@@ -236,8 +233,7 @@ class Runner:
             with BACKEND.placement(self.device):
                 inputs, labels = self._distribute(inputs), self._distribute(BACKEND.labels(labels))
                 loss_sum, correct = step(inputs, labels, tf.constant(global_batch_size, tf.float32))
-            loss_sum = float(loss_sum)
-            return (loss_sum / global_batch_size if whole else loss_sum), int(correct)
+            return float(loss_sum), int(correct)
 
         return run
 
