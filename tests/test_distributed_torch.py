@@ -21,16 +21,22 @@ RUN = [
     "--framework", "torch", "--dataset", "synthetic", "--config", "ibp", "--quick",
     "--no-progress",
 ]  # fmt: skip
-#: Two processes sum each batch's gradient in two halves and add them, one process in one go:
-#: the same float32 numbers added in another order, each sum within a few units in the last
-#: place of float32 (6e-8 relative) of the other. Training carries such differences along but
-#: does not blow them up over these few dozen steps of a stable recipe: 1e-4 relative leaves three
-#: orders of magnitude of room; a wrong loss scaling (a factor of 2) or a process training on the
-#: wrong samples is off by far more.
-LOSS_RTOL = 1e-4
-#: A test answer can flip only where two logits tie to within those rounding differences: at most
-#: one sample of the 112 in the quick test set.
-ANSWER_TOLERANCE = 1 / 112
+#: Two processes sum each batch's gradient in two halves and add them, one process in one go: the
+#: same float32 numbers added in another order, each sum within a few units in the last place of
+#: float32 (6e-8 relative) of the other. In the recipe's first stage (SGD on the head over fixed
+#: features) training carries such differences along without blowing them up: 1e-6 relative
+#: leaves an order of magnitude of room over a few dozen steps, and a wrong loss scaling (a
+#: factor of 2 in every SGD step) or a process training on the wrong samples is off by far more.
+FIRST_STAGE_LOSS_RTOL = 1e-6
+#: The second stage trains everything with Adam, which divides each gradient component by its own
+#: running size: a component that is rounding noise takes a full-size step either way, and the
+#: matrix root's backward divides by eigenvalue gaps. Rounding differences grow there to
+#: differences of the trained weights; what stays is the same training: the same loss to 1 %
+#: (Adam is blind to a constant loss scale: the first stage tests the scaling).
+SECOND_STAGE_LOSS_RTOL = 1e-2
+#: A test answer flips where two logits are within those differences of a tie: allow two of the
+#: 112 quick test samples (and of the 224 training samples) in either stage.
+ANSWER_TOLERANCE = 2 / 112
 
 
 def _environment():
@@ -67,15 +73,18 @@ def test_two_processes_under_torchrun_train_what_one_process_trains(tmp_path):
         cwd=ROOT, env=_environment(), check=True,
     )  # fmt: skip
     single, distributed = _results(one), _results(two)
-    assert distributed["distribution"] == {
+    envelope_one, envelope_two = single["ibp_metadata"], distributed["ibp_metadata"]
+    assert envelope_two["distribution"] == {
         "torch": {"rank": 0, "processes": 2, "replicas": 2, "kind": "ddp-gloo"}
     }
-    assert single["distribution"] == {"torch": World().as_metadata()}
+    assert envelope_one["distribution"] == {"torch": World().as_metadata()}
     # Only rank 0 wrote: one set of results, nothing beside it.
     assert sorted(p.name for p in two.iterdir()) == ["accuracy.json", "accuracy.md", "accuracy.png"]
     [run_one], [run_two] = single["runs"], distributed["runs"]
     assert run_two["epochs"] == run_one["epochs"] and run_two["batch_size"] == 16
     for epoch_one, epoch_two in zip(run_one["history"], run_two["history"], strict=True):
-        np.testing.assert_allclose(epoch_two["train_loss"], epoch_one["train_loss"], LOSS_RTOL)
+        rtol = FIRST_STAGE_LOSS_RTOL if epoch_one["stage"] == "recipe_1" else SECOND_STAGE_LOSS_RTOL
+        np.testing.assert_allclose(epoch_two["train_loss"], epoch_one["train_loss"], rtol)
         for key in ("train_accuracy", "test_accuracy"):
             assert abs(epoch_two[key] - epoch_one[key]) <= ANSWER_TOLERANCE, (key, epoch_one)
+    assert [e["stage"] for e in run_one["history"]] == ["recipe_1"] * 2 + ["recipe_2"] * 2

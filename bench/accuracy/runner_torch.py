@@ -29,9 +29,9 @@ from bench.accuracy.seed_model_torch import SeedHead
 from impls.backends import get_backend
 from impls.testing import founding_question as question
 from impls.torch.models import IBPModel
-from reference.contracts import IBPInputError
 
-IMPL = get_backend("torch").impl
+BACKEND = get_backend("torch")
+IMPL = BACKEND.impl
 
 
 class GlobalAveragePoolingHead(nn.Module):
@@ -76,10 +76,8 @@ class Runner:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
         self.workers = workers
-        want_gpu = device in ("gpu", "auto") and torch.cuda.is_available()
-        if device == "gpu" and not want_gpu:
-            raise IBPInputError("--device gpu: torch sees no CUDA device")
-        self.device = torch.device("cuda" if want_gpu else "cpu")
+        self.device = BACKEND.resolve_device(device)
+        want_gpu = BACKEND.is_gpu(self.device)
         if want_gpu:
             # cuBLAS needs this workspace setting to be deterministic.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -96,9 +94,7 @@ class Runner:
             self.world = World(rank, size, size, f"ddp-{backend}")
 
     def describe_device(self) -> str:
-        if self.device.type == "cuda":
-            return torch.cuda.get_device_name(self.device)
-        return "cpu"
+        return BACKEND.describe_device(self.device)
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
@@ -135,7 +131,7 @@ class Runner:
         return IMPL.recipe_optimizer(model, int(stage.optimizer[-1]))
 
     def images(self, images):
-        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(self.device)
+        return BACKEND.feature_map(images, "float32", self.device, layout="channels_last")
 
     def backbone_features(self, model, images):
         model.eval()
@@ -149,10 +145,7 @@ class Runner:
         return tensor[torch.as_tensor(indices, device=tensor.device)]
 
     def numpy(self, tensor):
-        return tensor.detach().cpu().numpy()
-
-    def _labels(self, labels):
-        return torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        return BACKEND.numpy(tensor)
 
     def train_batches(
         self,
@@ -167,9 +160,12 @@ class Runner:
         through the DataLoader."""
         if features is not None:
             for indices in batches:
-                yield self.take(features, indices), self._labels(split.labels[indices])
+                yield (
+                    self.take(features, indices),
+                    BACKEND.labels(split.labels[indices], self.device),
+                )
             return
-        pinned = self.device.type == "cuda"
+        pinned = BACKEND.is_gpu(self.device)
         for images, labels in make_loader(split, batches, seed, epoch, self.workers, pinned):
             yield (
                 images.to(self.device, non_blocking=pinned),
@@ -181,7 +177,7 @@ class Runner:
         broadcasts rank 0's weights on wrapping, then all-reduces the gradients)."""
         if self.world.processes == 1:
             return module
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        device_ids = [self.device.index] if BACKEND.is_gpu(self.device) else None
         return DistributedDataParallel(module, device_ids=device_ids)
 
     def train_step(
@@ -194,7 +190,6 @@ class Runner:
 
         def step(inputs, labels, global_batch_size):
             model.train()
-            labels = self._labels(labels)
             try:
                 logits = forward(inputs)
             except torch.linalg.LinAlgError:
@@ -234,7 +229,7 @@ class Runner:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "cuda_rng": torch.cuda.get_rng_state_all() if BACKEND.is_gpu(self.device) else [],
         }
         torch.save(state, Path(directory) / _STATE_FILE)
 
