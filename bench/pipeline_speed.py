@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from impls.testing import readme_blocks
-from impls.testing.metadata import collect, read_results, write_results
+from impls.testing.metadata import collect, hardware, read_results, write_results
 
 DEFAULT_OUTPUT = pathlib.Path("results")
 FILE_NAME = "pipeline.json"
@@ -38,6 +38,9 @@ SIZES = ((32, 16), (448, 4))
 SOURCE_SIDE = (500, 375)
 #: Worker processes of the torch loader beside the in-process one.
 TORCH_WORKERS = 2
+#: Untimed steps first: TensorFlow traces its step, and torch's first steps on a CPU run several
+#: times slower than later ones (allocator and kernel caches filling).
+WARM_UP_STEPS = 2
 
 
 def _images_per_second(batches: Iterable[Any], batch: int) -> float:
@@ -51,11 +54,15 @@ def _images_per_second(batches: Iterable[Any], batch: int) -> float:
 
 
 def _step_images_per_second(step: Callable[[], Any], batch: int, repeats: int) -> float:
-    step()  # traces (TensorFlow) and warms the allocator
-    start = time.perf_counter()
-    for _ in range(repeats):
+    """Batch over the median time of `repeats` steps, after WARM_UP_STEPS untimed ones."""
+    for _ in range(WARM_UP_STEPS):
         step()
-    return repeats * batch / (time.perf_counter() - start)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return batch / float(np.median(times))
 
 
 def _jpeg_folder(root: pathlib.Path, count: int, rng: np.random.Generator) -> None:
@@ -151,14 +158,16 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 def render(path: pathlib.Path) -> str:
     """results/pipeline.md from the results file `path` alone."""
     metadata, document = read_results(path)
+    load = ", ".join(f"{x:.1f}" for x in metadata["load_average_at_end"] or [])
     return (
         "# Input pipeline against training step\n\n"
         f"{readme_blocks.provenance(metadata)}\n\n"
         "Images per second of the input pipeline alone (steady state: the first batch, start-up, "
         "is not counted) and of one SGD step of the small backbone with the IBP head on a batch "
-        f"already in memory; {metadata['num_batches']} batches per pipeline, "
-        f"{metadata['repeats']} timed steps, on the CPU ({metadata['cpu_model']}; threads "
-        f"{metadata['threads']}). 32x32: the synthetic images, in memory. 448x448: random "
+        f"already in memory: {metadata['num_batches']} batches per pipeline; for the step, the "
+        f"median of {metadata['repeats']} timed steps after {metadata['warm_up_steps']} untimed "
+        f"ones. {hardware(metadata)}, load average {load or 'unknown'} at the end (a shared "
+        "machine slows both columns). 32x32: the synthetic images, in memory. 448x448: random "
         f"crops and flips of {SOURCE_SIDE[0]}x{SOURCE_SIDE[1]} JPEG files, decoded per batch. "
         "A ratio above 1 means the pipeline keeps up.\n\n" + markdown_table(document["rows"]) + "\n"
     )
@@ -175,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.pipeline_speed", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--batches", type=int, default=12, help="batches per pipeline (>= 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed training steps (>= 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed training steps (>= 1)")
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
     arguments = parser.parse_args(argv)
     if arguments.batches < 2 or arguments.repeats < 1:
@@ -190,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=SEED,
         num_batches=arguments.batches,
         repeats=arguments.repeats,
+        warm_up_steps=WARM_UP_STEPS,
     )
     arguments.output.mkdir(parents=True, exist_ok=True)
     path = arguments.output / FILE_NAME
