@@ -14,6 +14,8 @@ import pytest
 
 from bench.accuracy import checkpoints
 
+from .conftest import import_framework
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -129,3 +131,23 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(backend, tm
     assert _runs_without_timings(resumed) == _runs_without_timings(whole)
     leftovers = [p.name for p in run_root.iterdir() if p.suffix in (".tmp", ".bak")]
     assert leftovers == []
+
+
+def test_a_checkpoint_written_with_other_options_is_refused(tmp_path, capsys):
+    import_framework("torch")
+    from bench import reproduce_accuracy
+
+    written = tmp_path / "checkpoints" / "synthetic" / "torch" / "ibp"
+    written.mkdir(parents=True)
+    other = {"seed": 1, "epochs": 4, "batch_size": 16, "train_samples": 224, "model": {}}
+    checkpoints.write_json(written / checkpoints.LOOP_FILE, {"settings": other, "record": None})
+    arguments = [
+        "--framework", "torch", "--dataset", "synthetic", "--config", "ibp", "--quick",
+        "--no-progress", "--output-dir", str(tmp_path / "out"),
+        "--checkpoint-dir", str(tmp_path / "checkpoints"),
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        reproduce_accuracy.main(arguments)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{written} was written by a run with another seed, model;" in error
