@@ -5,9 +5,10 @@ README block rendered from that file alone, so the README-drift test can render 
     python -m impls.testing.worked_examples {stage,model} [--output results]
 
 `stage` runs the question's pooling and square root (`examples/seed_question_tf.py`) through
-`ibp-check STAGE` (about half a minute on 2 cores); `model` runs `ibp-check model` on the
-question's Keras model and on the same model fixed (about two minutes). Run from the repository
-root: the targets are its `examples/`. With the default output, the README block is rewritten too.
+`ibp-check STAGE`; `model` runs `ibp-check model` on the question's Keras model and on the same
+model fixed. The targets are the checkout's `examples/` (without them the command refuses to run);
+the envelope records how long the runs took. With the default output, run from the repository
+root, the README block is rewritten too.
 """
 
 from __future__ import annotations
