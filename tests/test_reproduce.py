@@ -469,6 +469,28 @@ def test_an_image_that_fails_to_decode_is_named(class_folders):
         dataset.train.load(np.arange(2))
 
 
+def test_the_torch_loader_gives_the_same_augmented_batches_with_any_number_of_workers(
+    class_folders,
+):
+    import_framework("torch")
+    from bench.accuracy.pipeline_torch import make_loader
+
+    dataset = image_folder(class_folders, image_size=16)
+    batches = [np.array([0, 3, 5]), np.array([7, 1]), np.array([2, 4, 6])]
+    in_process = list(make_loader(dataset.train, batches, seed=3, epoch=1))
+    in_workers = list(make_loader(dataset.train, batches, seed=3, epoch=1, workers=2))
+    next_epoch = list(make_loader(dataset.train, batches, seed=3, epoch=2))
+    for (images, labels), (images_w, labels_w), indices in zip(
+        in_process, in_workers, batches, strict=True
+    ):
+        assert images.shape == (len(indices), 3, 16, 16) and labels.tolist() == list(
+            dataset.train.labels[indices]
+        )
+        assert (images == images_w).all() and (labels == labels_w).all()
+    # Another epoch draws other crops and flips for the same samples.
+    assert any((a[0] != b[0]).any() for a, b in zip(in_process, next_epoch, strict=True))
+
+
 def test_question_set_up_with_fewer_test_images_than_its_batch_is_rejected(
     capsys, no_training, tmp_path, class_folders
 ):
