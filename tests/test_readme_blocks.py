@@ -31,9 +31,12 @@ RENDERING_MODULES = (
     "bench.accuracy.report",
     "impls.testing.check_catalogue",
     "impls.testing.worked_examples",
+    "bench.pipeline_speed",
 )
 #: Results files written by those modules: each carries the full envelope.
 ENVELOPED_RESULTS = (
+    "accuracy-seed-30.json",
+    "pipeline.json",
     "sqrtm_error.json",
     "products.json",
     "ibp_check.json",
