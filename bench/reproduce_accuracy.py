@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from bench.accuracy import report
 from bench.accuracy.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, STUDIES
 from bench.accuracy.data import EMBEDDED_DATASETS, Dataset
+from bench.accuracy.distributed import torchrun_rank_and_size
 from bench.accuracy.image_folders import image_folder
 from bench.accuracy.training import RunCache, TrainingOptions, train
 from impls.architectures import BACKBONES
@@ -201,6 +202,12 @@ def parse_args(
             f"{', '.join(available) or 'none'}; pip install -e '.[torch]' or '.[tf-cpu]')"
         )
     args.framework = args.framework or available
+    # A multi-process launch is one framework's: the other would train the same thing in every
+    # process.
+    if torchrun_rank_and_size() is not None and args.framework != ["torch"]:
+        parser.error("under torchrun, train PyTorch only (--framework torch)")
+    if args.tf_strategy == "multi-worker" and args.framework != ["tf"]:
+        parser.error("--tf-strategy multi-worker trains TensorFlow only (--framework tf)")
     args.epochs = args.epochs or (QUICK_EPOCHS if args.quick else FULL_EPOCHS)
     if args.output_dir is None:
         args.output_dir = default_output_dir(args)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.accuracy import checkpoints
 from bench.accuracy.distributed import World, torchrun_rank_and_size
 
 from .conftest import import_framework
@@ -60,6 +61,27 @@ def test_torchrun_sets_the_rank_and_world_size():
         World(rank=2, processes=2, replicas=2, kind="ddp-gloo")
 
 
+@pytest.mark.parametrize(
+    ("environment", "arguments", "message"),
+    [
+        ({"RANK": "0", "WORLD_SIZE": "2"}, [], "under torchrun, train PyTorch only"),
+        ({}, ["--tf-strategy", "multi-worker"], "multi-worker trains TensorFlow only"),
+    ],
+)
+def test_a_multi_process_launch_trains_one_framework(
+    monkeypatch, capsys, environment, arguments, message
+):
+    import_framework("tensorflow")
+    from bench import reproduce_accuracy
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        reproduce_accuracy.parse_args(["--framework", "torch", "tf", *arguments])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_processes_under_torchrun_train_what_one_process_trains(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -68,8 +90,12 @@ def test_two_processes_under_torchrun_train_what_one_process_trains(tmp_path):
         cwd=ROOT, env=_environment(), check=True,
     )  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    saved = tmp_path / "checkpoints"
     subprocess.run(
-        [*torchrun, "2", "-m", "bench.reproduce_accuracy", *RUN, "--output-dir", str(two)],
+        [
+            *torchrun, "2", "-m", "bench.reproduce_accuracy", *RUN, "--output-dir", str(two),
+            "--checkpoint-dir", str(saved),
+        ],
         cwd=ROOT, env=_environment(), check=True,
     )  # fmt: skip
     single, distributed = _results(one), _results(two)
@@ -81,6 +107,9 @@ def test_two_processes_under_torchrun_train_what_one_process_trains(tmp_path):
     # Only rank 0 wrote: one set of results, nothing beside it.
     assert sorted(p.name for p in two.iterdir()) == ["accuracy.json", "accuracy.md", "accuracy.png"]
     [run_one], [run_two] = single["runs"], distributed["runs"]
+    # Rank 0 wrote the checkpoints, whole, with the run's record.
+    assert [p.name for p in (saved / "synthetic" / "torch").iterdir()] == ["ibp"]
+    assert checkpoints.read_loop(saved / "synthetic" / "torch" / "ibp")["record"] == run_two
     assert run_two["epochs"] == run_one["epochs"] and run_two["batch_size"] == 16
     for epoch_one, epoch_two in zip(run_one["history"], run_two["history"], strict=True):
         rtol = FIRST_STAGE_LOSS_RTOL if epoch_one["stage"] == "recipe_1" else SECOND_STAGE_LOSS_RTOL

@@ -171,10 +171,15 @@ def checkpoint_directory(
     return options.checkpoint_dir / dataset.name / runner.name / configuration.name
 
 
-def _saved_loop(directory: Path | None) -> dict[str, Any] | None:
-    """The loop state of the newest whole checkpoint in `directory`, or None to start afresh."""
-    found = None if directory is None else checkpoints.recover(directory)
-    return None if found is None else checkpoints.read_loop(found)
+def _saved_loop(runner, directory: Path | None) -> dict[str, Any] | None:
+    """The loop state of the newest whole checkpoint in `directory`, or None to start afresh.
+    The chief alone tidies what an interrupted write left; the others read after it."""
+    if directory is None:
+        return None
+    if runner.world.is_chief:
+        checkpoints.recover(directory)
+    runner.barrier()
+    return checkpoints.read_loop(directory) if directory.exists() else None
 
 
 def train(
@@ -187,7 +192,7 @@ def train(
 ) -> dict:
     """Train one configuration from the seed, or from its checkpoint; return its run record."""
     directory = checkpoint_directory(options, runner, dataset, configuration)
-    saved = _saved_loop(directory)
+    saved = _saved_loop(runner, directory)
     stages = [stage for stage in configuration.stages(options.epochs) if stage.epochs > 0]
     # The question's layers take 16 samples per replica: its global batch grows with them.
     batch_size = configuration.batch_size(options.batch_size, runner.world.replicas)
