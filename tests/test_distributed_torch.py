@@ -117,3 +117,37 @@ def test_two_processes_under_torchrun_train_what_one_process_trains(tmp_path):
         for key in ("train_accuracy", "test_accuracy"):
             assert abs(epoch_two[key] - epoch_one[key]) <= ANSWER_TOLERANCE, (key, epoch_one)
     assert [e["stage"] for e in run_one["history"]] == ["recipe_1"] * 2 + ["recipe_2"] * 2
+
+
+class _RecordingRunner:
+    """The part of a runner that `_train_epoch` uses, for rank 1 of 2 processes."""
+
+    world = World(1, 2, 2, "ddp-gloo")
+
+    def local_part(self, indices):
+        return indices[self.world.rank :: self.world.processes]
+
+    def train_batches(self, split, batches, seed, epoch, features=None):
+        return ((indices, split.labels[indices]) for indices in batches)
+
+
+def test_a_last_batch_smaller_than_the_processes_is_left_out():
+    from bench.accuracy.data import Split
+    from bench.accuracy.training import _train_epoch
+
+    split = Split(np.zeros((17, 1, 1, 3), np.float32), np.zeros(17, np.int64))
+    stepped = []
+
+    def step(inputs, labels, global_batch_size):
+        stepped.append((inputs.tolist(), global_batch_size))
+        return 1.0 * global_batch_size, 0
+
+    class Bar:
+        def update(self):
+            pass
+
+    batches = [np.arange(16), np.array([16])]
+    loss, _, diverged = _train_epoch(step, _RecordingRunner(), split, batches, None, 0, 0, Bar())
+    # Rank 1 steps on its half of the full batch only; rank 0 would have had sample 16 alone.
+    assert stepped == [(list(range(1, 16, 2)), 16)]
+    assert loss == 1.0 and not diverged

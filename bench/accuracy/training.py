@@ -135,6 +135,10 @@ def _train_epoch(
     """(mean loss, train accuracy, diverged) of one epoch over the global `batches`; stops at the
     first non-finite loss, after which the weights are NaN and further steps would change
     nothing."""
+    if batches and len(batches[-1]) < runner.world.processes:
+        # A last batch smaller than the number of processes would leave some without a sample
+        # to step on: it is left out (as DistributedSampler's drop_last would).
+        batches = batches[:-1]
     local = [runner.local_part(indices) for indices in batches]
     losses, correct, seen = [], 0, 0
     pairs = runner.train_batches(split, local, seed, epoch, features)
