@@ -343,20 +343,17 @@ def prepare(args: argparse.Namespace) -> tuple[list, list[Dataset]]:
     datasets = load_datasets(args)
     for dataset in datasets:
         _check_full_batches(dataset, configurations_for(dataset, args), args.batch_size)
-    created = not args.output_dir.exists()
-    try:
-        report.check_writable(args.output_dir)
-    except OSError as error:
-        raise IBPInputError(
-            f"--output-dir {args.output_dir}: cannot write there ({error.strerror or error})"
-        ) from None
-    try:
-        runners = make_runners(args)
-        _check_models(runners, datasets, args)
-    except IBPInputError:
-        if created:
-            args.output_dir.rmdir()  # leave no empty run folder behind
-        raise
+    runners = make_runners(args)
+    _check_models(runners, datasets, args)
+    # Last, so that no failed check leaves an empty run folder behind; by the chief alone, the
+    # one process that writes there (another one's clock could name another run folder).
+    if _is_chief(runners):
+        try:
+            report.check_writable(args.output_dir)
+        except OSError as error:
+            raise IBPInputError(
+                f"--output-dir {args.output_dir}: cannot write there ({error.strerror or error})"
+            ) from None
     return runners, datasets
 
 
