@@ -35,6 +35,7 @@ RENDERING_MODULES = (
 )
 #: Results files written by those modules: each carries the full envelope.
 ENVELOPED_RESULTS = (
+    "accuracy.json",
     "accuracy-seed-30.json",
     "pipeline.json",
     "sqrtm_error.json",
