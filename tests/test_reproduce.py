@@ -3,7 +3,9 @@ model, determinism, and the image-folder path. Nothing here downloads anything."
 
 import importlib
 import importlib.util
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -521,6 +523,18 @@ def test_a_failure_while_writing_keeps_the_previous_results_whole(monkeypatch, t
     with pytest.raises(OSError, match="disk full"):
         report.write(tmp_path, {}, [], [])
     assert {path.name: path.read_text() for path in tmp_path.iterdir()} == old
+
+
+def test_results_get_the_mode_of_any_file_the_user_writes(monkeypatch, tmp_path):
+    monkeypatch.setattr(report, "markdown", lambda *arguments: "md")
+    monkeypatch.setattr(report, "plot", lambda runs, path, metadata: path.write_bytes(b"png"))
+    previous = os.umask(0o022)
+    try:
+        report.write(tmp_path, {}, [], [])
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(report.result_files(), 0o644)
 
 
 # The 30 % study --------------------------------------------------------------------------------

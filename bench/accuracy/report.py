@@ -576,6 +576,12 @@ def check_writable(output_dir: Path) -> None:
         pass
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write(
     output_dir: Path, metadata: dict, runs: list[dict], datasets: list, paper_key: str | None = None
 ) -> None:
@@ -593,6 +599,9 @@ def write(
     try:
         for suffix, name in names.items():
             handle, temp_name = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.", suffix=".tmp")
+            # mkstemp makes the file private (0600); results are shared like any file written
+            # with open(): the mode the user's umask gives.
+            os.fchmod(handle, 0o666 & ~_umask())
             os.close(handle)
             temporary[name] = Path(temp_name)
             writers[suffix](temporary[name])
