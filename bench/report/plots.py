@@ -100,6 +100,7 @@ def _plot_pareto(pyplot: Any, results: Results, path: pathlib.Path) -> None:
     error (each method's cheapest setting reaching the target starred), and matrix products
     against CPU time, both to reach the target (matmul-only methods)."""
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 
     rows, stars = _pareto_points(results)
     colour = _colours([_variant_key(r) for r in rows] + [_variant_key(s) for s in stars])
@@ -156,6 +157,8 @@ def _plot_pareto(pyplot: Any, results: Results, path: pathlib.Path) -> None:
         axis.set_ylabel(f"{ylabel} (relative Frobenius, worst sample)")
         axis.set_title(title, fontsize=10)
         axis.set_xscale("log")
+        # Minor ticks unlabelled: on a short log axis their labels overprint each other.
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel(xlabel)
         axis.grid(True, which="both", alpha=0.3)
     right.set_title(
