@@ -33,14 +33,14 @@ class Inputs:
         """relu_covariances rounded to the cell's dtype and back, so the float64 reference sees
         exactly what the benchmarked method sees."""
 
-        def make(rng):
+        def make(rng: np.random.Generator) -> np.ndarray:
             matrices = relu_covariances(rng, cell.batch, cell.channels)
             return matrices.astype(cell.dtype).astype(np.float64)
 
         return self._cached(("covariances", cell), make)
 
     def cotangent(self, cell: Cell) -> np.ndarray:
-        def make(rng):
+        def make(rng: np.random.Generator) -> np.ndarray:
             g = rng.standard_normal((cell.batch, cell.channels, cell.channels))
             return g.astype(cell.dtype).astype(np.float64)
 

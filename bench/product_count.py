@@ -43,7 +43,13 @@ class ProductCounter(TorchDispatchMode):
         super().__init__()
         self.count = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         if func.overloadpacket in _PRODUCT_OPS:
             self.count += 1
         return func(*args, **(kwargs or {}))
@@ -126,12 +132,14 @@ def count_products(
     }
 
 
-def measure_method(method: Method, case: tuple) -> dict:
+def measure_method(
+    method: Method, case: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+) -> dict[str, Any]:
     """The fewest iterations of `method` that reach ACCURACY_TARGET on `case`, with its products
     and errors there (iterations None: none in the scanned range reaches it)."""
     a, cotangent, reference_root, reference_gradient = case
 
-    def run(k):
+    def run(k: int | None) -> dict[str, Any]:
         counted = count_products(lambda m: method.root(m, k), a, cotangent)
         counted["forward_error"] = relative_error(counted.pop("root"), reference_root)
         counted["backward_error"] = relative_error(counted.pop("gradient"), reference_gradient)
@@ -141,9 +149,10 @@ def measure_method(method: Method, case: tuple) -> dict:
         counted = run(None)
         meets = max(counted["forward_error"], counted["backward_error"]) <= ACCURACY_TARGET
         return {"iterations": None, "meets_target": meets, **counted}
-    measured = {}
+    measured: dict[int, dict[str, Any]] = {}
 
-    def errors_at(k):
+    def errors_at(k: int) -> tuple[float, float]:
+
         measured[k] = run(k)
         return measured[k]["forward_error"], measured[k]["backward_error"]
 

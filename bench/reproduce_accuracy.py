@@ -13,21 +13,34 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tqdm.auto import tqdm
 
 from bench.accuracy import report
-from bench.accuracy.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, STUDIES
+from bench.accuracy.configurations import (
+    CONFIGURATIONS,
+    DEFAULT_CONFIGURATIONS,
+    STUDIES,
+    Configuration,
+)
 from bench.accuracy.data import EMBEDDED_DATASETS, Dataset
 from bench.accuracy.distributed import torchrun_rank_and_size
 from bench.accuracy.image_folders import image_folder
-from bench.accuracy.training import RunCache, TrainingOptions, train
+from bench.accuracy.training import RunCache, TrainingOptions, TrainingRunner, train
 from impls.architectures import BACKBONES
 from impls.backends import BACKENDS
 from impls.testing.check import positive
 from impls.testing.metadata import collect
 from reference.contracts import IBPInputError
 from reference.conventions import DEFAULT_EPS, SIGNED_SQRT_DELTA
+
+if TYPE_CHECKING:
+    # make_runners imports the runners by name (TensorFlow only when asked for): this is where
+    # mypy checks that both provide what TrainingRunner lists.
+    from bench.accuracy import runner_tf, runner_torch
+
+    _RUNNER_TYPES: tuple[type[TrainingRunner], ...] = (runner_torch.Runner, runner_tf.Runner)
 
 DEFAULT_DATASETS = ("synthetic", "skimage-textures")
 #: Samples per class (train, test) and epochs: the full run and --quick (for tests).
@@ -50,12 +63,12 @@ EXIT_STATUS = """exit status:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         """One line on stderr and exit status 2: the usage text would bury the message."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="reproduce-accuracy",
         description=__doc__,
@@ -221,8 +234,8 @@ def default_output_dir(args: argparse.Namespace) -> Path:
     return RUNS_DIR / f"{Path(args.data_dir).resolve().name}-{stamp}"
 
 
-def head_options(recipe):
-    options = {"eps": DEFAULT_EPS, "delta": SIGNED_SQRT_DELTA}
+def head_options(recipe: str) -> dict[str, Any]:
+    options: dict[str, Any] = {"eps": DEFAULT_EPS, "delta": SIGNED_SQRT_DELTA}
     if recipe == "paper":
         options.update(
             method="newton_schulz",
@@ -232,7 +245,7 @@ def head_options(recipe):
     return options
 
 
-def load_datasets(args):
+def load_datasets(args: argparse.Namespace) -> list[Dataset]:
     train_per_class, test_per_class = QUICK_SIZES if args.quick else FULL_SIZES
     datasets = []
     for name in args.dataset:
@@ -251,12 +264,12 @@ def load_datasets(args):
     return datasets
 
 
-def configurations_for(dataset, args):
+def configurations_for(dataset: Dataset, args: argparse.Namespace) -> list[Configuration]:
     names = args.config or (["ibp"] if dataset.augments else DEFAULT_CONFIGURATIONS)
     return [CONFIGURATIONS[name] for name in names]
 
 
-def make_runners(args):
+def make_runners(args: argparse.Namespace) -> list[TrainingRunner]:
     """One runner per framework, in the order of the backend registry."""
     options = {
         "torch": {"workers": args.workers or 0},
@@ -271,7 +284,7 @@ def make_runners(args):
     ]
 
 
-def model_options(args):
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "backbone": args.backbone,
         "weights": args.weights,
@@ -281,10 +294,15 @@ def model_options(args):
     }
 
 
-def metadata(args, runners, total_seconds, argv):
+def metadata(
+    args: argparse.Namespace,
+    runners: list[TrainingRunner],
+    total_seconds: float,
+    argv: list[str],
+) -> dict[str, Any]:
     """The results envelope (impls.testing.metadata) with this run's settings."""
     devices = {runner.name: runner.describe_device() for runner in runners}
-    versions = {}
+    versions: dict[str, str] = {}
     for runner in runners:
         versions.update(runner.versions())
     return collect(
@@ -305,7 +323,9 @@ def metadata(args, runners, total_seconds, argv):
     )
 
 
-def _check_full_batches(dataset, configurations, batch_size):
+def _check_full_batches(
+    dataset: Dataset, configurations: list[Configuration], batch_size: int
+) -> None:
     """The question's layers run on full batches of 16 only: a split with fewer samples would
     give it nothing to train or evaluate on."""
     for configuration in configurations:
@@ -322,7 +342,9 @@ def _check_full_batches(dataset, configurations, batch_size):
                 )
 
 
-def _check_models(runners, datasets, args):
+def _check_models(
+    runners: list[TrainingRunner], datasets: list[Dataset], args: argparse.Namespace
+) -> None:
     """Build each framework's first model once, so that bad --weights (a missing file, ImageNet
     weights that a framework does not offer) fail now, not after the other framework trained."""
     for runner in runners:
@@ -336,7 +358,7 @@ def _check_models(runners, datasets, args):
                 ) from None
 
 
-def prepare(args: argparse.Namespace) -> tuple[list, list[Dataset]]:
+def prepare(args: argparse.Namespace) -> tuple[list[TrainingRunner], list[Dataset]]:
     """Everything checked before any training: (runners, data sets). Raises IBPInputError."""
     if args.weights not in (None, "imagenet") and not Path(args.weights).is_file():
         raise IBPInputError(f"--weights {args.weights}: no such file (or use imagenet)")
@@ -358,8 +380,8 @@ def prepare(args: argparse.Namespace) -> tuple[list, list[Dataset]]:
 
 
 def run(
-    args: argparse.Namespace, runners: list, datasets: list[Dataset]
-) -> tuple[list[dict], float]:
+    args: argparse.Namespace, runners: list[TrainingRunner], datasets: list[Dataset]
+) -> tuple[list[dict[str, Any]], float]:
     """Train every (data set, framework, configuration); return the run records and seconds."""
     started = time.perf_counter()
     options = TrainingOptions(
@@ -379,7 +401,7 @@ def run(
     return runs, time.perf_counter() - started
 
 
-def _is_chief(runners: list) -> bool:
+def _is_chief(runners: list[TrainingRunner]) -> bool:
     """Whether this process writes and shows progress: the only one, or rank 0 of a run spread
     over several processes (torchrun, TensorFlow workers)."""
     return all(runner.world.is_chief for runner in runners)

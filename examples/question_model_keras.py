@@ -18,7 +18,7 @@ from impls.tf.models import build_backbone
 IMAGE_SIZE = 32
 
 
-def bilinear_pool(x):
+def bilinear_pool(x: tf.Tensor) -> tf.Tensor:
     """Bugs 1, 3, 4: the question multiplies (C x B) by (B x C) at every location, which sums
     over the batch; it writes the batch size into the layer; it adds eps to every entry."""
     channels = x.shape[-1]
@@ -28,7 +28,7 @@ def bilinear_pool(x):
     return summed_over_batch / locations + regulariser
 
 
-def svd_square_root(a):
+def svd_square_root(a: tf.Tensor) -> tf.Tensor:
     """Bug 2: the singular values are rooted here and again in U diag(sqrt(S)) V^T. Bug 6: the
     gradient is left to autodiff through the SVD."""
     roots = []
@@ -39,11 +39,11 @@ def svd_square_root(a):
     return tf.stack(roots)
 
 
-def signed_sqrt(z):
+def signed_sqrt(z: tf.Tensor) -> tf.Tensor:
     return tf.sign(z) * tf.sqrt(tf.abs(z))
 
 
-def l2_normalise(y):
+def l2_normalise(y: tf.Tensor) -> tf.Tensor:
     """Bug 8: axis=None divides by one norm for the whole batch."""
     return tf.math.l2_normalize(y, axis=None, epsilon=question.L2_EPSILON)
 

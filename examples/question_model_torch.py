@@ -20,7 +20,7 @@ IMAGE_SIZE = 32
 class BilinearPool(nn.Module):
     """Bugs 1, 3, 4: summed over the batch, batch size written in, eps added to every entry."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
         locations = x.shape[2] * x.shape[3]
         summed_over_batch = torch.einsum("bchw,bdhw->cd", x, x)
@@ -31,7 +31,7 @@ class BilinearPool(nn.Module):
 class SvdSquareRoot(nn.Module):
     """Bug 2: the singular values are rooted twice (A^(1/4)); bug 6: autodiff through the SVD."""
 
-    def forward(self, a):
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
         roots = []
         for i in range(question.BATCH_SIZE):
             u, s, vh = torch.linalg.svd(a[i])
@@ -41,14 +41,14 @@ class SvdSquareRoot(nn.Module):
 
 
 class SignedSqrt(nn.Module):
-    def forward(self, z):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sign(z) * torch.sqrt(torch.abs(z))
 
 
 class L2Normalise(nn.Module):
     """Bug 8: one norm for the whole batch."""
 
-    def forward(self, y):
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
         return y / torch.clamp(torch.linalg.vector_norm(y), min=question.L2_EPSILON)
 
 

@@ -29,7 +29,7 @@ class Stage:
     optimizer: str
     frozen: bool
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # impls' recipe_optimizer freezes the backbone in stage 1 and unfreezes it in stage 2.
         if self.optimizer in ("recipe_1", "recipe_2") and self.frozen != (
             self.optimizer == "recipe_1"
@@ -45,14 +45,14 @@ class Configuration:
     #: "two_stage" (the authors' recipe), "classifier_only" (its first stage alone) or "question"
     schedule: str
     #: the subset of SEED_BUGS the seed head and its training keep
-    seed_bugs: frozenset = field(default_factory=frozenset)
+    seed_bugs: frozenset[str] = field(default_factory=frozenset)
     summary: str = ""
     #: the configuration whose trained backbone this one starts from (frozen, as the question
     #: froze an ImageNet-trained VGG-16), or None for the seeded random initialisation
     pretrained_by: str | None = None
 
     @property
-    def needs_full_batches(self):
+    def needs_full_batches(self) -> bool:
         """The question's layers hard-code the batch size (bug 3): they run on full batches only."""
         return self.head == "seed"
 
@@ -61,7 +61,7 @@ class Configuration:
         layers take no other size), else the requested size, which the replicas share."""
         return question.BATCH_SIZE * replicas if self.needs_full_batches else requested
 
-    def stages(self, epochs):
+    def stages(self, epochs: int) -> list[Stage]:
         """The training stages of a run of `epochs` epochs in all."""
         if self.schedule == "two_stage":
             first = max(1, epochs // 2)
@@ -72,7 +72,7 @@ class Configuration:
         return [Stage(epochs, optimizer, "frozen_backbone" in self.seed_bugs)]
 
 
-def _seed_with_fixed(bug):
+def _seed_with_fixed(bug: str) -> Configuration:
     return Configuration(
         name=f"seed_fix_{bug}",
         head="seed",
@@ -157,8 +157,8 @@ DEFAULT_CONFIGURATIONS = tuple(name for name, c in CONFIGURATIONS.items() if not
 
 @dataclass(frozen=True)
 class Study:
-    datasets: tuple
-    configurations: tuple
+    datasets: tuple[str, ...]
+    configurations: tuple[str, ...]
     description: str
 
 

@@ -58,10 +58,10 @@ class Split:
     images: np.ndarray
     labels: np.ndarray
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.labels)
 
-    def load(self, indices, rng=None):
+    def load(self, indices: Any, rng: Any = None) -> np.ndarray:
         # rng is the augmentation stream of file-backed splits; in-memory data is not augmented.
         return self.images[indices]
 
@@ -77,20 +77,20 @@ class Dataset:
     description: str = ""
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
-    def chance_rate(self):
+    def chance_rate(self) -> float:
         """Accuracy of always answering the test set's most frequent class."""
         return float(np.bincount(self.test.labels).max() / len(self.test.labels))
 
     @property
-    def image_shape(self):
+    def image_shape(self) -> tuple[int, ...]:
         return tuple(self.test.load(np.arange(1)).shape[1:])
 
 
-def _class_parameters(label):
+def _class_parameters(label: Any) -> tuple[Any, Any]:
     """Orientation of the first oriented component and the angle of its colour axis.
 
     Orientations step by 180/7 degrees; colour angles are scrambled (3c mod 7) so that classes with
@@ -101,17 +101,21 @@ def _class_parameters(label):
     return orientation, colour_angle
 
 
-def _unit_variance(spectrum):
+def _unit_variance(spectrum: np.ndarray) -> np.ndarray:
     """Scale a filter so that white noise of unit variance filtered by it has unit variance."""
     return spectrum / np.sqrt(np.mean(spectrum**2, axis=(-2, -1), keepdims=True))
 
 
-def _band_pass(frequency_x, frequency_y, centre, bandwidth):
+def _band_pass(
+    frequency_x: np.ndarray, frequency_y: np.ndarray, centre: float, bandwidth: float
+) -> np.ndarray:
     radius = np.hypot(frequency_x, frequency_y)
     return np.exp(-((radius - centre) ** 2) / (2 * bandwidth**2))
 
 
-def _oriented_band_pass(frequency_x, frequency_y, orientations):
+def _oriented_band_pass(
+    frequency_x: np.ndarray, frequency_y: np.ndarray, orientations: np.ndarray
+) -> np.ndarray:
     """Band-pass noise whose stripes run along `orientations` (one per image, radians)."""
     # Stripes along angle t have their spectral energy at angle t + 90 degrees; cos(2 (a - t))
     # treats a and a + 180 degrees alike, which keeps the filtered field real.
@@ -122,7 +126,7 @@ def _oriented_band_pass(frequency_x, frequency_y, orientations):
     return _unit_variance(radial[None] * angular)
 
 
-def _standardise_per_image(images):
+def _standardise_per_image(images: np.ndarray) -> np.ndarray:
     """Give every channel of every image the same mean and standard deviation."""
     mean = images.mean(axis=(1, 2), keepdims=True)
     std = images.std(axis=(1, 2), keepdims=True)
@@ -130,7 +134,7 @@ def _standardise_per_image(images):
     return np.clip(standardised, 0.0, 1.0)
 
 
-def synthetic_images(labels, image_size, rng):
+def synthetic_images(labels: np.ndarray, image_size: int, rng: np.random.Generator) -> np.ndarray:
     """Coloured Gaussian textures whose classes differ only in second-order statistics.
 
     Each image is the sum of three independent Gaussian random fields, each with one colour axis:
@@ -178,13 +182,17 @@ def synthetic_images(labels, image_size, rng):
     return _standardise_per_image(images).astype(np.float32)
 
 
-def _balanced_shuffled_labels(num_classes, per_class, rng):
+def _balanced_shuffled_labels(
+    num_classes: int, per_class: int, rng: np.random.Generator
+) -> np.ndarray:
     # Shuffled, so that a batch of the test set is a random draw of classes (as Keras'
     # flow_from_directory shuffles): a batch-summing model must not see one class per batch.
     return rng.permutation(np.repeat(np.arange(num_classes), per_class))
 
 
-def _unbalanced_shuffled_labels(num_classes, total, majority_share, rng):
+def _unbalanced_shuffled_labels(
+    num_classes: int, total: int, majority_share: float, rng: np.random.Generator
+) -> np.ndarray:
     """Class 0 holds `majority_share` of `total` samples, the other classes share the rest as
     evenly as counts allow; shuffled like the balanced labels."""
     majority = round(majority_share * total)
@@ -242,13 +250,15 @@ def synthetic_unbalanced(
     return synthetic(seed, train_per_class, test_per_class, image_size, UNBALANCED_MAJORITY_SHARE)
 
 
-def _texture_photographs():
+def _texture_photographs() -> dict[str, np.ndarray]:
     import skimage.data  # the optional "data" extra: only this data set needs it
 
     return {name: getattr(skimage.data, name)() for name in TEXTURE_NAMES}
 
 
-def _random_patches(photograph, rows, count, image_size, rng):
+def _random_patches(
+    photograph: np.ndarray, rows: slice, count: int, image_size: int, rng: np.random.Generator
+) -> np.ndarray:
     """`count` square patches whose every pixel lies in `rows` (a slice) of a grey photograph."""
     top = rng.integers(rows.start, rows.stop - image_size + 1, count)
     left = rng.integers(0, photograph.shape[1] - image_size + 1, count)
@@ -258,7 +268,9 @@ def _random_patches(photograph, rows, count, image_size, rng):
     return np.repeat(patches[..., None], 3, axis=-1).astype(np.float32) / 255.0
 
 
-def skimage_textures(seed, train_per_class=160, test_per_class=64, image_size=32):
+def skimage_textures(
+    seed: int, train_per_class: int = 160, test_per_class: int = 64, image_size: int = 32
+) -> Dataset:
     """Patches of the brick, grass and gravel photographs that ship with scikit-image.
 
     Train patches come from the top three quarters of each photograph, test patches from the
@@ -285,7 +297,9 @@ def skimage_textures(seed, train_per_class=160, test_per_class=64, image_size=32
         "photographs; train patches from the top three quarters, test patches from the bottom "
         "quarter"
     )
-    return Dataset("skimage-textures", list(TEXTURE_NAMES), *splits, description=description)
+    return Dataset(
+        "skimage-textures", list(TEXTURE_NAMES), splits[0], splits[1], description=description
+    )
 
 
 EMBEDDED_DATASETS = {

@@ -21,6 +21,7 @@ passes the header check but fails to decode later is named with its path too.
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -33,8 +34,15 @@ _TEST_SPLIT_NAMES = ("test", "val")
 #: Without a given split, one image in this many is a test image.
 _TEST_EVERY = 5
 
+#: One split's image paths and their labels.
+_Files = tuple[list[Path], list[int]]
+#: What a folder layout yields: class names, then the training and the test split's files.
+_Layout = tuple[list[str], _Files, _Files]
 
-def _load_image(path, image_size, crop_rng, flip):
+
+def _load_image(
+    path: Path, image_size: int, crop_rng: np.random.Generator | None, flip: bool
+) -> np.ndarray:
     try:
         with Image.open(path) as opened:
             image = opened.convert("RGB")
@@ -42,7 +50,7 @@ def _load_image(path, image_size, crop_rng, flip):
         raise IBPInputError(f"cannot read image {path}: {error}") from None
     scale = image_size / min(image.size)
     width, height = (max(image_size, round(side * scale)) for side in image.size)
-    image = image.resize((width, height), Image.BILINEAR)
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
     if crop_rng is None:
         left, top = (width - image_size) // 2, (height - image_size) // 2
     else:
@@ -66,10 +74,10 @@ class FileSplit:
     image_size: int
     augment: bool
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.labels)
 
-    def load(self, indices, rng=None):
+    def load(self, indices: Any, rng: Any = None) -> np.ndarray:
         augment = self.augment and rng is not None
         flips = rng.random(len(indices)) < 0.5 if augment else np.zeros(len(indices), bool)
         seeds = rng.integers(0, 2**32, len(indices)) if augment else [None] * len(indices)
@@ -83,15 +91,15 @@ class FileSplit:
         )
 
 
-def _images_in(folder):
+def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _class_folders(root):
+def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir())
 
 
-def _read_table(path):
+def _read_table(path: Path) -> dict[str, str]:
     """{first column: rest of the line} of a CUB metadata file."""
     if not path.is_file():
         raise IBPInputError(f"{path.parent} looks like CUB-200-2011 but has no {path.name}")
@@ -106,7 +114,7 @@ def _read_table(path):
     return table
 
 
-def _cub_layout(root):
+def _cub_layout(root: Path) -> _Layout:
     images = _read_table(root / "images.txt")
     is_training = _read_table(root / "train_test_split.txt")
     class_ids = _read_table(root / "image_class_labels.txt")
@@ -127,7 +135,7 @@ def _cub_layout(root):
     names = _read_table(names_file) if names_file.exists() else {}
     class_names = [names.get(str(c), str(c)) for c in ordered_class_ids]
     label_of = {c: label for label, c in enumerate(ordered_class_ids)}
-    splits = {"1": ([], []), "0": ([], [])}
+    splits: dict[str, _Files] = {"1": ([], []), "0": ([], [])}
     for image_id, relative_path in sorted(images.items(), key=lambda item: int(item[0])):
         paths, labels = splits[is_training[image_id]]
         paths.append(root / "images" / relative_path)
@@ -135,27 +143,29 @@ def _cub_layout(root):
     return class_names, splits["1"], splits["0"]
 
 
-def _split_folder_layout(train_root, test_root):
+def _split_folder_layout(train_root: Path, test_root: Path) -> _Layout:
     class_names = [folder.name for folder in _class_folders(train_root)]
     only_in_test = sorted({f.name for f in _class_folders(test_root)} - set(class_names))
     if only_in_test:
         raise IBPInputError(
             f"{test_root} has class folders that {train_root} lacks: {', '.join(only_in_test)}"
         )
-    splits = []
+    splits: list[_Files] = []
     for root in (train_root, test_root):
-        paths, labels = [], []
+        paths: list[Path] = []
+        labels: list[int] = []
         for label, name in enumerate(class_names):
             found = _images_in(root / name) if (root / name).is_dir() else []
             paths += found
             labels += [label] * len(found)
         splits.append((paths, labels))
-    return class_names, *splits
+    return class_names, splits[0], splits[1]
 
 
-def _class_folder_layout(root):
+def _class_folder_layout(root: Path) -> _Layout:
     class_names = [folder.name for folder in _class_folders(root)]
-    train, test = ([], []), ([], [])
+    train: _Files = ([], [])
+    test: _Files = ([], [])
     for label, name in enumerate(class_names):
         for position, path in enumerate(_images_in(root / name)):
             paths, labels = test if position % _TEST_EVERY == _TEST_EVERY - 1 else train
@@ -164,7 +174,9 @@ def _class_folder_layout(root):
     return class_names, train, test
 
 
-def _check_classes(where, class_names, train_labels, test_labels):
+def _check_classes(
+    where: str, class_names: list[str], train_labels: list[int], test_labels: list[int]
+) -> None:
     """At least two classes, each with training and test images: a class missing from one split
     would silently change what the accuracy measures."""
     if len(class_names) < 2:
@@ -180,7 +192,7 @@ def _check_classes(where, class_names, train_labels, test_labels):
             )
 
 
-def _check_headers(paths):
+def _check_headers(paths: list[Path]) -> None:
     """Open every file's header (cheap: no pixels are decoded) so that a file that is not an image
     is named before training, not an hour into it."""
     for path in paths:

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global fi
 from matplotlib.ticker import MaxNLocator
 
 from bench.accuracy.configurations import CONFIGURATIONS, SEED_BUGS
-from bench.accuracy.data import SYNTHETIC_MEAN, SYNTHETIC_STD
+from bench.accuracy.data import SYNTHETIC_MEAN, SYNTHETIC_STD, Dataset
 from impls.testing import founding_question as question
 from impls.testing.metadata import hardware, run_time, short_commit, write_results
 
@@ -91,18 +91,24 @@ MECHANISMS = {
 }
 
 
-def _percent(value):
+#: One run's record, as training.train returns it and the results file holds it.
+Run = dict[str, Any]
+
+
+def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def batch_majority_ceiling(labels, batch_size=question.BATCH_SIZE):
+def batch_majority_ceiling(labels: np.ndarray, batch_size: int = question.BATCH_SIZE) -> float:
     """Best accuracy of a model that gives one answer per batch of consecutive test samples."""
     full = len(labels) - len(labels) % batch_size
     batches = np.asarray(labels[:full]).reshape(-1, batch_size)
     return float(np.mean([np.bincount(batch).max() / batch_size for batch in batches]))
 
 
-def expected_batch_majority(num_classes, batch_size=question.BATCH_SIZE, draws=100_000, seed=0):
+def expected_batch_majority(
+    num_classes: int, batch_size: int = question.BATCH_SIZE, draws: int = 100_000, seed: int = 0
+) -> float:
     """Mean share of the most frequent class in batches drawn from balanced classes."""
     counts = np.random.default_rng(seed).multinomial(
         batch_size, [1 / num_classes] * num_classes, draws
@@ -110,7 +116,7 @@ def expected_batch_majority(num_classes, batch_size=question.BATCH_SIZE, draws=1
     return float(counts.max(axis=1).mean() / batch_size)
 
 
-def verdict(run):
+def verdict(run: Run) -> str:
     """One phrase on a run's number: diverged, at chance, or how far above chance."""
     if run["diverged_at_epoch"] is not None:
         return f"diverged (NaN loss in epoch {run['diverged_at_epoch']}): no right answers"
@@ -120,7 +126,7 @@ def verdict(run):
     return f"{points:+.1f} points from chance"
 
 
-def paper_dataset_key(dataset_name, override=None):
+def paper_dataset_key(dataset_name: str, override: str | None = None) -> str | None:
     if override:
         return override
     name = dataset_name.lower()
@@ -134,15 +140,15 @@ def paper_dataset_key(dataset_name, override=None):
     return None
 
 
-def _frameworks(runs):
+def _frameworks(runs: list[Run]) -> list[str]:
     return list(dict.fromkeys(run["framework"] for run in runs))
 
 
-def _datasets(runs):
+def _datasets(runs: list[Run]) -> list[str]:
     return list(dict.fromkeys(run["dataset"] for run in runs))
 
 
-def _run_table(runs, frameworks, paper):
+def _run_table(runs: list[Run], frameworks: list[str], paper: dict[str, float]) -> list[str]:
     header = ["configuration", *frameworks]
     if paper:
         header.append("paper (VGG-16, 448)")
@@ -153,14 +159,14 @@ def _run_table(runs, frameworks, paper):
         for framework in frameworks:
             run = by_key.get((config, framework))
             mark = " (diverged)" if run and run["diverged_at_epoch"] is not None else ""
-            cells.append(_percent(run and run["test_accuracy"]) + mark)
+            cells.append(_percent(run["test_accuracy"] if run else None) + mark)
         if paper:
             cells.append(f"{paper[config]:.1f} %" if config in paper else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def console_table(runs, paper_key=None):
+def console_table(runs: list[Run], paper_key: str | None = None) -> str:
     """The results as plain text for the terminal."""
     lines = []
     for dataset in _datasets(runs):
@@ -178,14 +184,14 @@ def console_table(runs, paper_key=None):
             row = f"{config:32}"
             for framework in frameworks:
                 run = by_key.get((config, framework))
-                row += f"{_percent(run and run['test_accuracy']):>12}"
+                row += f"{_percent(run['test_accuracy'] if run else None):>12}"
             if paper:
                 row += f"{(str(paper[config]) + ' %') if config in paper else '':>10}"
             lines.append(row)
     return "\n".join(lines)
 
 
-def _measured(runs, frameworks):
+def _measured(runs: list[Run], frameworks: list[str]) -> str:
     """ "torch 97.5 %, +83.3 points from chance; tf ..." for the runs of one configuration."""
     by_framework = {run["framework"]: run for run in runs}
     return "; ".join(
@@ -196,7 +202,7 @@ def _measured(runs, frameworks):
     )
 
 
-def _explanations(runs, frameworks):
+def _explanations(runs: list[Run], frameworks: list[str]) -> list[str]:
     lines = []
     datasets = _datasets(runs)
     for config in dict.fromkeys(run["config"] for run in runs):
@@ -216,12 +222,12 @@ def _explanations(runs, frameworks):
     return lines
 
 
-def _above_chance(run):
+def _above_chance(run: Run) -> bool:
     points = 100 * (run["test_accuracy"] - run["chance_rate"])
     return run["diverged_at_epoch"] is None and points > AT_CHANCE_POINTS
 
 
-def _ablation_summary(runs):
+def _ablation_summary(runs: list[Run]) -> str:
     """Which single fixes lift the question's set-up above chance, from the numbers."""
     single_fixes = {
         run["config"] for run in runs if run["config"] in {f"seed_fix_{bug}" for bug in SEED_BUGS}
@@ -260,7 +266,7 @@ def _ablation_summary(runs):
     )
 
 
-def _plateau_paragraph(runs, datasets):
+def _plateau_paragraph(runs: list[Run], datasets: list[Dataset]) -> list[str]:
     lines = [
         "With the batch-summed outer product every sample of a batch of 16 gets the same "
         "features, so a model can at best answer each batch's most frequent class. For "
@@ -289,7 +295,12 @@ def _plateau_paragraph(runs, datasets):
     return lines
 
 
-def markdown(metadata, runs, datasets, paper_key=None):
+def markdown(
+    metadata: dict[str, Any],
+    runs: list[Run],
+    datasets: list[Dataset],
+    paper_key: str | None = None,
+) -> str:
     frameworks = _frameworks(runs)
     threads = ", ".join(f"{name}: {count}" for name, count in metadata["framework_threads"].items())
     devices = ", ".join(
@@ -344,7 +355,7 @@ MOSTLY = 0.9
 FOLLOWS = 0.5
 
 
-def mechanism(run: dict) -> str:
+def mechanism(run: Run) -> str:
     """What a run's answers show (training.answer_statistics), in words."""
     answers = run["answers"]
     if run["diverged_at_epoch"] is not None:
@@ -361,13 +372,13 @@ def mechanism(run: dict) -> str:
     return "answers per sample"
 
 
-def _learned(run):
+def _learned(run: Run) -> str:
     before = run["initial_answers"]["majority_class_answers"]
     after = run["answers"]["majority_class_answers"]
     return ", so training taught it that" if after >= MOSTLY > before else ""
 
 
-def _study(runs):
+def _study(runs: list[Run]) -> list[str]:
     """The answers of every run as a table, and which configuration plateaus near the
     question's 30 % and why, from the numbers."""
     reported = question.REPORTED_ACCURACY
@@ -456,7 +467,7 @@ def family(config: str) -> str:
     return "ibp" if configuration.head == "ibp" else "baselines"
 
 
-def _style(config):
+def _style(config: str) -> tuple[Any, str]:
     """(colour, marker) of a configuration's curves."""
     members = [name for name in CONFIGURATIONS if family(name) == family(config)]
     rank = members.index(config)
@@ -465,10 +476,10 @@ def _style(config):
     return colour, _MARKERS[rank % len(_MARKERS)]
 
 
-def _offsets(runs):
+def _offsets(runs: list[Run]) -> dict[tuple[str, str, str], float]:
     """Vertical offset (points) of each run's curve: the question's set-up and its variants in
     one panel are spread around their true values, the others stay where they are."""
-    offsets = {}
+    offsets: dict[tuple[str, str, str], float] = {}
     for panel in {(run["dataset"], run["framework"]) for run in runs}:
         seeds = [
             run["config"]
@@ -481,7 +492,7 @@ def _offsets(runs):
     return offsets
 
 
-def plot(runs: list[dict], path: Path, metadata: dict) -> Figure:
+def plot(runs: list[Run], path: Path, metadata: dict[str, Any]) -> Figure:
     """Test accuracy per epoch: one panel per data set and framework, one colour family per kind
     of configuration, diverged runs marked where they diverged."""
     datasets, frameworks = _datasets(runs), _frameworks(runs)
@@ -583,7 +594,11 @@ def _umask() -> int:
 
 
 def write(
-    output_dir: Path, metadata: dict, runs: list[dict], datasets: list, paper_key: str | None = None
+    output_dir: Path,
+    metadata: dict[str, Any],
+    runs: list[Run],
+    datasets: list[Dataset],
+    paper_key: str | None = None,
 ) -> None:
     """Write the result files (json, md, png) all or nothing: each goes to a temporary file
     beside its final name, and only once all three are complete do they replace the old set (a

@@ -9,7 +9,7 @@ float32 sums). The question's batch-summing head sums within a replica's part of
 so with several replicas it computes something else: that is its bug, not the strategy's.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from bench.accuracy import distribution_tf
-from bench.accuracy.data import Batches
+from bench.accuracy.configurations import Configuration, Stage
+from bench.accuracy.data import Batches, Dataset
 from bench.accuracy.pipeline_tf import make_dataset
 from bench.accuracy.seed_model_tf import SeedHead
+from bench.accuracy.training import Step
 from impls.backends import CHANNELS_LAST, get_backend
 from impls.testing import founding_question as question
 from impls.tf.models import BACKBONE_LAYER, HEAD_LAYER
@@ -33,34 +35,39 @@ IMPL = BACKEND.impl
 class GlobalAveragePoolingHead(keras.layers.Layer):
     """First-order pooling: the mean of each channel, then a linear classifier."""
 
-    def __init__(self, num_classes, **kwargs):
+    def __init__(self, num_classes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         self.classifier.build((None, input_shape[-1]))
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         return self.classifier(tf.reduce_mean(x, axis=(1, 2)))
 
 
 class BilinearHead(keras.layers.Layer):
     """B-CNN: bilinear pooling, signed sqrt, L2 and a classifier, without the matrix root."""
 
-    def __init__(self, num_classes, eps, delta, **kwargs):
+    def __init__(self, num_classes: int, eps: float, delta: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.eps, self.delta = eps, delta
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int, ...]) -> None:
         self.classifier.build((None, input_shape[-1] ** 2))
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         y = IMPL.l2_normalize(IMPL.signed_sqrt(IMPL.bilinear_pool(x, self.eps), self.delta))
         return self.classifier(tf.reshape(y, (tf.shape(y)[0], -1)))
 
 
-def _head(configuration, in_channels, num_classes, head_kwargs):
+def _head(
+    configuration: Configuration,
+    in_channels: int,
+    num_classes: int,
+    head_kwargs: dict[str, Any],
+) -> keras.layers.Layer:
     if configuration.head == "ibp":
         return IMPL.IBPHead(in_channels, num_classes, name=HEAD_LAYER, **head_kwargs)
     if configuration.head == "first_order":
@@ -71,7 +78,7 @@ def _head(configuration, in_channels, num_classes, head_kwargs):
     return SeedHead(num_classes, configuration.seed_bugs, name=HEAD_LAYER)
 
 
-def _configure_threads(threads):
+def _configure_threads(threads: int | None) -> int | str:
     """The intra-op thread count in force; pools can be sized only before TensorFlow first runs
     an op, so a process that already ran TensorFlow keeps its own ("default": all cores)."""
     if threads:
@@ -132,7 +139,9 @@ class Runner:
                 axis=None,
             )
 
-    def build_model(self, configuration, dataset, model_options):
+    def build_model(
+        self, configuration: Configuration, dataset: Dataset, model_options: dict[str, Any]
+    ) -> keras.Model:
         with self._placement():
             backbone = IMPL.build_backbone(
                 model_options["backbone"],
@@ -147,7 +156,7 @@ class Runner:
             images = keras.Input(shape=dataset.image_shape, name="images")
             return keras.Model(images, head(backbone(images)), name=configuration.name)
 
-    def optimizer(self, model, stage):
+    def optimizer(self, model: keras.Model, stage: Stage) -> keras.optimizers.Optimizer:
         with self._placement():
             if stage.optimizer == "question":
                 IMPL.freeze_backbone(model, stage.frozen)
@@ -157,20 +166,20 @@ class Runner:
             optimizer.build(model.trainable_variables)
         return optimizer
 
-    def images(self, images):
+    def images(self, images: np.ndarray) -> tf.Tensor:
         return BACKEND.feature_map(images, "float32", self.device, layout=CHANNELS_LAST)
 
-    def backbone_features(self, model, images):
+    def backbone_features(self, model: keras.Model, images: np.ndarray) -> tf.Tensor:
         with BACKEND.placement(self.device):
             return model.get_layer(BACKBONE_LAYER)(self.images(images), training=False)
 
-    def concatenate(self, tensors):
+    def concatenate(self, tensors: list[tf.Tensor]) -> tf.Tensor:
         return tf.concat(tensors, axis=0)
 
-    def take(self, tensor, indices):
+    def take(self, tensor: tf.Tensor, indices: np.ndarray) -> tf.Tensor:
         return tf.gather(tensor, np.asarray(indices))
 
-    def numpy(self, tensor):
+    def numpy(self, tensor: tf.Tensor) -> np.ndarray:
         return BACKEND.numpy(tensor)
 
     def train_batches(
@@ -201,14 +210,18 @@ class Runner:
             )
         )
 
-    def train_step(self, model, optimizer, from_features: bool) -> Callable[..., tuple[float, int]]:
+    def train_step(
+        self, model: keras.Model, optimizer: keras.optimizers.Optimizer, from_features: bool
+    ) -> Step:
         """step(inputs, labels, global_batch_size) -> (loss summed over the global batch, right
         answers in it), for the (inputs, labels) of `train_batches`: this process's part."""
         forward = model.get_layer(HEAD_LAYER) if from_features else model
         variables = model.trainable_variables
         pieces_of_16 = isinstance(model.get_layer(HEAD_LAYER), SeedHead)
 
-        def replica_step(inputs, labels, global_batch_size):
+        def replica_step(
+            inputs: tf.Tensor, labels: tf.Tensor, global_batch_size: tf.Tensor
+        ) -> tuple[tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 logits = forward(inputs, training=True)
                 loss_sum = tf.reduce_sum(
@@ -219,11 +232,11 @@ class Runner:
             return loss_sum, _count_correct(logits, labels)
 
         @tf.function
-        def step(inputs, labels, global_batch_size):
+        def step(inputs: Any, labels: Any, global_batch_size: tf.Tensor) -> list[tf.Tensor]:
             per_replica = self.strategy.run(replica_step, args=(inputs, labels, global_batch_size))
             return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, None) for v in per_replica]
 
-        def run(inputs, labels, global_batch_size: int) -> tuple[float, int]:
+        def run(inputs: tf.Tensor, labels: tf.Tensor, global_batch_size: int) -> tuple[float, int]:
             if pieces_of_16 and global_batch_size != question.BATCH_SIZE * self.world.replicas:
                 raise IBPInputError(
                     f"the question's layers hard-code {question.BATCH_SIZE} samples per replica; "
@@ -237,7 +250,7 @@ class Runner:
 
         return run
 
-    def predict(self, model, inputs, from_features: bool) -> np.ndarray:
+    def predict(self, model: keras.Model, inputs: tf.Tensor, from_features: bool) -> np.ndarray:
         key = (model.name, from_features)
         if key not in self._predictors or self._predictors[key][0] is not model:
             forward = model.get_layer(HEAD_LAYER) if from_features else model
@@ -246,16 +259,20 @@ class Runner:
         with BACKEND.placement(self.device):
             return BACKEND.numpy(self._predictors[key][1](inputs))
 
-    def copy_backbone(self, source, model) -> None:
+    def copy_backbone(self, source: keras.Model, model: keras.Model) -> None:
         model.get_layer(BACKBONE_LAYER).set_weights(source.get_layer(BACKBONE_LAYER).get_weights())
 
-    def save_state(self, directory: Path, model, optimizer) -> None:
+    def save_state(
+        self, directory: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer
+    ) -> None:
         """Weights, optimizer slots and step counter under `directory`. TensorFlow's random state
         needs no saving: nothing in a training step draws from it (the weights are initialised
         before the first step, and a resumed run loads them)."""
         _checkpoint(model, optimizer).write(str(Path(directory) / _CHECKPOINT_PREFIX))
 
-    def load_state(self, directory: Path, model, optimizer) -> None:
+    def load_state(
+        self, directory: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer
+    ) -> None:
         """What `save_state` wrote, into a model and an optimizer built like the saved ones; a
         variable of either that the checkpoint lacks (or has in another shape) is an error."""
         try:
@@ -272,16 +289,16 @@ class Runner:
 _CHECKPOINT_PREFIX = "tf-state"
 
 
-def _checkpoint(model, optimizer) -> tf.train.Checkpoint:
+def _checkpoint(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model=model, optimizer=optimizer)
 
 
-def _answers(logits):
+def _answers(logits: tf.Tensor) -> tf.Tensor:
     """The predicted class of each sample; -1 where the logits are not finite (diverged)."""
     finite = tf.reduce_all(tf.math.is_finite(logits), axis=1)
     return tf.where(finite, tf.argmax(logits, axis=1), tf.constant(-1, tf.int64))
 
 
-def _count_correct(logits, labels):
+def _count_correct(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Right answers; a sample whose logits are not finite (a diverged model) has none."""
     return tf.reduce_sum(tf.cast(tf.equal(_answers(logits), labels), tf.int32))

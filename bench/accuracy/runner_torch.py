@@ -13,8 +13,9 @@ BatchNorm's in a backbone that trains, differ per process the same way).
 import math
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +23,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from bench.accuracy.data import Batches
+from bench.accuracy.configurations import Configuration, Stage
+from bench.accuracy.data import Batches, Dataset
 from bench.accuracy.distributed import World, torchrun_rank_and_size
 from bench.accuracy.pipeline_torch import make_loader
 from bench.accuracy.seed_model_torch import SeedHead
+from bench.accuracy.training import Step
 from impls.backends import get_backend
 from impls.testing import founding_question as question
 from impls.torch.models import IBPModel
@@ -37,28 +40,33 @@ IMPL = BACKEND.impl
 class GlobalAveragePoolingHead(nn.Module):
     """First-order pooling: the mean of each channel, then a linear classifier."""
 
-    def __init__(self, in_channels, num_classes):
+    def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.classifier = nn.Linear(in_channels, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x.mean(dim=(2, 3)))
 
 
 class BilinearHead(nn.Module):
     """B-CNN: bilinear pooling, signed sqrt, L2 and a classifier, without the matrix root."""
 
-    def __init__(self, in_channels, num_classes, eps, delta):
+    def __init__(self, in_channels: int, num_classes: int, eps: float, delta: float) -> None:
         super().__init__()
         self.eps, self.delta = eps, delta
         self.classifier = nn.Linear(in_channels**2, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = IMPL.signed_sqrt(IMPL.bilinear_pool(x, self.eps), self.delta)
         return self.classifier(torch.flatten(IMPL.l2_normalize(y), 1))
 
 
-def _head(configuration, in_channels, num_classes, head_kwargs):
+def _head(
+    configuration: Configuration,
+    in_channels: int,
+    num_classes: int,
+    head_kwargs: dict[str, Any],
+) -> nn.Module:
     if configuration.head == "ibp":
         return IMPL.IBPHead(in_channels, num_classes, **head_kwargs)
     if configuration.head == "first_order":
@@ -114,7 +122,9 @@ class Runner:
         if self.world.processes > 1:
             dist.barrier()
 
-    def build_model(self, configuration, dataset, model_options):
+    def build_model(
+        self, configuration: Configuration, dataset: Dataset, model_options: dict[str, Any]
+    ) -> IBPModel:
         backbone = IMPL.build_backbone(
             model_options["backbone"], model_options["weights"], model_options["reduce_dim"]
         )
@@ -123,28 +133,28 @@ class Runner:
         )
         return IBPModel(backbone, head).to(self.device)
 
-    def optimizer(self, model, stage):
+    def optimizer(self, model: IBPModel, stage: Stage) -> torch.optim.Optimizer:
         if stage.optimizer == "question":
             IMPL.freeze_backbone(model, stage.frozen)
             trained = model.head if stage.frozen else model
             return torch.optim.SGD(trained.parameters(), lr=question.LEARNING_RATE)
         return IMPL.recipe_optimizer(model, int(stage.optimizer[-1]))
 
-    def images(self, images):
+    def images(self, images: np.ndarray) -> torch.Tensor:
         return BACKEND.feature_map(images, "float32", self.device, layout="channels_last")
 
-    def backbone_features(self, model, images):
+    def backbone_features(self, model: IBPModel, images: np.ndarray) -> torch.Tensor:
         model.eval()
         with torch.no_grad():
             return model.backbone(self.images(images))
 
-    def concatenate(self, tensors):
+    def concatenate(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(tensors)
 
-    def take(self, tensor, indices):
+    def take(self, tensor: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
         return tensor[torch.as_tensor(indices, device=tensor.device)]
 
-    def numpy(self, tensor):
+    def numpy(self, tensor: torch.Tensor) -> np.ndarray:
         return BACKEND.numpy(tensor)
 
     def train_batches(
@@ -181,14 +191,16 @@ class Runner:
         return DistributedDataParallel(module, device_ids=device_ids)
 
     def train_step(
-        self, model, optimizer, from_features: bool
-    ) -> Callable[[torch.Tensor, torch.Tensor, int], tuple[float, int]]:
+        self, model: IBPModel, optimizer: torch.optim.Optimizer, from_features: bool
+    ) -> Step:
         """step(inputs, labels, global_batch_size) -> (loss summed over the global batch, right
         answers in it)."""
         forward = self._parallel(model.head if from_features else model)
         processes = self.world.processes
 
-        def step(inputs, labels, global_batch_size):
+        def step(
+            inputs: torch.Tensor, labels: torch.Tensor, global_batch_size: int
+        ) -> tuple[float, int]:
             model.train()
             try:
                 logits = forward(inputs)
@@ -209,7 +221,7 @@ class Runner:
 
         return step
 
-    def predict(self, model, inputs, from_features: bool) -> np.ndarray:
+    def predict(self, model: IBPModel, inputs: torch.Tensor, from_features: bool) -> np.ndarray:
         model.eval()
         with torch.no_grad():
             try:
@@ -219,10 +231,12 @@ class Runner:
         answers = logits.argmax(dim=1).where(torch.isfinite(logits).all(dim=1), -1)
         return answers.cpu().numpy()
 
-    def copy_backbone(self, source, model) -> None:
+    def copy_backbone(self, source: IBPModel, model: IBPModel) -> None:
         model.backbone.load_state_dict(source.backbone.state_dict())
 
-    def save_state(self, directory: Path, model, optimizer) -> None:
+    def save_state(
+        self, directory: Path, model: IBPModel, optimizer: torch.optim.Optimizer
+    ) -> None:
         """Weights, optimizer state (momenta, Adam moments and step counts) and the random
         generators' states."""
         state = {
@@ -233,7 +247,9 @@ class Runner:
         }
         torch.save(state, Path(directory) / _STATE_FILE)
 
-    def load_state(self, directory: Path, model, optimizer) -> None:
+    def load_state(
+        self, directory: Path, model: IBPModel, optimizer: torch.optim.Optimizer
+    ) -> None:
         """What `save_state` wrote, into a model and an optimizer built like the saved ones."""
         state = torch.load(Path(directory) / _STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -247,7 +263,7 @@ class Runner:
 _STATE_FILE = "torch-state.pt"
 
 
-def _count_correct(logits, labels):
+def _count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
     """Right answers; a sample whose logits are not finite (a diverged model) has none."""
     right = (logits.argmax(dim=1) == labels) & torch.isfinite(logits).all(dim=1)
     return int(right.sum())

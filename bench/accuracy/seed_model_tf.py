@@ -8,6 +8,8 @@ head computes what IBPHead computes with eps = Keras' epsilon and no signed-sqrt
 Channels-last: (B, H, W, C).
 """
 
+from typing import Any
+
 import keras
 import tensorflow as tf
 
@@ -15,7 +17,7 @@ from bench.accuracy.configurations import SEED_BUGS
 from impls.testing import founding_question as question
 
 
-def seed_bilinear_pool(x, bugs=frozenset(SEED_BUGS)):
+def seed_bilinear_pool(x: tf.Tensor, bugs: frozenset[str] = frozenset(SEED_BUGS)) -> tf.Tensor:
     """The question's BILINEAR_POOLING: (B, H, W, C) -> (16, C, C), batch size hard-coded (bug 3).
 
     Wrong on purpose: with "batch_sum", matmul(F[:, i, j, :], F[:, i, j, :], transpose_a=True) is
@@ -34,7 +36,7 @@ def seed_bilinear_pool(x, bugs=frozenset(SEED_BUGS)):
     return a / locations + epsilon
 
 
-def seed_sqrtm(a, bugs=frozenset(SEED_BUGS)):
+def seed_sqrtm(a: tf.Tensor, bugs: frozenset[str] = frozenset(SEED_BUGS)) -> tf.Tensor:
     """The question's Sqrt_Root_SVD_Lyapunov: an SVD per sample of a hard-coded 16 (bug 3).
 
     Wrong on purpose: with "fourth_root", tf.where(S < 1e-10, S, sqrt(S)) roots the singular
@@ -50,7 +52,7 @@ def seed_sqrtm(a, bugs=frozenset(SEED_BUGS)):
     return tf.stack(roots)
 
 
-def seed_l2_normalize(y, bugs=frozenset(SEED_BUGS)):
+def seed_l2_normalize(y: tf.Tensor, bugs: frozenset[str] = frozenset(SEED_BUGS)) -> tf.Tensor:
     """tf.math.l2_normalize(y, axis=None): with "batch_l2", one norm for the whole batch (wrong on
     purpose: a sample's features then depend on the rest of its batch)."""
     axis = None if "batch_l2" in bugs else [1, 2]
@@ -61,15 +63,17 @@ class SeedHead(keras.layers.Layer):
     """pool -> SVD root -> sign(z) sqrt(|z|) -> L2 -> Flatten -> Dense, as the question stacks its
     Lambda layers; `bugs` selects which of its bugs stay (all by default)."""
 
-    def __init__(self, num_classes, bugs=frozenset(SEED_BUGS), **kwargs):
+    def __init__(
+        self, num_classes: int, bugs: frozenset[str] = frozenset(SEED_BUGS), **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.bugs = frozenset(bugs)
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int, ...]) -> None:
         self.classifier.build((None, input_shape[-1] ** 2))
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         z = seed_sqrtm(seed_bilinear_pool(x, self.bugs), self.bugs)
         y = tf.sign(z) * tf.sqrt(tf.abs(z))
         flat = tf.reshape(seed_l2_normalize(y, self.bugs), (tf.shape(y)[0], -1))

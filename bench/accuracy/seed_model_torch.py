@@ -15,7 +15,9 @@ from bench.accuracy.configurations import SEED_BUGS
 from impls.testing import founding_question as question
 
 
-def seed_bilinear_pool(x, bugs=frozenset(SEED_BUGS)):
+def seed_bilinear_pool(
+    x: torch.Tensor, bugs: frozenset[str] = frozenset(SEED_BUGS)
+) -> torch.Tensor:
     """The question's BILINEAR_POOLING: (B, C, H, W) -> (16, C, C), batch size hard-coded (bug 3).
 
     Wrong on purpose: with "batch_sum", matmul(F[:, i, j, :], F[:, i, j, :], transpose_a=True) is
@@ -36,7 +38,7 @@ def seed_bilinear_pool(x, bugs=frozenset(SEED_BUGS)):
     )
 
 
-def seed_sqrtm(a, bugs=frozenset(SEED_BUGS)):
+def seed_sqrtm(a: torch.Tensor, bugs: frozenset[str] = frozenset(SEED_BUGS)) -> torch.Tensor:
     """The question's Sqrt_Root_SVD_Lyapunov: an SVD per sample of a hard-coded 16 (bug 3).
 
     Wrong on purpose: with "fourth_root", tf.where(S < 1e-10, S, sqrt(S)) roots the singular
@@ -52,7 +54,7 @@ def seed_sqrtm(a, bugs=frozenset(SEED_BUGS)):
     return torch.stack(roots)
 
 
-def seed_l2_normalize(y, bugs=frozenset(SEED_BUGS)):
+def seed_l2_normalize(y: torch.Tensor, bugs: frozenset[str] = frozenset(SEED_BUGS)) -> torch.Tensor:
     """tf.math.l2_normalize(y, axis=None): with "batch_l2", one norm for the whole batch (wrong on
     purpose: a sample's features then depend on the rest of its batch)."""
     axes = tuple(range(y.dim())) if "batch_l2" in bugs else tuple(range(1, y.dim()))
@@ -64,12 +66,14 @@ class SeedHead(nn.Module):
     """pool -> SVD root -> sign(z) sqrt(|z|) -> L2 -> Flatten -> Dense, as the question stacks its
     Lambda layers; `bugs` selects which of its bugs stay (all by default)."""
 
-    def __init__(self, in_channels, num_classes, bugs=frozenset(SEED_BUGS)):
+    def __init__(
+        self, in_channels: int, num_classes: int, bugs: frozenset[str] = frozenset(SEED_BUGS)
+    ) -> None:
         super().__init__()
         self.bugs = frozenset(bugs)
         self.classifier = nn.Linear(in_channels**2, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = seed_sqrtm(seed_bilinear_pool(x, self.bugs), self.bugs)
         y = torch.sign(z) * torch.sqrt(torch.abs(z))
         return self.classifier(torch.flatten(seed_l2_normalize(y, self.bugs), 1))

@@ -20,16 +20,18 @@ the restored shuffle generator, and ends with the numbers an uninterrupted run h
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from bench.accuracy import checkpoints
-from bench.accuracy.configurations import CONFIGURATIONS, Configuration
+from bench.accuracy.configurations import CONFIGURATIONS, Configuration, Stage
 from bench.accuracy.data import Batches, Dataset
+from bench.accuracy.distributed import World
 from reference.contracts import IBPInputError
 
 #: Images per forward pass when only features are needed.
@@ -46,7 +48,79 @@ class TrainingOptions:
     checkpoint_dir: Path | None = None
 
 
-def batch_indices(count, batch_size, rng=None, full_batches_only=False):
+#: A framework's model, optimizer and tensor: opaque to the loop, which only hands them back to
+#: the runner that made them.
+Model = Any
+Optimizer = Any
+Tensor = Any
+#: step(inputs, labels, global batch size) -> (loss summed over the global batch, right answers).
+Step = Callable[[Tensor, Tensor, int], tuple[float, int]]
+
+
+class TrainingRunner(Protocol):
+    """What the loop needs of a framework (runner_torch.Runner, runner_tf.Runner provide it),
+    and what reproduce-accuracy records of it (`threads`, `describe_device`, `versions`)."""
+
+    # Read-only, so that a runner may hold a narrower type (torch's thread count is an int).
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def world(self) -> World: ...
+
+    @property
+    def threads(self) -> int | str: ...
+
+    def describe_device(self) -> str: ...
+
+    def versions(self) -> dict[str, str]: ...
+
+    def seed(self, seed: int) -> None: ...
+
+    def local_part(self, indices: np.ndarray) -> np.ndarray: ...
+
+    def barrier(self) -> None: ...
+
+    def build_model(
+        self, configuration: Configuration, dataset: Dataset, model_options: dict[str, Any]
+    ) -> Model: ...
+
+    def optimizer(self, model: Model, stage: Stage) -> Optimizer: ...
+
+    def backbone_features(self, model: Model, images: np.ndarray) -> Tensor: ...
+
+    def concatenate(self, tensors: list[Tensor]) -> Tensor: ...
+
+    def take(self, tensor: Tensor, indices: np.ndarray) -> Tensor: ...
+
+    def numpy(self, tensor: Tensor) -> np.ndarray: ...
+
+    def train_batches(
+        self,
+        split: Batches,
+        batches: list[np.ndarray],
+        seed: int,
+        epoch: int,
+        features: Tensor | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def train_step(self, model: Model, optimizer: Optimizer, from_features: bool) -> Step: ...
+
+    def predict(self, model: Model, inputs: Tensor, from_features: bool) -> np.ndarray: ...
+
+    def copy_backbone(self, source: Model, model: Model) -> None: ...
+
+    def save_state(self, directory: Path, model: Model, optimizer: Optimizer) -> None: ...
+
+    def load_state(self, directory: Path, model: Model, optimizer: Optimizer) -> None: ...
+
+
+def batch_indices(
+    count: int,
+    batch_size: int,
+    rng: np.random.Generator | None = None,
+    full_batches_only: bool = False,
+) -> list[np.ndarray]:
     """Indices of consecutive batches, shuffled by `rng` if given."""
     order = np.arange(count) if rng is None else rng.permutation(count)
     stop = count - count % batch_size if full_batches_only else count
@@ -57,11 +131,13 @@ class RunCache:
     """What runs of one invocation share: features of a frozen backbone for each (framework, data
     set, backbone, split), and the trained models that other configurations start from."""
 
-    def __init__(self):
-        self._features = {}
-        self._trained = {}
+    def __init__(self) -> None:
+        self._features: dict[tuple[str, str, str, str], Tensor] = {}
+        self._trained: dict[tuple[str, str, str], Model] = {}
 
-    def features(self, runner, model, dataset: Dataset, split_name: str, backbone: str):
+    def features(
+        self, runner: TrainingRunner, model: Model, dataset: Dataset, split_name: str, backbone: str
+    ) -> Tensor:
         """`backbone`: "initial" or the name of the configuration that trained it."""
         split = getattr(dataset, split_name)
         key = (runner.name, dataset.name, backbone, split_name)
@@ -80,15 +156,22 @@ class RunCache:
             )
         return features
 
-    def remember(self, runner, dataset: Dataset, configuration: Configuration, model) -> None:
+    def remember(
+        self, runner: TrainingRunner, dataset: Dataset, configuration: Configuration, model: Model
+    ) -> None:
         self._trained[runner.name, dataset.name, configuration.name] = model
 
-    def trained(self, runner, dataset: Dataset, name: str):
+    def trained(self, runner: TrainingRunner, dataset: Dataset, name: str) -> Model | None:
         return self._trained.get((runner.name, dataset.name, name))
 
 
 def evaluate(
-    runner, model, dataset: Dataset, batch_size: int, full_batches_only: bool, features=None
+    runner: TrainingRunner,
+    model: Model,
+    dataset: Dataset,
+    batch_size: int,
+    full_batches_only: bool,
+    features: Tensor | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The test batches as evaluated (full batches only where the model needs them) and the
     model's answer for each of their samples (-1 where its logits are not finite)."""
@@ -99,14 +182,16 @@ def evaluate(
     return batches, answers
 
 
-def accuracy(dataset: Dataset, batches: list, answers: list) -> float:
+def accuracy(dataset: Dataset, batches: list[np.ndarray], answers: list[np.ndarray]) -> float:
     right = sum(
         int(np.sum(a == dataset.test.labels[i])) for i, a in zip(batches, answers, strict=True)
     )
     return right / sum(len(indices) for indices in batches)
 
 
-def answer_statistics(dataset: Dataset, batches: list, answers: list) -> dict[str, float]:
+def answer_statistics(
+    dataset: Dataset, batches: list[np.ndarray], answers: list[np.ndarray]
+) -> dict[str, float]:
     """What a model's answers show about how it decides, on the test batches as evaluated:
     - unanimous_batches: share of batches in which every sample gets the same answer (a model
       that sees one feature vector per batch can do nothing else);
@@ -130,7 +215,14 @@ def answer_statistics(dataset: Dataset, batches: list, answers: list) -> dict[st
 
 
 def _train_epoch(
-    step, runner, split: Batches, batches: list[np.ndarray], features, seed: int, epoch: int, bar
+    step: Step,
+    runner: TrainingRunner,
+    split: Batches,
+    batches: list[np.ndarray],
+    features: Tensor | None,
+    seed: int,
+    epoch: int,
+    bar: Any,
 ) -> tuple[float, float, bool]:
     """(mean loss, train accuracy, diverged) of one epoch over the global `batches`; stops at the
     first non-finite loss, after which the weights are NaN and further steps would change
@@ -156,7 +248,14 @@ def _trains_a_backbone_for_others(configuration: Configuration) -> bool:
     return any(c.pretrained_by == configuration.name for c in CONFIGURATIONS.values())
 
 
-def _starting_backbone(runner, configuration, dataset, options, model_options, cache):
+def _starting_backbone(
+    runner: TrainingRunner,
+    configuration: Configuration,
+    dataset: Dataset,
+    options: TrainingOptions,
+    model_options: dict[str, Any],
+    cache: RunCache,
+) -> Model | None:
     """The trained model whose backbone `configuration` starts from (trained now if this
     invocation has not trained it yet), or None for the seeded initialisation."""
     if configuration.pretrained_by is None:
@@ -168,14 +267,17 @@ def _starting_backbone(runner, configuration, dataset, options, model_options, c
 
 
 def checkpoint_directory(
-    options: TrainingOptions, runner, dataset: Dataset, configuration: Configuration
+    options: TrainingOptions,
+    runner: TrainingRunner,
+    dataset: Dataset,
+    configuration: Configuration,
 ) -> Path | None:
     if options.checkpoint_dir is None:
         return None
     return options.checkpoint_dir / dataset.name / runner.name / configuration.name
 
 
-def _saved_loop(runner, directory: Path | None) -> dict[str, Any] | None:
+def _saved_loop(runner: TrainingRunner, directory: Path | None) -> dict[str, Any] | None:
     """The loop state of the newest whole checkpoint in `directory`, or None to start afresh.
     The chief alone tidies what an interrupted write left; the others read after it."""
     if directory is None:
@@ -187,13 +289,13 @@ def _saved_loop(runner, directory: Path | None) -> dict[str, Any] | None:
 
 
 def train(
-    runner,
+    runner: TrainingRunner,
     configuration: Configuration,
     dataset: Dataset,
     options: TrainingOptions,
-    model_options: dict,
-    cache: "RunCache",
-) -> dict:
+    model_options: dict[str, Any],
+    cache: RunCache,
+) -> dict[str, Any]:
     """Train one configuration from the seed, or from its checkpoint; return its run record."""
     directory = checkpoint_directory(options, runner, dataset, configuration)
     saved = _saved_loop(runner, directory)
@@ -217,6 +319,7 @@ def train(
         # Finished before: its record stands; the configurations that start from its backbone
         # get the trained weights from its checkpoint.
         if _trains_a_backbone_for_others(configuration):
+            assert directory is not None  # `saved` was read from it
             model = runner.build_model(configuration, dataset, model_options)
             runner.load_state(directory, model, runner.optimizer(model, stages[saved["stage"]]))
             cache.remember(runner, dataset, configuration, model)
@@ -257,7 +360,7 @@ def train(
     )
     started = time.perf_counter() - state["seconds"]
 
-    def save(optimizer) -> None:
+    def save(optimizer: Optimizer) -> None:
         state["seconds"] = time.perf_counter() - started
         state["shuffle_rng"] = shuffle_rng.bit_generator.state
         if directory is not None and runner.world.is_chief:
@@ -275,7 +378,9 @@ def train(
         optimizer = runner.optimizer(model, stage)
         done = 0
         if saved is not None and stage_index == saved["stage"]:
+            assert directory is not None  # `saved` was read from it
             runner.load_state(directory, model, optimizer)
+
             done = saved["stage_epochs"]
         from_features = stage.frozen and not dataset.augments
         train_features, test_features = (
