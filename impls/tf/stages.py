@@ -1,5 +1,8 @@
 """The IBP stages in TensorFlow, channels-last; each function mirrors `reference.stages`."""
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
@@ -26,20 +29,23 @@ from reference.conventions import (
 
 _HALF_DTYPES = (tf.float16, tf.bfloat16)
 
+# (tensor, message) pairs, first cause first: the message names what the tensor holds.
+Checks = Sequence[tuple[tf.Tensor, str]]
 
-def as_tensor(x, name):
+
+def as_tensor(x: Any, name: str) -> tf.Tensor:
     """x as a tensor, its dtype checked (IBPInputError for integer, bool, complex and strings)."""
     x = tf.convert_to_tensor(x)
     check_dtype(x.dtype.name, name)
     return x
 
 
-def static_shape(x):
+def static_shape(x: tf.Tensor) -> tuple[int | None, ...] | None:
     """x's static shape as a tuple (None for unknown sizes), or None when its rank is unknown."""
     return None if x.shape.rank is None else tuple(x.shape)
 
 
-def with_rank(x, rank, message):
+def with_rank(x: tf.Tensor, rank: int, message: str) -> tf.Tensor:
     """Give a tensor of unknown rank (a tf.function traced without a shape) its rank, checked when
     the graph runs with `message`."""
     if x.shape.rank is not None:
@@ -48,13 +54,13 @@ def with_rank(x, rank, message):
         return tf.ensure_shape(tf.identity(x), [None] * rank)
 
 
-def assert_finite(x, message):
+def assert_finite(x: tf.Tensor, message: str) -> tf.Tensor:
     """In a graph, an assertion op in the data path with the eager message (InvalidArgumentError
     carrying the same words); eager code checks once at the end instead (`check_all_finite`)."""
     return x if tf.executing_eagerly() else tf.debugging.assert_all_finite(x, message)
 
 
-def check_all_finite(checks):
+def check_all_finite(checks: Checks) -> None:
     """Eager: raise the message of the first (tensor, message) pair whose tensor holds NaN or
     inf, with one host read in the common case (the last tensor derives from the others). In a
     graph `assert_finite` has checked each of them in line."""
@@ -65,28 +71,28 @@ def check_all_finite(checks):
             raise IBPInputError(message)
 
 
-def compute_dtype(x):
+def compute_dtype(x: tf.Tensor) -> tf.DType:
     """Half precision is too coarse for a covariance or an eigendecomposition: work in float32."""
     return tf.float32 if x.dtype in _HALF_DTYPES else x.dtype
 
 
-def _finfo(dtype):
+def _finfo(dtype: tf.DType) -> np.finfo[Any]:
     return np.finfo(dtype.as_numpy_dtype)
 
 
-def _transpose(m):
+def _transpose(m: tf.Tensor) -> tf.Tensor:
     return tf.linalg.matrix_transpose(m)
 
 
-def _symmetric_part(m):
+def _symmetric_part(m: tf.Tensor) -> tf.Tensor:
     return (m + _transpose(m)) / 2
 
 
-def _eye_like(m):
+def _eye_like(m: tf.Tensor) -> tf.Tensor:
     return tf.eye(tf.shape(m)[-1], batch_shape=tf.shape(m)[:-2], dtype=m.dtype)
 
 
-def _frobenius_norm(m):
+def _frobenius_norm(m: tf.Tensor) -> tf.Tensor:
     norm = tf.norm(m, ord="fro", axis=(-2, -1), keepdims=True)
     return tf.maximum(norm, _finfo(m.dtype).tiny)
 
@@ -94,7 +100,7 @@ def _frobenius_norm(m):
 MAP_RANK_MESSAGE = "expected a batch of feature maps (B, H, W, C) (channels_last) of rank 4"
 
 
-def _pool(x, eps):
+def _pool(x: tf.Tensor, eps: float) -> tf.Tensor:
     compute = tf.cast(with_rank(x, 4, MAP_RANK_MESSAGE), compute_dtype(x))
     shape = tf.shape(compute)
     features = tf.reshape(compute, (shape[0], shape[1] * shape[2], shape[3]))
@@ -103,7 +109,7 @@ def _pool(x, eps):
     return tf.cast(a + eps * _eye_like(a), x.dtype)
 
 
-def bilinear_pool(x, eps=DEFAULT_EPS):
+def bilinear_pool(x: Any, eps: float = DEFAULT_EPS) -> tf.Tensor:
     """A = X X^T / N + eps I per sample, x of shape (B, H, W, C) -> (B, C, C)."""
     x = as_tensor(x, "feature map")
     check_feature_map(static_shape(x), "channels_last")
@@ -114,7 +120,7 @@ def bilinear_pool(x, eps=DEFAULT_EPS):
     return a
 
 
-def _root_floor(s, dtype):
+def _root_floor(s: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     """Smallest root the Lyapunov denominators s_i + s_j are allowed to see, per matrix; `dtype`
     is the one the gradient is returned in. See reference.conventions: u s_max relative,
     sqrt(tiny) absolute."""
@@ -123,7 +129,9 @@ def _root_floor(s, dtype):
     return tf.maximum(info.eps * largest, tf.cast(info.tiny**0.5, s.dtype))
 
 
-def _lyapunov_in_eigenbasis(u, s, g, result_dtype=None):
+def _lyapunov_in_eigenbasis(
+    u: tf.Tensor, s: tf.Tensor, g: tf.Tensor, result_dtype: tf.DType | None = None
+) -> tf.Tensor:
     """Symmetric part of X solving Z X + X Z = G, Z = U diag(s) U^T with s >= 0."""
     denominator = s[..., :, None] + s[..., None, :]
     # Two zero eigenvalues (eps = 0 on rank-deficient input) make the true gradient infinite.
@@ -131,7 +139,7 @@ def _lyapunov_in_eigenbasis(u, s, g, result_dtype=None):
     return u @ ((_transpose(u) @ _symmetric_part(g) @ u) / denominator) @ _transpose(u)
 
 
-def _eigh(a):
+def _eigh(a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """tf.linalg.eigh that survives convergence failures on finite input in eager mode (clusters
     of repeated eigenvalues): retry in float64, then with a jitter of a few units of round-off
     that splits the clusters. A graph cannot catch the error; non-finite input is the caller's."""
@@ -154,21 +162,21 @@ def _eigh(a):
     return tf.cast(eigenvalues, a.dtype), tf.cast(u, a.dtype)
 
 
-def _eigh_root(a):
+def _eigh_root(a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """U sqrt(max(lambda, 0)) U^T: negative eigenvalues are clamped at 0 (reference.conventions)."""
     eigenvalues, u = _eigh(a)
     s = tf.sqrt(tf.maximum(eigenvalues, 0))
     return (u * s[..., None, :]) @ _transpose(u), u, s
 
 
-def _eigh_sqrtm(a, result_dtype=None):
+def _eigh_sqrtm(a: tf.Tensor, result_dtype: tf.DType | None = None) -> tf.Tensor:
     """Exact root by eigendecomposition; backward by the closed-form Lyapunov solution."""
 
     @tf.custom_gradient
-    def root(a):
+    def root(a: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
         z, u, s = _eigh_root(a)
 
-        def grad(g):
+        def grad(g: tf.Tensor) -> tf.Tensor:
             return _lyapunov_in_eigenbasis(u, s, g, result_dtype)
 
         return z, grad
@@ -176,7 +184,7 @@ def _eigh_sqrtm(a, result_dtype=None):
     return root(a)
 
 
-def _newton_schulz_root(a, num_iters):
+def _newton_schulz_root(a: tf.Tensor, num_iters: int) -> tf.Tensor:
     """Coupled iteration Y <- Y T, Z <- T Z, T = (3I - Z Y) / 2 on A / ||A||_F."""
     norm = _frobenius_norm(a)
     eye = _eye_like(a)
@@ -187,7 +195,7 @@ def _newton_schulz_root(a, num_iters):
     return y * tf.sqrt(norm)
 
 
-def _newton_schulz_lyapunov(z, g, num_iters):
+def _newton_schulz_lyapunov(z: tf.Tensor, g: tf.Tensor, num_iters: int) -> tf.Tensor:
     """Coupled Newton-Schulz sign iteration on [[Z, G], [0, -Z]] / ||Z||_F; its corner is 2X.
 
     Z is shifted by the same floor as the eigenbasis solver's roots: Z = 0 (eps = 0 on a dead map)
@@ -205,19 +213,19 @@ def _newton_schulz_lyapunov(z, g, num_iters):
     return _symmetric_part(q / 2)
 
 
-def _diverged(z):
+def _diverged(z: tf.Tensor) -> tf.Tensor:
     """Samples whose Newton-Schulz iterates blew up: the iteration diverges on negative
     eigenvalues (reference.conventions)."""
     return tf.logical_not(tf.reduce_all(tf.math.is_finite(z), axis=(-2, -1), keepdims=True))
 
 
-def _clamp_diverged(a, z, num_iters, differentiable):
+def _clamp_diverged(a: tf.Tensor, z: tf.Tensor, num_iters: int, differentiable: bool) -> tf.Tensor:
     """Recompute the diverged samples by eigh (which clamps), and, for a root differentiated
     through its iterations, the others by a fresh iteration, so that no NaN of a diverged sample
     sits in the graph that the gradient walks back. A graph decides with tf.cond, which runs the
     recomputation only when some sample diverged."""
 
-    def recompute():
+    def recompute() -> tf.Tensor:
         bad = _diverged(tf.stop_gradient(z))
         eye = _eye_like(a)
         if not differentiable:
@@ -231,7 +239,7 @@ def _clamp_diverged(a, z, num_iters, differentiable):
     return tf.cond(any_diverged, recompute, lambda: z)
 
 
-def _eigh_if_diverged(a, z):
+def _eigh_if_diverged(a: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
     """A minimax root that diverged on negative eigenvalues is recomputed by eigh (which clamps),
     the whole batch, as torch does: a graph decides with tf.cond."""
     any_diverged = tf.reduce_any(_diverged(tf.stop_gradient(z)))
@@ -240,14 +248,14 @@ def _eigh_if_diverged(a, z):
     return tf.cond(any_diverged, lambda: _eigh_sqrtm(a), lambda: z)
 
 
-def _newton_schulz_sqrtm(a, num_iters, backward):
+def _newton_schulz_sqrtm(a: tf.Tensor, num_iters: int, backward: str) -> tf.Tensor:
     """Newton-Schulz root with an exact (eigenbasis) or iterative (sign iteration) backward."""
 
     @tf.custom_gradient
-    def root(a):
+    def root(a: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
         z = _clamp_diverged(a, _newton_schulz_root(a, num_iters), num_iters, differentiable=False)
 
-        def grad(g):
+        def grad(g: tf.Tensor) -> tf.Tensor:
             if backward == "newton_schulz":
                 return _newton_schulz_lyapunov(z, g, num_iters)
             eigenvalues, u = _eigh(_symmetric_part(z))
@@ -273,7 +281,9 @@ def _resolve_auto(method, backward, channels=None):
 _MATRIX_RANK_MESSAGE = "expected a batch of square matrices (B, C, C) of rank 3"
 
 
-def _root(a, method, num_iters, backward, checks):
+def _root(
+    a: tf.Tensor, method: str, num_iters: int | None, backward: str | None, checks: Checks
+) -> tf.Tensor:
     """The root of the symmetric part of `a`, then one finiteness check of it: NaN or inf in
     anything it came from (`checks`, (tensor, message) pairs, first cause first) shows there."""
     channels = a.shape[-1] if a.shape.rank is not None else None
@@ -286,14 +296,17 @@ def _root(a, method, num_iters, backward, checks):
             z = tf.cast(_eigh_sqrtm(wide, symmetric.dtype), symmetric.dtype)
         elif method == "eigh":
             z = _eigh_sqrtm(symmetric)
-        elif method == "minimax_newton_schulz":
-            z = _eigh_if_diverged(symmetric, minimax_sqrtm(symmetric, num_iters, backward))
-        elif backward == "autograd":
-            z = _clamp_diverged(
-                symmetric, _newton_schulz_root(symmetric, num_iters), num_iters, True
-            )
         else:
-            z = _newton_schulz_sqrtm(symmetric, num_iters, backward)
+            # Every iterative method has both defaults (reference.conventions.ITERATIVE_DEFAULTS).
+            assert num_iters is not None and backward is not None
+            if method == "minimax_newton_schulz":
+                z = _eigh_if_diverged(symmetric, minimax_sqrtm(symmetric, num_iters, backward))
+            elif backward == "autograd":
+                z = _clamp_diverged(
+                    symmetric, _newton_schulz_root(symmetric, num_iters), num_iters, True
+                )
+            else:
+                z = _newton_schulz_sqrtm(symmetric, num_iters, backward)
     except tf.errors.InvalidArgumentError:
         check_all_finite(checks)  # the eigensolver refused NaN or inf: name it
         raise
@@ -302,11 +315,11 @@ def _root(a, method, num_iters, backward, checks):
 
 
 def sqrtm(
-    a,
-    method=DEFAULT_SQRTM_METHOD,
-    num_iters=None,
-    backward=None,
-):
+    a: Any,
+    method: str = DEFAULT_SQRTM_METHOD,
+    num_iters: int | None = None,
+    backward: str | None = None,
+) -> tf.Tensor:
     """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch;
     negative eigenvalues count as 0, for every method (reference.conventions).
 
@@ -324,7 +337,7 @@ def sqrtm(
     return _root(assert_finite(_square(a), message), method, num_iters, backward, [(a, message)])
 
 
-def _square(a):
+def _square(a: tf.Tensor) -> tf.Tensor:
     """A traced matrix of unknown size gets its squareness checked when the graph runs."""
     if tf.executing_eagerly() or (a.shape.rank is not None and a.shape[-1] == a.shape[-2]):
         return a
@@ -335,10 +348,10 @@ def _square(a):
         return tf.identity(a)
 
 
-def _signed_sqrt(z, delta):
+def _signed_sqrt(z: tf.Tensor, delta: float) -> tf.Tensor:
     @tf.custom_gradient
-    def signed_root(z):
-        def grad(g):
+    def signed_root(z: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
+        def grad(g: tf.Tensor) -> tf.Tensor:
             # delta = 0 makes the slope at z = 0 infinite: held at 1 / (2 sqrt(u)) below
             # |z| + delta = u (reference.conventions).
             shifted = tf.maximum(tf.abs(z) + delta, _finfo(z.dtype).eps)
@@ -352,7 +365,7 @@ def _signed_sqrt(z, delta):
     return tf.cast(signed_root(tf.cast(z, compute_dtype(z))), z.dtype)
 
 
-def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
+def signed_sqrt(z: Any, delta: float = SIGNED_SQRT_DELTA) -> tf.Tensor:
     """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)), elementwise."""
     z = as_tensor(z, "signed sqrt input")
     check_non_negative(delta, "delta")
@@ -362,7 +375,7 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
     return _signed_sqrt(z, delta)
 
 
-def _l2_normalize(y):
+def _l2_normalize(y: tf.Tensor) -> tf.Tensor:
     wide = tf.cast(y, compute_dtype(y))
     flat = tf.reshape(wide, (tf.shape(wide)[0], -1))
     # The floor sits under the square root: tf.norm's gradient at 0 is 0 / 0 = NaN, and a
@@ -373,7 +386,7 @@ def _l2_normalize(y):
     return tf.cast(v, y.dtype)
 
 
-def l2_normalize(y):
+def l2_normalize(y: Any) -> tf.Tensor:
     """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
     y = as_tensor(y, "L2 input")
     check_sample_batch(static_shape(y), "L2 input")

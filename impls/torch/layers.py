@@ -36,14 +36,14 @@ class IBPHead(nn.Module):
 
     def __init__(
         self,
-        in_channels,
-        num_classes=None,
-        eps=DEFAULT_EPS,
-        method=DEFAULT_SQRTM_METHOD,
-        num_iters=None,
-        backward=None,
-        delta=SIGNED_SQRT_DELTA,
-    ):
+        in_channels: int,
+        num_classes: int | None = None,
+        eps: float = DEFAULT_EPS,
+        method: str = DEFAULT_SQRTM_METHOD,
+        num_iters: int | None = None,
+        backward: str | None = None,
+        delta: float = SIGNED_SQRT_DELTA,
+    ) -> None:
         super().__init__()
         check_positive_int(in_channels, "in_channels")
         check_positive_int(num_classes, "num_classes", allow_none=True)
@@ -55,7 +55,7 @@ class IBPHead(nn.Module):
         self.backward_method, self.delta = backward, delta
         self.classifier = None if num_classes is None else nn.Linear(in_channels**2, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_dtype(dtype_name(x), "feature map")
         check_feature_map(x.shape, "channels_first", self.in_channels)
         # One rounding at the end instead of one per stage for half precision input.
@@ -68,7 +68,7 @@ class IBPHead(nn.Module):
         v = torch.flatten(_l2_normalize(_signed_sqrt(z, self.delta)), 1).to(x.dtype)
         return v if self.classifier is None else self.classifier(v)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, eps={self.eps}, method={self.method!r}, "
             f"num_iters={self.num_iters}, backward={self.backward_method!r}, delta={self.delta}"

@@ -1,5 +1,8 @@
 """The IBP stages in PyTorch, channels-first; each function mirrors `reference.stages`."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -26,12 +29,15 @@ from reference.conventions import (
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
+# (tensor, message) pairs, first cause first: the message names what the tensor holds.
+Checks = Sequence[tuple[torch.Tensor, str]]
+
 
 def dtype_name(x: torch.Tensor) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
-def check_all_finite(checks):
+def check_all_finite(checks: Checks) -> None:
     """Raise the message of the first (tensor, message) pair whose tensor holds NaN or inf.
 
     Eager: one host read for the common case (everything finite), more only to name the culprit.
@@ -49,16 +55,16 @@ def check_all_finite(checks):
             raise IBPInputError(message)
 
 
-def compute_dtype(x):
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """Half precision is too coarse for a covariance or an eigendecomposition: work in float32."""
     return torch.float32 if x.dtype in _HALF_DTYPES else x.dtype
 
 
-def _symmetric_part(m):
+def _symmetric_part(m: torch.Tensor) -> torch.Tensor:
     return (m + m.mT) / 2
 
 
-def _pool(x, eps):
+def _pool(x: torch.Tensor, eps: float) -> torch.Tensor:
     with torch.autocast(x.device.type, enabled=False):
         features = x.flatten(2).to(compute_dtype(x))
         n = features.shape[-1]
@@ -67,7 +73,7 @@ def _pool(x, eps):
     return a.to(x.dtype)
 
 
-def bilinear_pool(x, eps=DEFAULT_EPS):
+def bilinear_pool(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """A = X X^T / N + eps I per sample, x of shape (B, C, H, W) -> (B, C, C)."""
     check_dtype(dtype_name(x), "feature map")
     check_feature_map(x.shape, "channels_first")
@@ -77,7 +83,7 @@ def bilinear_pool(x, eps=DEFAULT_EPS):
     return a
 
 
-def _root_floor(s, dtype=None):
+def _root_floor(s: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Smallest root the Lyapunov denominators s_i + s_j are allowed to see, per matrix.
 
     Relative: roots below round-off of the largest are noise. Absolute: sqrt(tiny), the root of
@@ -91,7 +97,9 @@ def _root_floor(s, dtype=None):
     return (info.eps * s.amax(-1, keepdim=True).unsqueeze(-1)).clamp_min(info.tiny**0.5)
 
 
-def _lyapunov_in_eigenbasis(u, s, g, result_dtype=None):
+def _lyapunov_in_eigenbasis(
+    u: torch.Tensor, s: torch.Tensor, g: torch.Tensor, result_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Symmetric part of X solving Z X + X Z = G, Z = U diag(s) U^T with s >= 0."""
     denominator = s.unsqueeze(-1) + s.unsqueeze(-2)
     # Two zero eigenvalues (eps = 0 on rank-deficient input) make the true gradient infinite.
@@ -100,7 +108,7 @@ def _lyapunov_in_eigenbasis(u, s, g, result_dtype=None):
     return x
 
 
-def _eigh(a):
+def _eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.linalg.eigh that survives LAPACK's convergence failures on finite input (clusters of
     repeated eigenvalues, as dead channels give): retry in float64, then with a jitter of a few
     units of round-off that splits the clusters. Non-finite input is the caller's to report."""
@@ -120,7 +128,7 @@ def _eigh(a):
     return eigenvalues.to(a.dtype), u.to(a.dtype)
 
 
-def _eigh_root(a):
+def _eigh_root(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """U sqrt(max(lambda, 0)) U^T: negative eigenvalues are clamped at 0 (README, "sqrtm")."""
     eigenvalues, u = _eigh(a)
     s = eigenvalues.clamp_min(0).sqrt()
@@ -131,7 +139,7 @@ class _EighSqrtm(torch.autograd.Function):
     """Exact root by eigendecomposition; backward by the closed-form Lyapunov solution."""
 
     @staticmethod
-    def forward(ctx, a, result_dtype=None):
+    def forward(ctx: Any, a: torch.Tensor, result_dtype: torch.dtype | None = None) -> torch.Tensor:
         z, u, s = _eigh_root(a)
         ctx.result_dtype = result_dtype
         ctx.save_for_backward(u, s)
@@ -139,12 +147,12 @@ class _EighSqrtm(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         u, s = ctx.saved_tensors
         return _lyapunov_in_eigenbasis(u, s, g, ctx.result_dtype), None
 
 
-def _newton_schulz_root(a, num_iters):
+def _newton_schulz_root(a: torch.Tensor, num_iters: int) -> torch.Tensor:
     """Coupled iteration Y <- Y T, Z <- T Z, T = (3I - Z Y) / 2 on A / ||A||_F."""
     norm = torch.linalg.matrix_norm(a).clamp_min(torch.finfo(a.dtype).tiny)[..., None, None]
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
@@ -155,7 +163,7 @@ def _newton_schulz_root(a, num_iters):
     return y * norm.sqrt()
 
 
-def _newton_schulz_lyapunov(z, g, num_iters):
+def _newton_schulz_lyapunov(z: torch.Tensor, g: torch.Tensor, num_iters: int) -> torch.Tensor:
     """Coupled Newton-Schulz sign iteration on [[Z, G], [0, -Z]] / ||Z||_F; its corner is 2X.
 
     Z is shifted by the same floor as the eigenbasis solver's roots: Z = 0 (eps = 0 on a dead map)
@@ -173,7 +181,7 @@ def _newton_schulz_lyapunov(z, g, num_iters):
     return _symmetric_part(q / 2)
 
 
-def _diverged(z):
+def _diverged(z: torch.Tensor) -> torch.Tensor:
     """Samples whose Newton-Schulz iterates blew up: the iteration converges on eigenvalues in
     (0, 1] of A / ||A||_F and diverges on negative ones (non-PSD input, or round-off below zero
     with eps = 0 and many iterations)."""
@@ -184,7 +192,9 @@ class _NewtonSchulzSqrtm(torch.autograd.Function):
     """Newton-Schulz root with an exact (eigenbasis) or iterative (sign iteration) backward."""
 
     @staticmethod
-    def forward(ctx, a, num_iters, backward, clamp):
+    def forward(
+        ctx: Any, a: torch.Tensor, num_iters: int, backward: str, clamp: bool
+    ) -> torch.Tensor:
         z = _newton_schulz_root(a, num_iters)
         if clamp:
             z = torch.where(_diverged(z), _eigh_root(a)[0], z)
@@ -194,7 +204,7 @@ class _NewtonSchulzSqrtm(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (z,) = ctx.saved_tensors
         if ctx.backward_method == "newton_schulz":
             return _newton_schulz_lyapunov(z, g, ctx.num_iters), None, None, None
@@ -202,7 +212,7 @@ class _NewtonSchulzSqrtm(torch.autograd.Function):
         return _lyapunov_in_eigenbasis(u, eigenvalues.clamp_min(0), g), None, None, None
 
 
-def _autograd_newton_schulz(a, num_iters, clamp):
+def _autograd_newton_schulz(a: torch.Tensor, num_iters: int, clamp: bool) -> torch.Tensor:
     """Newton-Schulz differentiated through its iterations. With `clamp`, samples that diverge are
     recomputed by eigh (whose gradient is the Lyapunov solution), the others by a fresh iteration,
     so that no NaN of a diverged sample sits in the graph that autograd walks back."""
@@ -225,7 +235,9 @@ def _resolve_auto(method, backward, device_type, channels=None):
     return choice.method, backward, eigh_dtype
 
 
-def _root(a, method, num_iters, backward, checks):
+def _root(
+    a: torch.Tensor, method: str, num_iters: int | None, backward: str | None, checks: Checks
+) -> torch.Tensor:
     """The root of the symmetric part of `a`, then one finiteness check of it (one host read):
     NaN or inf in anything it came from (`checks`, (tensor, message) pairs, first cause first)
     shows there, and so does a Newton-Schulz iteration that diverged on negative eigenvalues,
@@ -239,12 +251,14 @@ def _root(a, method, num_iters, backward, checks):
     with torch.autocast(a.device.type, enabled=False):
         symmetric = _symmetric_part(a.to(compute_dtype(a)))
 
-        def root(clamp):
+        def root(clamp: bool) -> torch.Tensor:
             if method == "eigh" and eigh_dtype is not None:
                 wide = symmetric.to(eigh_dtype)
                 return _EighSqrtm.apply(wide, symmetric.dtype).to(symmetric.dtype)
             if method == "eigh" or (method == "minimax_newton_schulz" and clamp):
                 return _EighSqrtm.apply(symmetric)
+            # Every iterative method has both defaults (reference.conventions.ITERATIVE_DEFAULTS).
+            assert num_iters is not None and backward is not None
             if method == "minimax_newton_schulz":
                 return minimax_sqrtm(symmetric, num_iters, backward)
             if backward == "autograd":
@@ -267,11 +281,11 @@ def _root(a, method, num_iters, backward, checks):
 
 
 def sqrtm(
-    a,
-    method=DEFAULT_SQRTM_METHOD,
-    num_iters=None,
-    backward=None,
-):
+    a: torch.Tensor,
+    method: str = DEFAULT_SQRTM_METHOD,
+    num_iters: int | None = None,
+    backward: str | None = None,
+) -> torch.Tensor:
     """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch;
     negative eigenvalues count as 0, for every method (reference.conventions).
 
@@ -290,7 +304,7 @@ def sqrtm(
 
 class _SignedSqrt(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, delta):
+    def forward(ctx: Any, z: torch.Tensor, delta: float) -> torch.Tensor:
         ctx.delta = delta
         ctx.save_for_backward(z)
         # sign(z) (sqrt(|z| + delta) - sqrt(delta)) spelled without cancellation for |z| << delta
@@ -299,7 +313,7 @@ class _SignedSqrt(torch.autograd.Function):
         return z / denominator.clamp_min(torch.finfo(z.dtype).tiny)
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         (z,) = ctx.saved_tensors
         # delta = 0 makes the slope at z = 0 infinite: held at 1 / (2 sqrt(u)) below
         # |z| + delta = u (reference.conventions).
@@ -307,13 +321,13 @@ class _SignedSqrt(torch.autograd.Function):
         return g / (2 * torch.sqrt(shifted)), None
 
 
-def _signed_sqrt(z, delta):
+def _signed_sqrt(z: torch.Tensor, delta: float) -> torch.Tensor:
     with torch.autocast(z.device.type, enabled=False):
         y = _SignedSqrt.apply(z.to(compute_dtype(z)), delta)
     return y.to(z.dtype)
 
 
-def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
+def signed_sqrt(z: torch.Tensor, delta: float = SIGNED_SQRT_DELTA) -> torch.Tensor:
     """y = sign(z) (sqrt(|z| + delta) - sqrt(delta)), elementwise."""
     check_dtype(dtype_name(z), "signed sqrt input")
     check_non_negative(delta, "delta")
@@ -321,7 +335,7 @@ def signed_sqrt(z, delta=SIGNED_SQRT_DELTA):
     return _signed_sqrt(z, delta)
 
 
-def _l2_normalize(y):
+def _l2_normalize(y: torch.Tensor) -> torch.Tensor:
     with torch.autocast(y.device.type, enabled=False):
         wide = y.to(compute_dtype(y))
         norms = wide.flatten(1).norm(dim=1).clamp_min(L2_NORM_FLOOR)
@@ -329,7 +343,7 @@ def _l2_normalize(y):
     return v.to(y.dtype)
 
 
-def l2_normalize(y):
+def l2_normalize(y: torch.Tensor) -> torch.Tensor:
     """v = y / max(||y||, floor), the norm over all non-batch entries of each sample."""
     check_dtype(dtype_name(y), "L2 input")
     check_sample_batch(y.shape, "L2 input")
