@@ -32,6 +32,7 @@ RENDERING_MODULES = (
     "impls.testing.check_catalogue",
     "impls.testing.worked_examples",
     "bench.pipeline_speed",
+    "bench.auto_table",
 )
 #: Results files written by those modules: each carries the full envelope.
 ENVELOPED_RESULTS = (

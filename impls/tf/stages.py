@@ -266,7 +266,9 @@ def _newton_schulz_sqrtm(a: tf.Tensor, num_iters: int, backward: str) -> tf.Tens
     return root(a)
 
 
-def _resolve_auto(method, backward, channels=None):
+def _resolve_auto(
+    method: str, backward: str | None, channels: int | None = None
+) -> tuple[str, str | None, tf.DType | None]:
     """(method, backward, dtype of the eigendecomposition or None): "auto" is the measured choice
     for this device and C (impls.auto_table); a C unknown while tracing takes its rule.
     TensorFlow places work on a GPU whenever it sees one, so that decides the device."""

@@ -225,7 +225,9 @@ def _autograd_newton_schulz(a: torch.Tensor, num_iters: int, clamp: bool) -> tor
     return torch.where(bad, _EighSqrtm.apply(torch.where(bad, a, eye)), converging)
 
 
-def _resolve_auto(method, backward, device_type, channels=None):
+def _resolve_auto(
+    method: str, backward: str | None, device_type: str, channels: int | None = None
+) -> tuple[str, str | None, torch.dtype | None]:
     """(method, backward, dtype of the eigendecomposition or None): "auto" is the measured choice
     for this device and C (impls.auto_table), read from the static shape without a host read."""
     if method != "auto":
