@@ -78,7 +78,11 @@ def profile_name(arguments: argparse.Namespace) -> str:
     return "full" if arguments.full else "default"
 
 
-def pytest_command(arguments: argparse.Namespace, json_path: pathlib.Path) -> list[str]:
+def pytest_command(
+    arguments: argparse.Namespace, json_path: pathlib.Path, storage: pathlib.Path
+) -> list[str]:
+    """The benchmark session's command line. It runs in PACKAGE_ROOT (site-packages when
+    installed), so pytest-benchmark's own storage goes to `storage`, a folder of the caller's."""
     command = [
         sys.executable,
         "-m",
@@ -92,6 +96,7 @@ def pytest_command(arguments: argparse.Namespace, json_path: pathlib.Path) -> li
         f"--bench-device={arguments.device}",
         f"--bench-memory-limit-gib={arguments.memory_limit_gib}",
         f"--benchmark-json={json_path}",
+        f"--benchmark-storage=file://{storage.resolve()}",
         "--benchmark-group-by=group",
         "--benchmark-sort=name",
         "--benchmark-columns=min,median,max,rounds",
@@ -133,9 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # it writes no JSON: the benchmark session is a process of its own.
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     start = time.monotonic()
-    status = subprocess.call(
-        pytest_command(arguments, json_path), cwd=PACKAGE_ROOT, env=environment
-    )
+    with tempfile.TemporaryDirectory(prefix="ibp-bench-storage-") as storage:
+        status = subprocess.call(
+            pytest_command(arguments, json_path, pathlib.Path(storage)),
+            cwd=PACKAGE_ROOT,
+            env=environment,
+        )
     if not json_path.exists():
         print(f"no results written (pytest exit status {status})", file=sys.stderr)
         return status or 1

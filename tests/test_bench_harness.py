@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bench import report
+from bench import report, run
 from bench.cases import get_profile
 from bench.report import TARGETS_BLOCK
 from impls.testing.metadata import REQUIRED_KEYS
@@ -35,6 +35,13 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     return workdir / "results"
+
+
+def test_the_benchmark_session_stores_nothing_beside_the_package(tmp_path: pathlib.Path) -> None:
+    arguments = run.parse_arguments(["--dry-run"])
+    command = run.pytest_command(arguments, tmp_path / "bench-cpu.json", tmp_path / "storage")
+    storage = [option for option in command if option.startswith("--benchmark-storage=")]
+    assert storage == [f"--benchmark-storage=file://{(tmp_path / 'storage').resolve()}"]
 
 
 def test_dry_run_writes_results_with_metadata(dry_run: pathlib.Path) -> None:
