@@ -9,9 +9,14 @@ the CPU, in about 5 minutes on two cores.
 import argparse
 import datetime
 import importlib
+import multiprocessing
+import os
+import queue
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -384,9 +389,9 @@ def run(
 ) -> tuple[list[dict[str, Any]], float]:
     """Train every (data set, framework, configuration); return the run records and seconds."""
     started = time.perf_counter()
-    options = TrainingOptions(
-        args.epochs, args.batch_size, args.seed, not args.no_progress, args.checkpoint_dir
-    )
+    if _frameworks_in_parallel(runners):
+        runs = _run_frameworks_in_parallel(args, runners, datasets)
+        return runs, time.perf_counter() - started
     jobs = [
         (dataset, runner, configuration)
         for dataset in datasets
@@ -397,8 +402,77 @@ def run(
     for dataset, runner, configuration in tqdm(
         jobs, desc="runs", unit="run", disable=args.no_progress or not _is_chief(runners)
     ):
-        runs.append(train(runner, configuration, dataset, options, model_options(args), cache))
+        runs.append(
+            train(runner, configuration, dataset, _options(args), model_options(args), cache)
+        )
     return runs, time.perf_counter() - started
+
+
+def _options(args: argparse.Namespace) -> TrainingOptions:
+    return TrainingOptions(
+        args.epochs, args.batch_size, args.seed, not args.no_progress, args.checkpoint_dir
+    )
+
+
+def _frameworks_in_parallel(runners: list[TrainingRunner]) -> bool:
+    """Several frameworks, each in one process on the CPU, and a core for each of them: their runs
+    do not depend on each other, so each trains in a process of its own at the same time."""
+    alone = all(
+        runner.describe_device() == "cpu" and runner.world.processes == runner.world.replicas == 1
+        for runner in runners
+    )
+    # A runner's threads may be "default" (all cores): then there is no core to spare.
+    threads = [runner.threads for runner in runners if isinstance(runner.threads, int)]
+    fits = len(threads) == len(runners) and sum(threads) <= (os.cpu_count() or 1)
+    return len(runners) > 1 and alone and fits
+
+
+def _run_frameworks_in_parallel(
+    args: argparse.Namespace, runners: list[TrainingRunner], datasets: list[Dataset]
+) -> list[dict[str, Any]]:
+    """The runs of `run`, in its order, each framework trained by a spawned process of its own
+    (a fresh interpreter: no framework state is shared). The progress bar counts finished runs."""
+    total = len(runners) * sum(len(configurations_for(d, args)) for d in datasets)
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(len(runners), mp_context=context) as pool,
+        tqdm(total=total, desc="runs", unit="run", disable=args.no_progress) as bar,
+    ):
+        finished = manager.Queue()
+        futures = {
+            runner.name: pool.submit(_train_one_framework, args, runner.name, finished)
+            for runner in runners
+        }
+        while not all(future.done() for future in futures.values()) or not finished.empty():
+            try:
+                bar.set_postfix_str(finished.get(timeout=0.5))
+                bar.update()
+            except queue.Empty:
+                pass
+        by_framework = {name: future.result() for name, future in futures.items()}
+    return [
+        record
+        for dataset in datasets
+        for runner in runners
+        for record in by_framework[runner.name]
+        if record["dataset"] == dataset.name
+    ]
+
+
+def _train_one_framework(
+    args: argparse.Namespace, framework: str, finished: "queue.Queue[str]"
+) -> list[dict[str, Any]]:
+    """Every run of one framework (in a process of its own), announcing each as it ends."""
+    args = argparse.Namespace(**{**vars(args), "framework": [framework]})
+    (runner,) = make_runners(args)
+    options = replace(_options(args), progress=False)
+    cache, runs = RunCache(), []
+    for dataset in load_datasets(args):
+        for configuration in configurations_for(dataset, args):
+            runs.append(train(runner, configuration, dataset, options, model_options(args), cache))
+            finished.put(f"{framework} {dataset.name} {configuration.name}")
+    return runs
 
 
 def _is_chief(runners: list[TrainingRunner]) -> bool:

@@ -243,6 +243,36 @@ def test_quick_run_ibp_learns_and_the_question_set_up_does_not(backend, tmp_path
 
 
 @pytest.mark.slow
+def test_frameworks_trained_side_by_side_give_the_numbers_of_each_alone(monkeypatch, tmp_path):
+    """On the CPU the two frameworks train in two processes at once; nothing they compute
+    depends on the other, so every record but its time equals that of the framework alone."""
+    import_framework("torch")
+    import_framework("tensorflow")
+    arguments = ("--quick", "--dataset", "synthetic", "--config", "ibp", "seed")
+    parallel_runs = []
+    in_parallel = reproduce_accuracy._run_frameworks_in_parallel
+
+    def counted(*call: object) -> object:
+        parallel_runs.append(call)
+        return in_parallel(*call)
+
+    monkeypatch.setattr(reproduce_accuracy, "_run_frameworks_in_parallel", counted)
+    monkeypatch.setattr(reproduce_accuracy.os, "cpu_count", lambda: 2)
+    together = _train(tmp_path / "both", *arguments)["runs"]
+    assert len(parallel_runs) == 1
+    alone = [
+        run
+        for framework in ("torch", "tf")
+        for run in _train(tmp_path / framework, *arguments, "--framework", framework)["runs"]
+    ]
+
+    def without_time(runs):
+        return [{key: value for key, value in run.items() if key != "seconds"} for run in runs]
+
+    assert without_time(together) == without_time(alone)
+
+
+@pytest.mark.slow
 def test_same_seed_same_numbers(backend, tmp_path):
     arguments = ["--quick", "--framework", backend.name, "--dataset", "synthetic", "--epochs", "2"]
     arguments += ["--config", "ibp", "seed_fix_batch_sum_and_low_lr", "--seed", "7"]
