@@ -389,7 +389,7 @@ def run(
 ) -> tuple[list[dict[str, Any]], float]:
     """Train every (data set, framework, configuration); return the run records and seconds."""
     started = time.perf_counter()
-    if _frameworks_in_parallel(runners):
+    if _frameworks_in_parallel(runners, args.threads):
         runs = _run_frameworks_in_parallel(args, runners, datasets)
         return runs, time.perf_counter() - started
     jobs = [
@@ -414,16 +414,15 @@ def _options(args: argparse.Namespace) -> TrainingOptions:
     )
 
 
-def _frameworks_in_parallel(runners: list[TrainingRunner]) -> bool:
+def _frameworks_in_parallel(runners: list[TrainingRunner], threads: int) -> bool:
     """Several frameworks, each in one process on the CPU, and a core for each of them: their runs
     do not depend on each other, so each trains in a process of its own at the same time."""
     alone = all(
         runner.describe_device() == "cpu" and runner.world.processes == runner.world.replicas == 1
         for runner in runners
     )
-    # A runner's threads may be "default" (all cores): then there is no core to spare.
-    threads = [runner.threads for runner in runners if isinstance(runner.threads, int)]
-    fits = len(threads) == len(runners) and sum(threads) <= (os.cpu_count() or 1)
+    # Each process sets its framework's threads to --threads in a fresh interpreter.
+    fits = threads * len(runners) <= (os.cpu_count() or 1)
     return len(runners) > 1 and alone and fits
 
 
