@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from impls.testing import readme_blocks
-from impls.testing.metadata import collect, hardware, read_results, write_results
+from impls.testing.metadata import collect, hardware, read_results, write_rows
 
 DEFAULT_OUTPUT = pathlib.Path("results")
 FILE_NAME = "pipeline.json"
@@ -201,10 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats=arguments.repeats,
         warm_up_steps=WARM_UP_STEPS,
     )
-    arguments.output.mkdir(parents=True, exist_ok=True)
-    path = arguments.output / FILE_NAME
-    write_results(path, metadata, rows=rows)
-    (arguments.output / pathlib.Path(DOCUMENT).name).write_text(render(path))
+    path = write_rows(arguments.output, FILE_NAME, metadata, rows, (DOCUMENT, render))
     print(markdown_table(rows))
     print(f"wrote {path}")
     return 0

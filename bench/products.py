@@ -24,7 +24,7 @@ from typing import Any
 from bench.cases import ACCURACY_TARGET, get_profile
 from bench.inputs import SEED
 from impls.testing import readme_blocks
-from impls.testing.metadata import collect, read_results, write_results
+from impls.testing.metadata import collect, read_results, write_rows
 from reference.conventions import DEFAULT_EPS
 
 #: The GPU-cost target of the minimax root (issue 13): half the 149 products that the classic
@@ -114,10 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         input="the benchmarks' seeded covariances of 28x28 ReLU feature maps + eps I "
         "(bench.inputs.Inputs.covariances), rounded to float32",
     )
-    arguments.output.mkdir(parents=True, exist_ok=True)
-    path = arguments.output / FILE_NAME
-    write_results(path, metadata, rows=rows)
-    (arguments.output / pathlib.Path(DOCUMENT).name).write_text(render(path))
+    path = write_rows(arguments.output, FILE_NAME, metadata, rows, (DOCUMENT, render))
     print(markdown_table(rows))
     print(f"wrote {path}")
     return 0

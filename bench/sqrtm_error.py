@@ -24,7 +24,7 @@ from bench.cases import DEFAULT_VARIANT, EIGH, Cell, SqrtmVariant, get_profile
 from bench.errors import SqrtmErrors
 from bench.inputs import SEED, Inputs
 from impls.testing import readme_blocks
-from impls.testing.metadata import collect, read_results, write_results
+from impls.testing.metadata import collect, read_results, write_rows
 from reference.conventions import DEFAULT_EPS, NEWTON_SCHULZ_BACKWARDS
 
 BLOCK = "sqrtm-error"
@@ -123,9 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         input="the benchmarks' seeded covariances of 28x28 ReLU feature maps + eps I "
         "(bench.inputs.Inputs.covariances), rounded to float32",
     )
-    arguments.output.mkdir(parents=True, exist_ok=True)
-    path = arguments.output / FILE_NAME
-    write_results(path, metadata, rows=rows)
+    path = write_rows(arguments.output, FILE_NAME, metadata, rows)
     print(markdown_table(rows))
     print(f"wrote {path}")
     readme = pathlib.Path("README.md")

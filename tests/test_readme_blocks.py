@@ -18,7 +18,7 @@ import shlex
 import pytest
 
 from impls.testing import readme_blocks, worked_examples
-from impls.testing.metadata import REQUIRED_KEYS, read_results
+from impls.testing.metadata import REQUIRED_KEYS, read_results, run_time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -108,6 +108,20 @@ def test_worked_example_commands_parse(example: str) -> None:
     with pytest.raises(SystemExit) as exit_:
         worked_examples.main([*command[3:], "--help"])
     assert exit_.value.code == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "quoted"),
+    [
+        ("accuracy.json", "on the embedded data ({} on 2 cores)"),
+        ("accuracy-seed-30.json", "accuracy-seed-30.md`, {}\non 2"),
+    ],
+)
+def test_the_readme_quotes_the_run_times_its_results_record(name: str, quoted: str) -> None:
+    """The README's run times of the main job and the 30 % study are those of the committed
+    results, so a regeneration that changes them fails here until the README follows."""
+    metadata, _ = read_results(ROOT / "results" / name)
+    assert quoted.format(run_time(metadata)) in (ROOT / "README.md").read_text()
 
 
 def test_registered_blocks_exist_once() -> None:

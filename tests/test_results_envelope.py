@@ -27,6 +27,19 @@ def test_round_trip(tmp_path: pathlib.Path) -> None:
     assert document["rows"] == [1, 2]
 
 
+def test_write_rows_writes_the_document_from_the_file_it_wrote(tmp_path: pathlib.Path) -> None:
+    envelope = metadata.collect("cpu", "test", command="python -m x")
+
+    def render(path: pathlib.Path) -> str:
+        return f"rows: {metadata.read_results(path)[1]['rows']}"
+
+    output = tmp_path / "new"
+    path = metadata.write_rows(output, "x.json", envelope, [{"a": 1}], ("results/x.md", render))
+    assert path == output / "x.json"
+    assert metadata.read_results(path)[1]["rows"] == [{"a": 1}]
+    assert (output / "x.md").read_text() == "rows: [{'a': 1}]"
+
+
 def test_a_file_without_the_envelope_is_named(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "r.json"
     path.write_text('{"metadata": {}}')

@@ -14,7 +14,7 @@ import pathlib
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 #: The key of the envelope in every results JSON. Not "metadata": pytest-benchmark's own JSON,
@@ -153,6 +153,25 @@ def write_results(path: pathlib.Path, metadata: Mapping[str, Any], **payload: An
     """Write `payload` with its envelope to `path` (JSON)."""
     document = {ENVELOPE_KEY: dict(metadata), **payload}
     pathlib.Path(path).write_text(json.dumps(document, indent=1) + "\n")
+
+
+def write_rows(
+    output_dir: pathlib.Path,
+    file_name: str,
+    metadata: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    document: tuple[str, Callable[[pathlib.Path], str]] | None = None,
+) -> pathlib.Path:
+    """Write a measuring command's `rows` with their envelope to `output_dir`/`file_name` and,
+    given `document` (its path in the repository, the renderer reading that JSON), the document
+    rendered from the file just written, beside it. Returns the JSON's path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / file_name
+    write_results(path, metadata, rows=list(rows))
+    if document is not None:
+        name, render = document
+        (output_dir / pathlib.PurePath(name).name).write_text(render(path))
+    return path
 
 
 def read_results(path: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
