@@ -46,6 +46,23 @@ def check_dtype(dtype_name: str, name: str) -> None:
         )
 
 
+#: The words of every shape check, as templates with named fields: eager code formats them with
+#: the static shape; a traced graph whose shape is unknown passes them to its assertion ops with
+#: the runtime shape in the fields (impls.tf.stages), so both say the same thing.
+FEATURE_MAP_RANK = (
+    "expected a batch of feature maps {axes} ({layout}), got a tensor of rank {rank} with shape "
+    "{shape}"
+)
+CHANNELS = "expected {channels} channels on axis {axis} of {axes} ({layout}), got shape {shape}"
+EMPTY_AXIS = "{name} has an empty axis: shape {shape}"
+MATRIX_RANK = "expected a batch of square matrices (B, C, C), got rank {rank} with shape {shape}"
+NOT_SQUARE = "{name} must be square, got shape {shape} ({rows} x {columns})"
+SAMPLE_RANK = (
+    "expected a batch of samples (B, ...) of rank 2 or more for {name}, got rank {rank} with "
+    "shape {shape}"
+)
+
+
 def _known(shape: Shape) -> tuple[int | None, ...] | None:
     """`shape` as a tuple, or None when even its rank is unknown (a traced TensorFlow input)."""
     return None if shape is None else tuple(shape)
@@ -56,29 +73,32 @@ def check_feature_map(shape: Shape, layout: str, channels: int | None = None) ->
     shape = _known(shape)
     if shape is None:
         return
-    expected = LAYOUT_AXES[layout]
+    axes = LAYOUT_AXES[layout]
     if len(shape) != 4:
         raise IBPInputError(
-            f"expected a batch of feature maps {expected} ({layout}), got a tensor of rank "
-            f"{len(shape)} with shape {shape}"
+            FEATURE_MAP_RANK.format(axes=axes, layout=layout, rank=len(shape), shape=shape)
         )
-    channel_axis = 1 if layout == "channels_first" else 3
+    channel_axis = channel_axis_of(layout)
     other_axis = 3 if layout == "channels_first" else 1
     if channels is not None and shape[channel_axis] is not None and shape[channel_axis] != channels:
         hint = ""
         if shape[other_axis] == channels:
             other = "channels_last" if layout == "channels_first" else "channels_first"
             hint = f"; the channels sit on axis {other_axis}: the input looks {other}"
-        raise IBPInputError(
-            f"expected {channels} channels on axis {channel_axis} of {expected} ({layout}), "
-            f"got shape {shape}{hint}"
+        message = CHANNELS.format(
+            channels=channels, axis=channel_axis, axes=axes, layout=layout, shape=shape
         )
+        raise IBPInputError(message + hint)
     _check_not_empty(shape, "feature map")
+
+
+def channel_axis_of(layout: str) -> int:
+    return 1 if layout == "channels_first" else 3
 
 
 def _check_not_empty(shape: tuple[int | None, ...], name: str) -> None:
     if any(d == 0 for d in shape):
-        raise IBPInputError(f"{name} has an empty axis: shape {shape}")
+        raise IBPInputError(EMPTY_AXIS.format(name=name, shape=shape))
 
 
 def check_square_batch(shape: Shape, name: str = "matrix") -> None:
@@ -87,12 +107,11 @@ def check_square_batch(shape: Shape, name: str = "matrix") -> None:
     if shape is None:
         return
     if len(shape) != 3:
-        raise IBPInputError(
-            "expected a batch of square matrices (B, C, C), "
-            f"got rank {len(shape)} with shape {shape}"
-        )
+        raise IBPInputError(MATRIX_RANK.format(rank=len(shape), shape=shape))
     if shape[1] is not None and shape[2] is not None and shape[1] != shape[2]:
-        raise IBPInputError(f"{name} must be square, got shape {shape} ({shape[1]} x {shape[2]})")
+        raise IBPInputError(
+            NOT_SQUARE.format(name=name, shape=shape, rows=shape[1], columns=shape[2])
+        )
     _check_not_empty(shape, name)
 
 
@@ -102,10 +121,7 @@ def check_sample_batch(shape: Shape, name: str) -> None:
     if shape is None:
         return
     if len(shape) < 2:
-        raise IBPInputError(
-            f"expected a batch of samples (B, ...) of rank 2 or more for {name}, "
-            f"got rank {len(shape)} with shape {shape}"
-        )
+        raise IBPInputError(SAMPLE_RANK.format(name=name, rank=len(shape), shape=shape))
     _check_not_empty(shape, name)
 
 

@@ -27,15 +27,23 @@ NEWTON_SCHULZ_STATED_ACCURACY = 1e-4
 #: but every entry of the input then has a derivative that finite differences confirm.
 #: Negative eigenvalues of that symmetric part count as 0: sqrtm(A) = U sqrt(max(lambda, 0)) U^T,
 #: the root of A's projection onto the positive semi-definite cone, for every method. Covariances
-#: are PSD; a negative eigenvalue is round-off (eps = 0 on rank-deficient input) or a matrix that
-#: is no covariance, and clamping is the nearest PSD answer. eigh clamps directly; Newton-Schulz
-#: diverges on negative eigenvalues (the iterate of eigenvalue a < 0 grows by 9/4 per step), so
-#: the samples whose iterates blow up are recomputed by eigh; its NaN is never returned.
-#: Backward: the Lyapunov denominators s_i + s_j are floored at 2 max(u s_max, sqrt(tiny)) (u the
-#: unit round-off, tiny the smallest normal number of the dtype): relative, since roots below
-#: round-off of the largest are noise, and absolute, since the all-zero matrix has s_max = 0 and
-#: eigenvalues below tiny have no digits left. Gradients are then finite for every finite input
-#: and every eps >= 0, and huge (not infinite) where the true one is infinite.
+#: are PSD; a negative eigenvalue is round-off (eps = 0 on rank-deficient input, or a covariance
+#: pooled in half precision: down to -1e-4 of its norm in bfloat16) or a matrix that is no
+#: covariance, and clamping is the nearest PSD answer. eigh clamps directly. A Newton-Schulz
+#: iteration goes astray on a negative eigenvalue (its iterate grows in every step, to a finite
+#: wrong root or to inf), so each iteration checks its last iterates for that
+#: (impls.minimax_polynomials.wrong_iterate_slack) and the samples that fail are recomputed by
+#: eigh: a wrong root is never returned.
+#: Backward: the gradient of the clamped root, U [(U^T G U)_ij d_ij] U^T with the divided
+#: differences d_ij of sqrt(max(., 0)) at lambda_i, lambda_j: 1 / (s_i + s_j) (the Lyapunov
+#: solution) where both eigenvalues are positive, s / |lambda_i - lambda_j| where one is not, and 0
+#: where neither is (the clamped root is flat there: round-off below zero adds no gradient). The
+#: denominators s_i + s_j are floored at 2 max(u s_max, sqrt(tiny)) (u the unit round-off, tiny the
+#: smallest normal number of the dtype): relative, since roots below round-off of the largest are
+#: noise, and absolute, since the all-zero matrix has s_max = 0 and eigenvalues below tiny have no
+#: digits left. Gradients are then finite for every finite input and every eps >= 0, and huge (not
+#: infinite) where the true one is infinite. The iterative backwards solve the Lyapunov equation
+#: for the computed root, which is this gradient wherever the iteration has converged.
 #: The signed sqrt's slope 1 / (2 sqrt(|z| + delta)) is infinite at z = 0 when delta = 0; it is
 #: held at 1 / (2 sqrt(u)) below |z| + delta = u (never reached with the default delta). With the
 #: L2 floor's 1 / L2_NORM_FLOOR and the root floor's 1 / (2 sqrt(tiny)), the head's backward on an

@@ -254,6 +254,43 @@ CASES = [
         "must be square",
     ),
     Case(
+        "rank-2 matrix in a graph",
+        call(lambda b, impl: graph(b, impl.sqrtm)(b.tensor(np.ones((3, 3)), "float32"))),
+        "square matrices \\(B, C, C\\), got rank",
+    ),
+    Case(
+        "matrix of shape (2, 0, 0) in a graph",
+        call(lambda b, impl: graph(b, impl.sqrtm)(b.tensor(np.zeros((2, 0, 0)), "float32"))),
+        "matrix has an empty axis",
+    ),
+    Case(
+        "rank-3 map pooled in a graph",
+        call(lambda b, impl: graph(b, impl.bilinear_pool)(b.tensor(np.ones((2, 3, 4)), "float32"))),
+        "batch of feature maps .* got a tensor of rank",
+    ),
+    Case(
+        "empty map pooled in a graph",
+        call(
+            lambda b, impl: graph(b, impl.bilinear_pool)(b.tensor(np.ones((2, 0, 3, 4)), "float32"))
+        ),
+        "feature map has an empty axis",
+    ),
+    Case(
+        "6-channel map into a 4-channel head in a graph",
+        call(lambda b, impl: graph(b, impl.IBPHead(4))(feature_map(b, np.ones((2, 6, 3, 3))))),
+        "expected 4 channels on axis",
+    ),
+    Case(
+        "6-channel map into a 4-channel head with a classifier in a graph",
+        call(lambda b, impl: graph(b, impl.IBPHead(4, 3))(feature_map(b, np.ones((2, 6, 3, 3))))),
+        "expected 4 channels on axis",
+    ),
+    Case(
+        "rank-1 L2 input in a graph",
+        call(lambda b, impl: graph(b, impl.l2_normalize)(b.tensor(np.ones(3), "float32"))),
+        "rank 2 or more",
+    ),
+    Case(
         "NaN matrix in a graph",
         call(lambda b, impl: graph(b, impl.sqrtm)(b.tensor(np.full((1, 2, 2), np.nan), "float32"))),
         "matrix holds non-finite",

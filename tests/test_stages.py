@@ -97,7 +97,13 @@ def test_sqrtm_gradient_check(backend, options, a):
 
 
 @pytest.mark.parametrize("name", ["pool", "head"])
-@given(x=feature_maps(channels=st.integers(1, 4), batch=st.integers(1, 2), sides=st.integers(1, 3)))
+@given(
+    x=feature_maps(
+        channels=st.integers(1, 4),
+        batch=st.integers(1, 2),
+        shapes=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    )
+)
 def test_feature_map_stage_gradient_check(backend, name, x):
     fn = STAGES[name].implementation(backend)
     backend.check_gradient(fn, backend.feature_map(x + 0.1))

@@ -7,7 +7,6 @@ import keras
 import tensorflow as tf
 
 from impls.tf.stages import (
-    MAP_RANK_MESSAGE,
     _l2_normalize,
     _pool,
     _root,
@@ -16,8 +15,8 @@ from impls.tf.stages import (
     assert_finite,
     check_sqrtm_options,
     compute_dtype,
+    in_contract,
     static_shape,
-    with_rank,
 )
 from reference.contracts import (
     NON_FINITE_MESSAGE,
@@ -75,7 +74,7 @@ class IBPHead(keras.layers.Layer):
         # Keras cannot build a layer on a tensor of unknown rank (a tf.function traced without a
         # shape): give it rank 4, checked when the graph runs.
         if isinstance(inputs, tf.Tensor) and inputs.shape.rank is None:
-            inputs = with_rank(inputs, 4, MAP_RANK_MESSAGE)
+            inputs = in_contract(inputs, "feature map", "feature map", self.in_channels)
         return super().__call__(inputs, *args, **kwargs)
 
     def build(self, input_shape: Sequence[int | None]) -> None:
@@ -95,6 +94,7 @@ class IBPHead(keras.layers.Layer):
     def call(self, inputs: Any) -> tf.Tensor:
         inputs = as_tensor(inputs, "feature map")
         check_feature_map(static_shape(inputs), "channels_last", self.in_channels)
+        inputs = in_contract(inputs, "feature map", "feature map", self._channels())
         # One rounding at the end instead of one per stage for half precision input.
         wide = tf.cast(inputs, compute_dtype(inputs))
         # One finiteness check per call, after the root (eager; a graph asserts in line).

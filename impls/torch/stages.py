@@ -4,9 +4,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from impls import auto_table
+from impls.torch.linalg import (
+    EighSqrtm,
+    NewtonSchulzSqrtm,
+    autograd_root,
+    newton_schulz_root,
+    symmetric_part,
+)
 from impls.torch.minimax_newton_schulz import minimax_sqrtm
 from reference.contracts import (
     NON_FINITE_MESSAGE,
@@ -60,10 +66,6 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in _HALF_DTYPES else x.dtype
 
 
-def _symmetric_part(m: torch.Tensor) -> torch.Tensor:
-    return (m + m.mT) / 2
-
-
 def _pool(x: torch.Tensor, eps: float) -> torch.Tensor:
     with torch.autocast(x.device.type, enabled=False):
         features = x.flatten(2).to(compute_dtype(x))
@@ -83,148 +85,6 @@ def bilinear_pool(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     return a
 
 
-def _root_floor(s: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Smallest root the Lyapunov denominators s_i + s_j are allowed to see, per matrix.
-
-    Relative: roots below round-off of the largest are noise. Absolute: sqrt(tiny), the root of
-    the smallest normal number; an eigenvalue below it has no significant digits left, and the
-    relative floor is 0 for the all-zero matrix (eps = 0 on a dead map). The true gradient there
-    is infinite; this floor makes it finite, and large: 1 / (2 sqrt(tiny)) is 5e18 in float32,
-    small enough that the pooling's backward (times X / N) stays finite for any unit cotangent.
-    `dtype`: the one the gradient is returned in, when the roots were computed wider.
-    """
-    info = torch.finfo(dtype or s.dtype)
-    return (info.eps * s.amax(-1, keepdim=True).unsqueeze(-1)).clamp_min(info.tiny**0.5)
-
-
-def _lyapunov_in_eigenbasis(
-    u: torch.Tensor, s: torch.Tensor, g: torch.Tensor, result_dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """Symmetric part of X solving Z X + X Z = G, Z = U diag(s) U^T with s >= 0."""
-    denominator = s.unsqueeze(-1) + s.unsqueeze(-2)
-    # Two zero eigenvalues (eps = 0 on rank-deficient input) make the true gradient infinite.
-    denominator = torch.maximum(denominator, 2 * _root_floor(s, result_dtype))
-    x = u @ ((u.mT @ _symmetric_part(g) @ u) / denominator) @ u.mT
-    return x
-
-
-def _eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.linalg.eigh that survives LAPACK's convergence failures on finite input (clusters of
-    repeated eigenvalues, as dead channels give): retry in float64, then with a jitter of a few
-    units of round-off that splits the clusters. Non-finite input is the caller's to report."""
-    try:
-        return torch.linalg.eigh(a)
-    except torch.linalg.LinAlgError:
-        if not bool(torch.isfinite(a).all()):
-            raise
-    wide = a.double()
-    try:
-        eigenvalues, u = torch.linalg.eigh(wide)
-    except torch.linalg.LinAlgError:
-        scale = torch.linalg.matrix_norm(wide).clamp_min(torch.finfo(wide.dtype).tiny)
-        steps = torch.arange(a.shape[-1], dtype=wide.dtype, device=a.device) / a.shape[-1]
-        jitter = torch.finfo(a.dtype).eps * scale[..., None, None] * torch.diag_embed(steps)
-        eigenvalues, u = torch.linalg.eigh(wide + jitter)
-    return eigenvalues.to(a.dtype), u.to(a.dtype)
-
-
-def _eigh_root(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """U sqrt(max(lambda, 0)) U^T: negative eigenvalues are clamped at 0 (README, "sqrtm")."""
-    eigenvalues, u = _eigh(a)
-    s = eigenvalues.clamp_min(0).sqrt()
-    return (u * s.unsqueeze(-2)) @ u.mT, u, s
-
-
-class _EighSqrtm(torch.autograd.Function):
-    """Exact root by eigendecomposition; backward by the closed-form Lyapunov solution."""
-
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, result_dtype: torch.dtype | None = None) -> torch.Tensor:
-        z, u, s = _eigh_root(a)
-        ctx.result_dtype = result_dtype
-        ctx.save_for_backward(u, s)
-        return z
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
-        u, s = ctx.saved_tensors
-        return _lyapunov_in_eigenbasis(u, s, g, ctx.result_dtype), None
-
-
-def _newton_schulz_root(a: torch.Tensor, num_iters: int) -> torch.Tensor:
-    """Coupled iteration Y <- Y T, Z <- T Z, T = (3I - Z Y) / 2 on A / ||A||_F."""
-    norm = torch.linalg.matrix_norm(a).clamp_min(torch.finfo(a.dtype).tiny)[..., None, None]
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
-    y, z = a / norm, eye
-    for _ in range(num_iters):
-        t = (3 * eye - z @ y) / 2
-        y, z = y @ t, t @ z
-    return y * norm.sqrt()
-
-
-def _newton_schulz_lyapunov(z: torch.Tensor, g: torch.Tensor, num_iters: int) -> torch.Tensor:
-    """Coupled Newton-Schulz sign iteration on [[Z, G], [0, -Z]] / ||Z||_F; its corner is 2X.
-
-    Z is shifted by the same floor as the eigenbasis solver's roots: Z = 0 (eps = 0 on a dead map)
-    would leave the sign iteration nothing to converge to and grow G by 3/2 per step."""
-    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device).expand_as(z)
-    info = torch.finfo(z.dtype)
-    floor = (info.eps * torch.linalg.matrix_norm(z)).clamp_min(info.tiny**0.5)[..., None, None]
-    shifted = z + floor * eye
-    norm = torch.linalg.matrix_norm(shifted)[..., None, None]
-    p, q = shifted / norm, g / norm
-    for _ in range(num_iters):
-        p_squared = p @ p
-        q = (q @ (3 * eye - p_squared) - p @ (p @ q - q @ p)) / 2
-        p = p @ (3 * eye - p_squared) / 2
-    return _symmetric_part(q / 2)
-
-
-def _diverged(z: torch.Tensor) -> torch.Tensor:
-    """Samples whose Newton-Schulz iterates blew up: the iteration converges on eigenvalues in
-    (0, 1] of A / ||A||_F and diverges on negative ones (non-PSD input, or round-off below zero
-    with eps = 0 and many iterations)."""
-    return ~torch.isfinite(z).flatten(1).all(1)[:, None, None]
-
-
-class _NewtonSchulzSqrtm(torch.autograd.Function):
-    """Newton-Schulz root with an exact (eigenbasis) or iterative (sign iteration) backward."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, a: torch.Tensor, num_iters: int, backward: str, clamp: bool
-    ) -> torch.Tensor:
-        z = _newton_schulz_root(a, num_iters)
-        if clamp:
-            z = torch.where(_diverged(z), _eigh_root(a)[0], z)
-        ctx.num_iters, ctx.backward_method = num_iters, backward
-        ctx.save_for_backward(z)
-        return z
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        (z,) = ctx.saved_tensors
-        if ctx.backward_method == "newton_schulz":
-            return _newton_schulz_lyapunov(z, g, ctx.num_iters), None, None, None
-        eigenvalues, u = _eigh(_symmetric_part(z))
-        return _lyapunov_in_eigenbasis(u, eigenvalues.clamp_min(0), g), None, None, None
-
-
-def _autograd_newton_schulz(a: torch.Tensor, num_iters: int, clamp: bool) -> torch.Tensor:
-    """Newton-Schulz differentiated through its iterations. With `clamp`, samples that diverge are
-    recomputed by eigh (whose gradient is the Lyapunov solution), the others by a fresh iteration,
-    so that no NaN of a diverged sample sits in the graph that autograd walks back."""
-    z = _newton_schulz_root(a, num_iters)
-    if not clamp:
-        return z
-    bad = _diverged(z.detach())
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
-    converging = _newton_schulz_root(torch.where(bad, eye, a), num_iters)
-    return torch.where(bad, _EighSqrtm.apply(torch.where(bad, a, eye)), converging)
-
-
 def _resolve_auto(
     method: str, backward: str | None, device_type: str, channels: int | None = None
 ) -> tuple[str, str | None, torch.dtype | None]:
@@ -242,43 +102,46 @@ def _root(
 ) -> torch.Tensor:
     """The root of the symmetric part of `a`, then one finiteness check of it (one host read):
     NaN or inf in anything it came from (`checks`, (tensor, message) pairs, first cause first)
-    shows there, and so does a Newton-Schulz iteration that diverged on negative eigenvalues,
-    which is then computed again with those samples clamped. Under torch.compile the checks are
-    assertion ops, and a diverged iteration fails the last one instead of being recomputed."""
+    shows there, and so does an iteration that went wrong on negative eigenvalues (its samples
+    are NaN, `impls.torch.linalg.nan_where_wrong`), which is then computed again with those
+    samples clamped by eigh. Under torch.compile the checks are assertion ops and each root clamps
+    its wrong samples itself, in a torch.cond that runs eigh only when some sample went wrong."""
     method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type, a.shape[-1])
     num_iters, backward = with_method_defaults(method, num_iters, backward)
     compiling = torch.compiler.is_compiling()
     if compiling:
         check_all_finite(checks)  # before the eigensolver, which would refuse NaN in its own words
     with torch.autocast(a.device.type, enabled=False):
-        symmetric = _symmetric_part(a.to(compute_dtype(a)))
+        symmetric = symmetric_part(a.to(compute_dtype(a)))
 
         def root(clamp: bool) -> torch.Tensor:
             if method == "eigh" and eigh_dtype is not None:
                 wide = symmetric.to(eigh_dtype)
-                return _EighSqrtm.apply(wide, symmetric.dtype).to(symmetric.dtype)
-            if method == "eigh" or (method == "minimax_newton_schulz" and clamp):
-                return _EighSqrtm.apply(symmetric)
+                return EighSqrtm.apply(wide, symmetric.dtype).to(symmetric.dtype)
+            if method == "eigh":
+                return EighSqrtm.apply(symmetric)
             # Every iterative method has both defaults (reference.conventions.ITERATIVE_DEFAULTS).
             assert num_iters is not None and backward is not None
+            k = num_iters
             if method == "minimax_newton_schulz":
-                return minimax_sqrtm(symmetric, num_iters, backward)
+                return minimax_sqrtm(symmetric, k, backward, clamp)
             if backward == "autograd":
-                return _autograd_newton_schulz(symmetric, num_iters, clamp)
-            return _NewtonSchulzSqrtm.apply(symmetric, num_iters, backward, clamp)
+                return autograd_root(lambda m: newton_schulz_root(m, k), symmetric, clamp)
+            return NewtonSchulzSqrtm.apply(symmetric, k, backward, clamp)
 
         try:
-            z = root(clamp=False)
+            # A compiled graph cannot branch on a host read: it clamps inside the root.
+            z = root(clamp=compiling)
         except torch.linalg.LinAlgError:
             check_all_finite(checks)  # the eigensolver refused NaN or inf: name it
             raise
-        diverged = NON_FINITE_MESSAGE.format(name="Newton-Schulz root (negative eigenvalues)")
+        wrong_root = NON_FINITE_MESSAGE.format(name="square root")
         if compiling:
-            check_all_finite([(z, diverged)])
+            check_all_finite([(z, wrong_root)])
         elif not bool(torch.isfinite(z).all()):
             check_all_finite(checks)
             z = root(clamp=True)
-            check_all_finite([(z, diverged)])
+            check_all_finite([(z, wrong_root)])
     return z.to(a.dtype)
 
 
