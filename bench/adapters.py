@@ -58,6 +58,20 @@ class Adapter:
     def to_numpy(self, tensor: Tensor) -> np.ndarray:
         return self.backend.numpy(tensor)
 
+    def sqrtm_function(self, variant: SqrtmVariant) -> Callable[[Any], Any]:
+        raise NotImplementedError
+
+    def forward_backward(
+        self, root: Callable[[Any], Any], a: Any, cotangent: Any
+    ) -> Callable[[], tuple[Any, Any]]:
+        raise NotImplementedError
+
+    def sqrtm_forward_backward(
+        self, variant: SqrtmVariant, a: Any, cotangent: Any
+    ) -> Callable[[], tuple[Any, Any]]:
+        """`forward_backward` of `variant`'s root."""
+        return self.forward_backward(self.sqrtm_function(variant), a, cotangent)
+
 
 class TorchAdapter(Adapter):
     devices = ("cpu", "cuda")
@@ -183,6 +197,7 @@ class TensorFlowAdapter(Adapter):
     def __init__(self, backend: Backend, device: str) -> None:
         super().__init__(backend, device)
         self.tf = backend.fw
+        self._sqrtm_steps: dict[SqrtmVariant, Any] = {}
 
     def sqrtm_function(self, variant: SqrtmVariant) -> Callable[[Any], Any]:
         sqrtm, options, tf = self.backend.impl.sqrtm, variant.options, self.tf
@@ -215,6 +230,10 @@ class TensorFlowAdapter(Adapter):
         self, root: Callable[[Any], Any], a: Any, cotangent: Any
     ) -> Callable[[], tuple[Any, Any]]:
         """A callable returning (Z, dL/dA) for L = <cotangent, root(A)>."""
+        step = self._step(root)
+        return lambda: step(a, cotangent)
+
+    def _step(self, root: Callable[[Any], Any]) -> Any:
         tf = self.tf
 
         @self._placed
@@ -224,6 +243,16 @@ class TensorFlowAdapter(Adapter):
                 z = root(a)
             return z, tape.gradient(z, a, output_gradients=cotangent)
 
+        return step
+
+    def sqrtm_forward_backward(
+        self, variant: SqrtmVariant, a: Any, cotangent: Any
+    ) -> Callable[[], tuple[Any, Any]]:
+        """One graph per variant, traced again only for a new shape or dtype: the error commands
+        run a variant on many inputs, and tracing costs more than a small root."""
+        if variant not in self._sqrtm_steps:
+            self._sqrtm_steps[variant] = self._step(self.sqrtm_function(variant))
+        step = self._sqrtm_steps[variant]
         return lambda: step(a, cotangent)
 
     def memory(self, run: Callable[[], Any], inputs: Sequence[Any]) -> tuple[Any, dict[str, int]]:

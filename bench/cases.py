@@ -16,6 +16,7 @@ import dataclasses
 import shlex
 from typing import Any
 
+from impls.auto_table import CANDIDATES
 from reference.conventions import (
     DEFAULT_MINIMAX_BACKWARD,
     DEFAULT_MINIMAX_ITERATIONS,
@@ -95,6 +96,18 @@ class SqrtmVariant:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class NotRun:
+    """A benchmark that did not run, and why (a results file's "not_run" entries)."""
+
+    #: pytest's node id.
+    test: str
+    group: str
+    #: What the benchmark would have recorded (pytest-benchmark's extra_info).
+    extra_info: dict[str, Any]
+    reason: str
+
+
 EIGH = SqrtmVariant("eigh")
 #: Lin & Maji's setting: 5 coupled iterations, backward by the sign iteration.
 AUTHORS_VARIANT = SqrtmVariant("newton_schulz", 5, "newton_schulz")
@@ -104,6 +117,14 @@ MINIMAX = SqrtmVariant(
 )
 #: sqrtm as users call it, without options; timed at the headline cell when it is not eigh.
 DEFAULT_VARIANT = EIGH if DEFAULT_SQRTM_METHOD == "eigh" else SqrtmVariant(DEFAULT_SQRTM_METHOD)
+
+
+def candidate_variant(candidate: str) -> SqrtmVariant:
+    """The variant that runs auto's `candidate` (impls.auto_table.CANDIDATES) as auto runs it:
+    float64 eigh casts the input up and the root (and, through autodiff of the cast, the
+    gradient) back down."""
+    method, eigh_dtype = CANDIDATES[candidate]
+    return SqrtmVariant(method, compute_dtype=eigh_dtype)
 
 
 @dataclasses.dataclass(frozen=True)

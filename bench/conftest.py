@@ -1,6 +1,7 @@
 """Options, parametrisation and shared fixtures of the benchmark suites (run them through
 `python -m bench.run`, which sets the options and writes the results JSON and report)."""
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -51,7 +52,7 @@ class Suite:
         # A simulated GPU suite runs the same code with torch on the CPU.
         self.framework_device = "cpu" if self.simulated else self.device
         self.backends = benchmarked_backends(self.device)
-        self.not_run: list[dict[str, Any]] = []
+        self.not_run: list[cases.NotRun] = []
         self.load_average_at_start = metadata.load_average()
 
     def adapter(self, backend_name: str) -> Any:
@@ -158,14 +159,8 @@ def not_run(request: pytest.FixtureRequest, suite: Suite) -> Callable[..., NoRet
     """Record why a benchmark did not run (it goes into the results JSON), then skip it."""
 
     def record(reason: str, group: str, extra_info: dict[str, Any]) -> NoReturn:
-        suite.not_run.append(
-            {
-                "test": request.node.nodeid,
-                "group": group,
-                "extra_info": {**extra_info, "device": suite.device},
-                "reason": reason,
-            }
-        )
+        info = {**extra_info, "device": suite.device}
+        suite.not_run.append(cases.NotRun(request.node.nodeid, group, info, reason))
         pytest.skip(reason)
 
     return record
@@ -182,4 +177,4 @@ def pytest_benchmark_update_json(
     output_json["ibp_metadata"]["time_per_case_s"] = suite.profile.time_per_case
     output_json["ibp_metadata"]["min_rounds"] = suite.profile.min_rounds
     output_json["ibp_metadata"]["memory_limit_bytes"] = suite.memory_limit_bytes
-    output_json["not_run"] = suite.not_run
+    output_json["not_run"] = [dataclasses.asdict(item) for item in suite.not_run]

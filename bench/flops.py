@@ -1,54 +1,46 @@
-"""Matrix-product FLOP counts of the Newton-Schulz square roots (classic and minimax), for the
-GPU's matmul floor.
+"""Matrix-product FLOP counts of the matmul-only square roots (classic and minimax Newton-Schulz),
+for the GPU's matmul floor.
 
 A (C x C) @ (C x C) product is 2 C^3 FLOPs. Additions, scalings and norms are O(C^2) and left out:
 the count is the work a perfect matmul engine could not avoid, so time / (count / measured matmul
-rate) says how far a method is from that engine's floor.
+rate) says how far a method is from that engine's floor. The number of products a call makes does
+not depend on C, so it is counted once per setting at torch's dispatcher
+(`bench.products.counting`) on a small matrix: no formula to fall behind the code.
 """
 
-#: Products per iteration. Forward: Z Y, Y T, T Z. Sign-iteration backward: P P, Q (3I - P^2),
-#: P Q, Q P, P (P Q - Q P), P (3I - P^2). Autograd through the forward: two products (one per
-#: operand) for each of the forward's three.
-_FORWARD_PRODUCTS = 3
-_BACKWARD_PRODUCTS = {"newton_schulz": 6, "autograd": 6}
+import functools
+
+#: The matrix the products are counted on: C = 8, a realistic covariance.
+_COUNTED_CHANNELS = 8
 
 
 def matmul_flops(channels: int, batch: int = 1) -> int:
     return 2 * batch * channels**3
 
 
-def newton_schulz_flops(
-    channels: int, batch: int, num_iters: int, backward: str | None = None
+@functools.cache
+def _products(method: str, num_iters: int, backward: str | None) -> int:
+    import torch
+
+    from bench.products.counting import count_products
+    from impls.testing.numerical_error import realistic_case
+    from impls.torch import sqrtm
+
+    a, g, _, _ = realistic_case(_COUNTED_CHANNELS)
+
+    def root(m: torch.Tensor) -> torch.Tensor:
+        return sqrtm(m, method=method, num_iters=num_iters, backward=backward or "newton_schulz")
+
+    counted = count_products(root, a, g)
+    return counted.products if backward is not None else counted.forward_products
+
+
+def sqrtm_flops(
+    method: str, channels: int, batch: int, num_iters: int, backward: str | None = None
 ) -> int | None:
-    """Matrix-product FLOPs of `num_iters` Newton-Schulz iterations, with the backward if given.
-
-    None for a backward that is not made of matrix products alone (the eigenbasis Lyapunov solve).
-    """
-    products = _FORWARD_PRODUCTS
-    if backward is not None:
-        if backward not in _BACKWARD_PRODUCTS:
-            return None
-        products += _BACKWARD_PRODUCTS[backward]
-    return products * num_iters * matmul_flops(channels, batch)
-
-
-#: Products of the minimax root at K steps (impls/torch/minimax_newton_schulz.py; its tests count
-#: them at the dispatcher): forward 4K - 3, backward by the sign iteration reusing the forward's
-#: iterates 5K - 1, autograd through the steps 8K - 6.
-_MINIMAX_FORWARD = (4, -3)
-_MINIMAX_BACKWARD = {"newton_schulz": (5, -1), "autograd": (8, -6)}
-
-
-def minimax_flops(
-    channels: int, batch: int, num_iters: int, backward: str | None = None
-) -> int | None:
-    """Matrix-product FLOPs of the minimax root at `num_iters` steps, with the backward if given;
-    None for the eigenbasis backward, which is not made of matrix products alone."""
-    per_step, offset = _MINIMAX_FORWARD
-    products = per_step * num_iters + offset
-    if backward is not None:
-        if backward not in _MINIMAX_BACKWARD:
-            return None
-        per_step, offset = _MINIMAX_BACKWARD[backward]
-        products += per_step * num_iters + offset
-    return products * matmul_flops(channels, batch)
+    """Matrix-product FLOPs of `num_iters` steps of the iterative `method`, with the backward if
+    given (None: the forward alone); None for the eigenbasis ("lyapunov") backward, which is not
+    made of matrix products alone."""
+    if backward == "lyapunov":
+        return None
+    return _products(method, num_iters, backward) * matmul_flops(channels, batch)

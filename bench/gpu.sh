@@ -2,19 +2,21 @@
 # The GPU benchmark suite: torch only (no TensorFlow, nothing downloaded or installed), every
 # sqrtm size and method (the classic and the minimax Newton-Schulz root included), IBP head,
 # VGG-16 + IBP training step at 448x448, and the card's matmul rate (float32 and TF32) that the
-# report uses as the floor of the Newton-Schulz timings; then `auto`'s measured table for cuda.
+# report uses as the floor of the Newton-Schulz timings; then `auto`'s measured table for cuda
+# (choices and accuracy ranges).
 # Meant to fit in 10 minutes on a datacenter GPU; the JSONs record how long each part took.
 #
 #   bench/gpu.sh             # needs CUDA; writes into $OUT (results/ when OUT is unset):
 #                            #   bench-cuda.json, BENCHMARKS.md and plots (with the committed
 #                            #   products.json beside them: product counts are the same on every
 #                            #   device), auto_table.json (the committed table plus the cuda
-#                            #   rows; without OUT, impls/auto_table.json itself) and auto.md
+#                            #   rows and ranges; without OUT, impls/auto_table.json itself),
+#                            #   condition_range.json and auto.md
 #   bench/gpu.sh --dry-run   # same code paths, tiny sizes, on the CPU when there is no GPU
 #
-# Then, in the repository: copy bench-cuda.json into results/ and auto_table.json over
-# impls/auto_table.json, and run `python -m bench.report --readme README.md` and
-# `python -m bench.auto_table --render` (re-renders results/auto.md and the README block).
+# Then, in the repository: copy bench-cuda.json and condition_range.json into results/ and
+# auto_table.json over impls/auto_table.json, and run `python -m bench.report --readme README.md`
+# and `python -m bench.measure_auto --render` (re-renders results/auto.md and the README block).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,7 +66,8 @@ echo "GPU suite took $((SECONDS - start)) s; results in $output"
 
 # auto's table: the committed one, with the cuda rows measured here added (or replaced).
 if [[ ${#mode[@]} -gt 0 ]]; then
-    auto_sizes=(--channels 8 16 --repeats 1 --device cpu)  # dry run: the code path, on the CPU
+    # dry run: the code path, on the CPU
+    auto_sizes=(--channels 8 16 --repeats 1 --conditions 1e2 1e8 --device cpu)
 else
     auto_sizes=(--device cuda)
 fi
@@ -73,8 +76,11 @@ if [[ $output == results ]]; then
 else
     table=$output/auto_table.json
     [[ -e $table ]] || cp impls/auto_table.json "$table"
+    # The range points of the other devices are kept beside the new ones.
+    [[ -e $output/condition_range.json || ! -e results/condition_range.json ]] ||
+        cp results/condition_range.json "$output/"
 fi
 start=$SECONDS
-PYTHONUNBUFFERED=1 "$python" -m bench.auto_table "${auto_sizes[@]}" --table "$table" \
+PYTHONUNBUFFERED=1 "$python" -m bench.measure_auto "${auto_sizes[@]}" --table "$table" \
     --output "$output"
 echo "auto table took $((SECONDS - start)) s; results in $output"

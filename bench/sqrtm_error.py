@@ -1,5 +1,7 @@
-"""Numerical error of every matrix square root against the float64 reference, forward and
-backward, on the benchmarks' own seeded inputs (so the README's table and BENCHMARKS.md report
+"""Numerical error of the matrix square roots against the float64 reference, forward and
+backward: the measurement the benchmarks, `bench.measure_auto`, `bench.condition_range` and
+`bench.products` share (`SqrtmErrors`, `fewest_iterations`), and the README's error table of
+every method on the benchmarks' own seeded inputs (so the README's table and BENCHMARKS.md report
 the same matrices).
 
     python -m bench.sqrtm_error [--channels 64 512] [--output results]
@@ -10,22 +12,76 @@ accuracy is `reproduce-accuracy`'s subject.
 """
 
 import argparse
+import dataclasses
 import pathlib
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from tqdm import tqdm
+import numpy as np
 
-from bench.adapters import adapter_for, benchmarked_backends
 from bench.cases import DEFAULT_VARIANT, EIGH, Cell, SqrtmVariant, get_profile
-from bench.errors import SqrtmErrors
-from bench.inputs import SEED, Inputs
+from bench.inputs import SEED, Case, Inputs
 from impls.testing import readme_blocks
 from impls.testing.metadata import collect, read_results, write_rows
+from impls.testing.tolerances import relative_error
 from reference.conventions import DEFAULT_EPS, NEWTON_SCHULZ_BACKWARDS
+
+
+def record_errors(
+    extra_info: dict[str, Any],
+    root: np.ndarray,
+    gradient: np.ndarray,
+    reference_root: np.ndarray,
+    reference_gradient: np.ndarray,
+) -> None:
+    """Store forward and backward relative errors (NumPy inputs) in a benchmark's extra_info,
+    beside its timing."""
+    extra_info["forward_error"] = relative_error(root, reference_root)
+    extra_info["backward_error"] = relative_error(gradient, reference_gradient)
+
+
+def fewest_iterations(
+    errors_at: Callable[[int], Iterable[float]], target: float, first: int, last: int
+) -> int | None:
+    """The smallest k in [first, last] with every error errors_at(k) returns <= target, else None.
+
+    A linear scan rather than bisection: the errors need not fall monotonically in k, and the
+    smallest qualifying k is the answer the speed comparison needs.
+    """
+    for k in range(first, last + 1):
+        if max(errors_at(k)) <= target:
+            return k
+    return None
+
+
+class SqrtmErrors:
+    """Errors of one backend's methods on one Case, at any setting; the same calls the benchmarks
+    time (the adapter's forward+backward)."""
+
+    def __init__(self, adapter: Any, case: Case, dtype: str) -> None:
+        self.adapter, self.case = adapter, case
+        self.a = adapter.matrices(case.matrices, dtype)
+        self.cotangent = adapter.matrices(case.cotangent, dtype)
+
+    def forward_error(self, variant: SqrtmVariant) -> float:
+        # Eager: a compiled (TensorFlow) forward would be traced anew for every count scanned.
+        z = self.adapter.sqrtm_function(variant)(self.a)
+        return relative_error(self.adapter.to_numpy(z), self.case.root)
+
+    def run(self, variant: SqrtmVariant) -> Callable[[], Any]:
+        return self.adapter.sqrtm_forward_backward(variant, self.a, self.cotangent)
+
+    def errors(self, variant: SqrtmVariant) -> tuple[float, float]:
+        """(forward, backward) relative Frobenius errors, worst sample."""
+        z, grad = self.run(variant)()
+        return (
+            relative_error(self.adapter.to_numpy(z), self.case.root),
+            relative_error(self.adapter.to_numpy(grad), self.case.gradient),
+        )
+
 
 BLOCK = "sqrtm-error"
 DEFAULT_OUTPUT = pathlib.Path("results")
@@ -44,8 +100,47 @@ VARIANTS: tuple[SqrtmVariant, ...] = (
 )
 
 
-def measure(channels: Sequence[int]) -> list[dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class ErrorRow:
+    """One method's errors on one framework and size (a row of sqrtm_error.json)."""
+
+    framework: str
+    channels: int
+    batch: int
+    dtype: str
+    method: str
+    method_label: str
+    num_iters: int | None
+    backward: str | None
+    compute_dtype: str | None
+    forward_error: float
+    backward_error: float
+
+    @classmethod
+    def of(
+        cls, framework: str, cell: Cell, variant: SqrtmVariant, errors: tuple[float, float]
+    ) -> "ErrorRow":
+        v = variant
+        return cls(
+            framework,
+            cell.channels,
+            cell.batch,
+            cell.dtype,
+            v.method,
+            v.label,
+            v.num_iters,
+            v.backward,
+            v.compute_dtype,
+            *errors,
+        )
+
+
+def measure(channels: Sequence[int]) -> list[ErrorRow]:
     """One row per (framework, C, method): forward and backward errors in float32."""
+    from tqdm import tqdm
+
+    from bench.adapters import adapter_for, benchmarked_backends
+
     backends = benchmarked_backends("cpu")
     inputs = Inputs()
     rows = []
@@ -53,46 +148,39 @@ def measure(channels: Sequence[int]) -> list[dict[str, Any]]:
         for c in channels:
             cell = Cell(c, BATCH, "float32")
             for backend in backends:
-                errors = SqrtmErrors(adapter_for(backend, "cpu"), inputs, cell)
+                errors = SqrtmErrors(adapter_for(backend, "cpu"), inputs.case(cell), cell.dtype)
                 for variant in VARIANTS:
-                    forward, backward = errors.errors(variant)
-                    rows.append(
-                        {
-                            "framework": backend.name,
-                            **cell.info(),
-                            **variant.info(),
-                            "forward_error": forward,
-                            "backward_error": backward,
-                        }
-                    )
+                    rows.append(ErrorRow.of(backend.name, cell, variant, errors.errors(variant)))
                     bar.update()
     return rows
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    frameworks = sorted({r["framework"] for r in rows})
-    channels = sorted({r["channels"] for r in rows})
+def markdown_table(rows: Sequence[ErrorRow]) -> str:
+    frameworks = sorted({r.framework for r in rows})
+    channels = sorted({r.channels for r in rows})
     columns = [(f, c) for c in channels for f in frameworks]
     header = "| method | " + " | ".join(f"{f} C={c} fwd / bwd" for f, c in columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
-    labels = list(dict.fromkeys(r["method_label"] for r in rows))
-    for label in labels:
+    by_key = {(r.method_label, r.framework, r.channels): r for r in rows}
+    for label in dict.fromkeys(r.method_label for r in rows):
         cells = []
         for f, c in columns:
-            (row,) = [
-                r
-                for r in rows
-                if (r["method_label"], r["framework"], r["channels"]) == (label, f, c)
-            ]
-            cells.append(f"{row['forward_error']:.1e} / {row['backward_error']:.1e}")
+            row = by_key[(label, f, c)]
+            cells.append(f"{row.forward_error:.1e} / {row.backward_error:.1e}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def read_rows(path: pathlib.Path) -> tuple[dict[str, Any], list[ErrorRow]]:
+    """(envelope, rows) of a sqrtm_error.json."""
+    metadata, document = read_results(path)
+    return metadata, [ErrorRow(**row) for row in document["rows"]]
+
+
 def block(path: pathlib.Path) -> str:
     """The README block of results file `path`."""
-    metadata, document = read_results(path)
-    return readme_blocks.render(BLOCK, markdown_table(document["rows"]), metadata)
+    metadata, rows = read_rows(path)
+    return readme_blocks.render(BLOCK, markdown_table(rows), metadata)
 
 
 @readme_blocks.register("README.md", BLOCK)

@@ -18,8 +18,8 @@ import numpy as np
 
 from bench.adapters import adapter_for
 from bench.cases import Cell
-from bench.errors import record_errors
 from bench.inputs import Inputs
+from bench.sqrtm_error import record_errors
 from impls.backends import get_backend
 from reference import sqrtm as reference_sqrtm
 from reference import sqrtm_vjp as reference_sqrtm_vjp

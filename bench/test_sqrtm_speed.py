@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from bench.cases import ACCURACY_TARGET, EIGH, MAX_SEARCHED_ITERATIONS, Cell, SqrtmVariant
-from bench.errors import SqrtmErrors, fewest_iterations, record_errors
-from bench.flops import minimax_flops, newton_schulz_flops
+from bench.flops import sqrtm_flops
 from bench.inputs import Inputs
+from bench.sqrtm_error import SqrtmErrors, fewest_iterations, record_errors
 from impls.testing.tolerances import relative_error
 from reference.conventions import (
     DEFAULT_MINIMAX_BACKWARD,
@@ -29,15 +29,15 @@ if TYPE_CHECKING:
     from bench.conftest import Suite
 
 
-#: The matrix-product FLOPs of each iterative method, for the GPU's matmul floor.
-_FLOPS = {"newton_schulz": newton_schulz_flops, "minimax_newton_schulz": minimax_flops}
+#: The iterative methods, whose matrix-product FLOPs the report sets against the matmul floor.
+_ITERATIVE_METHODS = ("newton_schulz", "minimax_newton_schulz")
 
 
 def _flops_info(cell, variant, backward_pass):
-    if variant.method not in _FLOPS or variant.num_iters is None:
+    if variant.method not in _ITERATIVE_METHODS or variant.num_iters is None:
         return {}
     backward = variant.backward if backward_pass else None
-    flops = _FLOPS[variant.method](cell.channels, cell.batch, variant.num_iters, backward)
+    flops = sqrtm_flops(variant.method, cell.channels, cell.batch, variant.num_iters, backward)
     return {} if flops is None else {"matmul_flops": flops}
 
 
@@ -141,7 +141,7 @@ def test_sqrtm_time_to_accuracy(
 ) -> None:
     """Forward+backward at the cheapest setting with both errors <= ACCURACY_TARGET."""
     cell = suite.profile.headline
-    accuracy = SqrtmErrors(adapter, inputs, cell)
+    accuracy = SqrtmErrors(adapter, inputs.case(cell), cell.dtype)
     group = f"sqrtm time to error <= {ACCURACY_TARGET:g}, {cell.label}"
     info = {"kind": "sqrtm_time_to_accuracy", "backend": backend_name, "target": ACCURACY_TARGET}
     info.update(cell.info())

@@ -106,8 +106,9 @@ def test_report_of_a_gpu_run_shows_times_and_matmul_floor(
 
 def test_products_are_printed_beside_the_time_to_accuracy(tmp_path: pathlib.Path) -> None:
     """Each method's matrix products to the target come from the products.json beside the run."""
+    from bench.products import format_products
     from bench.report.results import Results
-    from bench.report.tables import format_products, time_to_accuracy_table
+    from bench.report.tables import time_to_accuracy_table
 
     root = pathlib.Path(__file__).resolve().parents[1] / "results"
     (tmp_path / "bench-cpu.json").write_text((root / "bench-cpu.json").read_text())
@@ -115,8 +116,8 @@ def test_products_are_printed_beside_the_time_to_accuracy(tmp_path: pathlib.Path
     (tmp_path / "products.json").write_text((root / "products.json").read_text())
     results = Results(tmp_path / "bench-cpu.json")
     row = results.products({"method": "newton_schulz", "backward": "autograd"})
-    assert row is not None and row["channels"] == results.headline.channels
-    expected = f"{row['products']} = {row['forward_products']} + {row['backward_products']}"
-    assert format_products(row) == f"{expected} (x{row['iterations']})"
+    assert row is not None and row.channels == results.headline.channels
+    expected = f"{row.products} = {row.forward_products} + {row.backward_products}"
+    assert format_products(row) == f"{expected} (x{row.iterations})"
     assert "plus an eigendecomposition" in format_products(results.products({"method": "eigh"}))
     assert f"| {format_products(row)} |" in time_to_accuracy_table(results)

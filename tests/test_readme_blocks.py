@@ -3,8 +3,8 @@ document is re-rendered from the committed JSON and compared with the committed 
 edited by hand, or a results file regenerated without its document, fails here.
 
 A block's owner registers its renderer with `impls.testing.readme_blocks.register` (a whole
-document with `register_document`) in the module that writes it, and lists that module in
-RENDERING_MODULES below.
+document with `register_document`) in the module that writes it; this test finds and imports
+every such module.
 """
 
 import difflib
@@ -22,32 +22,35 @@ from impls.testing.metadata import REQUIRED_KEYS, read_results, run_time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-#: Modules whose import registers renderers (every module that writes a generated block or
-#: document; one that registers nothing yet costs only its import).
-RENDERING_MODULES = (
-    "bench.report.document",
-    "bench.sqrtm_error",
-    "bench.products",
-    "bench.accuracy.report",
-    "impls.testing.check_catalogue",
-    "impls.testing.worked_examples",
-    "bench.pipeline_speed",
-    "bench.auto_table",
-)
-#: Results files written by those modules: each carries the full envelope.
-ENVELOPED_RESULTS = (
-    "accuracy.json",
-    "accuracy-seed-30.json",
-    "pipeline.json",
-    "sqrtm_error.json",
-    "products.json",
-    "ibp_check.json",
-    "ibp_check_example.json",
-    "ibp_check_model_example.json",
-)
+
+def _rendering_modules() -> list[str]:
+    """Every module that registers a renderer (found by its call, so none can be forgotten)."""
+    modules = []
+    for package in ("bench", "impls"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text()
+            if "readme_blocks.register" in text and path.name != "readme_blocks.py":
+                relative = path.relative_to(ROOT).with_suffix("")
+                parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
+                modules.append(".".join(parts))
+    return modules
+
+
+#: Modules whose import registers renderers.
+RENDERING_MODULES = _rendering_modules()
+#: Every results file: each carries the full envelope.
+ENVELOPED_RESULTS = sorted(path.name for path in (ROOT / "results").glob("*.json"))
 
 for _module in RENDERING_MODULES:
     importlib.import_module(_module)
+
+
+def test_every_generated_document_has_a_renderer() -> None:
+    """Each Markdown file in results/ is generated, so each must be re-rendered here."""
+    documents = {f"results/{path.name}" for path in (ROOT / "results").glob("*.md")}
+    assert documents <= set(readme_blocks.DOCUMENTS), sorted(
+        documents - set(readme_blocks.DOCUMENTS)
+    )
 
 
 def _diff_message(path: str, expected: str, actual: str) -> str:

@@ -4,7 +4,7 @@ import argparse
 import pathlib
 from collections.abc import Mapping, Sequence
 
-from bench import auto_table as auto_measurement
+from bench import measure_auto
 from bench.cases import ACCURACY_TARGET
 from bench.report import plots as plotting
 from bench.report.formatting import format_error, format_load, format_ratio, table
@@ -25,7 +25,6 @@ from bench.report.targets import auto_recommendation, target_rows
 from impls import auto_table as auto_choices
 from impls.testing import metadata as envelope
 from impls.testing import readme_blocks
-from impls.testing.metadata import read_results
 from reference.conventions import DEFAULT_SQRTM_METHOD
 
 DEVICES = ("cpu", "cuda")
@@ -91,14 +90,13 @@ def _recommendation_text(results: Results) -> str:
 
 def _auto_text(table: pathlib.Path) -> str:
     """What the default runs, from the measured table `table` (the same as the README's)."""
-    _, document = read_results(table)
     return (
         f'The default is "{DEFAULT_SQRTM_METHOD}": the cheapest candidate meeting the target, '
-        "measured per framework, device and C band by `python -m bench.auto_table` "
-        "(`results/auto.md` has every candidate's errors and time):\n\n"
-        + auto_measurement.choices_table(document)
+        "measured per framework, device and C band by `python -m bench.measure_auto` "
+        "(`results/auto.md` has every candidate's errors, time and accuracy range):\n\n"
+        + measure_auto.choices_table(measure_auto.AutoTable.read(table))
         + "\n\n"
-        + auto_measurement.fallback_text()
+        + measure_auto.fallback_text()
     )
 
 
@@ -238,7 +236,7 @@ def committed_targets_block(root: pathlib.Path) -> str:
 @readme_blocks.register_document("results/BENCHMARKS.md")
 def committed_document(root: pathlib.Path) -> str:
     all_results = read_all(root / "results")
-    return render(all_results, plot_names(all_results), root / auto_measurement.DEFAULT_TABLE)
+    return render(all_results, plot_names(all_results), root / measure_auto.DEFAULT_TABLE)
 
 
 def write_report(results_dir: pathlib.Path, readme: pathlib.Path | None = None) -> pathlib.Path:

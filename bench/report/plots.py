@@ -1,12 +1,14 @@
 """The benchmark report's plots (PNG, beside BENCHMARKS.md)."""
 
+import dataclasses
 import pathlib
 from typing import Any
 
 from bench.cases import ACCURACY_TARGET
+from bench.products import ProductsRow
 from bench.report.formatting import ratio
 from bench.report.results import Results
-from bench.report.tables import scipy_speedup_series, speed_accuracy_rows
+from bench.report.tables import SpeedAccuracyRow, scipy_speedup_series, speed_accuracy_rows
 from bench.report.targets import TARGET_SPEEDUP_OVER_SCIPY
 
 
@@ -23,8 +25,8 @@ def _pyplot() -> Any:
     return pyplot
 
 
-def _pareto_rows(results: Results) -> list[dict[str, Any]]:
-    return [r for r in speed_accuracy_rows(results) if r["backward_error"] is not None]
+def _pareto_rows(results: Results) -> list[SpeedAccuracyRow]:
+    return [r for r in speed_accuracy_rows(results) if r.backward_error is not None]
 
 
 def _plotted_speedup_series(results: Results) -> dict[tuple[str, str], list[tuple[int, float]]]:
@@ -62,12 +64,22 @@ def draw(results: Results, kind: str, path: pathlib.Path) -> bool:
 _MARKERS = {"torch": "o", "tf": "s"}
 
 
-def _variant_key(info: dict[str, Any]) -> str:
+def _variant_key(method: str, compute_dtype: str | None, backward: str | None) -> str:
     """A method as users call it (method, backward, eigendecomposition dtype): one colour each."""
-    method = info["method"]
-    if info.get("compute_dtype"):
-        method += f" in {info['compute_dtype']}"
-    return method + (f"/{info['backward']}" if info.get("backward") else "")
+    if compute_dtype:
+        method += f" in {compute_dtype}"
+    return method + (f"/{backward}" if backward else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Star:
+    """A method at its cheapest setting reaching the target (time-to-accuracy)."""
+
+    backend: str
+    key: str
+    time: float
+    backward_error: float
+    products: ProductsRow | None
 
 
 def _colours(keys: list[str]) -> dict[str, str]:
@@ -76,7 +88,7 @@ def _colours(keys: list[str]) -> dict[str, str]:
     return {key: palette[i % len(palette)] for i, key in enumerate(sorted(set(keys)))}
 
 
-def _pareto_points(results: Results) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _pareto_points(results: Results) -> tuple[list[SpeedAccuracyRow], list[_Star]]:
     """(speed/accuracy rows of the headline cell, time-to-accuracy points with their products),
     times relative to torch eigh unless the run is absolute."""
     torch_eigh = results.seconds(
@@ -91,7 +103,12 @@ def _pareto_points(results: Results) -> tuple[list[dict[str, Any]], list[dict[st
     for entry in results.find(kind="sqrtm_time_to_accuracy"):
         seconds = entry.seconds if results.absolute else ratio(entry.seconds, torch_eigh)
         if seconds is not None:
-            stars.append({**entry.info, "time": seconds, "products": results.products(entry.info)})
+            info = entry.info
+            key = _variant_key(info["method"], info.get("compute_dtype"), info.get("backward"))
+            star = _Star(
+                info["backend"], key, seconds, info["backward_error"], results.products(info)
+            )
+            stars.append(star)
     return _pareto_rows(results), stars
 
 
@@ -103,42 +120,53 @@ def _plot_pareto(pyplot: Any, results: Results, path: pathlib.Path) -> None:
     from matplotlib.ticker import NullFormatter
 
     rows, stars = _pareto_points(results)
-    colour = _colours([_variant_key(r) for r in rows] + [_variant_key(s) for s in stars])
-    time_key = "time" if results.absolute else "relative"
-    forward_key = "forward_time" if results.absolute else "forward_relative"
+
+    def row_key(row: SpeedAccuracyRow) -> str:
+        return _variant_key(row.method, row.compute_dtype, row.backward)
+
+    colour = _colours([row_key(r) for r in rows] + [s.key for s in stars])
+    absolute = results.absolute
     figure, (left, middle, right) = pyplot.subplots(1, 3, figsize=(19, 7.8))
-    curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    curves: dict[tuple[str, str], list[SpeedAccuracyRow]] = {}
     for row in rows:
-        curves.setdefault((row["backend"], _variant_key(row)), []).append(row)
+        curves.setdefault((row.backend, row_key(row)), []).append(row)
     for (backend, key), members in sorted(curves.items()):
-        members.sort(key=lambda r: r["num_iters"] or 0)
+        members.sort(key=lambda r: r.num_iters or 0)
         style = {"color": colour[key], "marker": _MARKERS.get(backend, "^"), "markersize": 6}
         # A forward does not depend on the backward: each iteration's forward is drawn once, in
         # the colour of the backward the library uses by default (lyapunov for newton_schulz).
-        if members[0]["backward"] in (None, "lyapunov") or members[0]["method"] != "newton_schulz":
-            points = [(r[forward_key], r["forward_error"]) for r in members if r[forward_key]]
+        if members[0].backward in (None, "lyapunov") or members[0].method != "newton_schulz":
+            points = [
+                (r.shown_forward_time(absolute), r.forward_error)
+                for r in members
+                if r.shown_forward_time(absolute)
+            ]
             if points:
                 left.plot(*zip(*points, strict=True), **style)
-        middle.plot([r[time_key] for r in members], [r["backward_error"] for r in members], **style)
+        middle.plot(
+            [r.shown_time(absolute) for r in members],
+            [r.backward_error for r in members],
+            **style,
+        )
     for star in stars:
         middle.scatter(
-            star["time"],
-            star["backward_error"],
+            star.time,
+            star.backward_error,
             marker="*",
             s=260,
-            color=colour[_variant_key(star)],
+            color=colour[star.key],
             edgecolors="black",
             linewidths=0.8,
             zorder=3,
         )
-        products = star["products"]
-        if products is not None and products["matmul_only"] and products["meets_target"]:
+        products = star.products
+        if products is not None and products.matmul_only and products.meets_target:
             right.scatter(
-                products["products"],
-                star["time"],
-                marker=_MARKERS.get(star["backend"], "^"),
+                products.products,
+                star.time,
+                marker=_MARKERS.get(star.backend, "^"),
                 s=70,
-                color=colour[_variant_key(star)],
+                color=colour[star.key],
                 zorder=3,
             )
     unit = "s" if results.absolute else "time / torch eigh"

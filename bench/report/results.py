@@ -4,13 +4,13 @@ import dataclasses
 import pathlib
 from typing import Any
 
-from bench.cases import EIGH, Cell, Profile, SqrtmVariant, get_profile, run_command
+from bench.cases import EIGH, Cell, NotRun, Profile, SqrtmVariant, get_profile, run_command
+from bench.products import FILE_NAME as PRODUCTS_FILE
+from bench.products import ProductsRow, read_rows
 from impls.testing.metadata import read_results
 
 #: Benchmark modes and how the report names them.
 MODES = {"forward": "forward", "forward_backward": "forward+backward"}
-#: The matrix-product counts (`python -m bench.products`) beside a run's results file.
-PRODUCTS_FILE = "products.json"
 
 
 @dataclasses.dataclass
@@ -27,7 +27,7 @@ class Results:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = pathlib.Path(path)
         self.metadata, data = read_results(self.path)
-        self.not_run: list[dict[str, Any]] = data.get("not_run", [])
+        self.not_run = [NotRun(**item) for item in data.get("not_run", [])]
         self.entries = [Entry(b["extra_info"], b["stats"]["min"]) for b in data["benchmarks"]]
         self.device: str = self.metadata["device"]
         self.profile: Profile = get_profile(self.metadata["profile"], self.device)
@@ -38,17 +38,15 @@ class Results:
         self.command: str = self.metadata.get("command") or run_command(
             self.profile.name, self.device
         )
-        products = self.path.parent / PRODUCTS_FILE
+        counts = self.path.parent / PRODUCTS_FILE
         # Counted once in torch: the count of a method is the same on every device and framework.
-        self.products_rows: list[dict[str, Any]] = (
-            read_results(products)[1]["rows"] if products.exists() else []
-        )
+        self.products_rows = read_rows(counts)[1] if counts.exists() else []
 
-    def products(self, info: dict[str, Any]) -> dict[str, Any] | None:
+    def products(self, info: dict[str, Any]) -> ProductsRow | None:
         """The products.json row of the method and backward that `info` describes, at the
         headline C: matrix products to reach the accuracy target (None: not counted)."""
         key = (info["method"], info.get("backward"), self.headline.channels)
-        rows = [r for r in self.products_rows if (r["method"], r["backward"], r["channels"]) == key]
+        rows = [r for r in self.products_rows if (r.method, r.backward, r.channels) == key]
         return rows[0] if rows else None
 
     def find(self, **criteria: Any) -> list[Entry]:

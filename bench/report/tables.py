@@ -1,8 +1,10 @@
 """The Markdown tables of the benchmark report, each from one results file."""
 
+import dataclasses
 from typing import Any
 
 from bench.cases import ACCURACY_TARGET
+from bench.products import format_products
 from bench.report.formatting import (
     format_bytes,
     format_error,
@@ -52,12 +54,10 @@ def time_to_accuracy_table(results: Results) -> str:
                 )
             )
     not_reached = [
-        item
-        for item in results.not_run
-        if item["extra_info"].get("kind") == "sqrtm_time_to_accuracy"
+        item for item in results.not_run if item.extra_info.get("kind") == "sqrtm_time_to_accuracy"
     ]
     for item in not_reached:
-        info = item["extra_info"]
+        info = item.extra_info
         rows.append(
             (
                 info["backend"],
@@ -65,7 +65,7 @@ def time_to_accuracy_table(results: Results) -> str:
                 "-",
                 "-",
                 "-",
-                item["reason"],
+                item.reason,
                 "no",
                 format_products(results.products(info)),
             )
@@ -83,28 +83,41 @@ def time_to_accuracy_table(results: Results) -> str:
     return table(header, rows)
 
 
-def format_products(row: dict[str, Any] | None) -> str:
-    """A products.json row as the report prints it: forward + backward products at the fewest
-    steps that reach the target, and whether an eigendecomposition comes on top."""
-    if row is None:
-        return "not counted"
-    if not row["meets_target"] and row["iterations"] is not None:
-        return "misses"
-    count = f"{row['products']} = {row['forward_products']} + {row['backward_products']}"
-    if row["iterations"] is not None:
-        count += f" (x{row['iterations']})"
-    return count if row["matmul_only"] else f"{count}, plus an eigendecomposition"
-
-
 def _time_cell(results: Results, seconds: float | None, baseline: float | None) -> str:
     if results.absolute:
         return format_seconds(seconds)
     return format_ratio(ratio(seconds, baseline))
 
 
-def speed_accuracy_rows(results: Results) -> list[dict[str, Any]]:
-    """Per backend and method at the headline cell: times (relative to torch eigh unless the run
-    is a GPU run), errors and saved bytes."""
+@dataclasses.dataclass(frozen=True)
+class SpeedAccuracyRow:
+    """One backend's method at the headline cell: times (relative to torch eigh unless the run is
+    a GPU run), errors and saved bytes."""
+
+    backend: str
+    label: str
+    method: str
+    num_iters: int | None
+    backward: str | None
+    compute_dtype: str | None
+    forward_time: float | None
+    forward_relative: float | None
+    forward_error: float | None
+    time: float
+    relative: float | None
+    backward_error: float | None
+    saved_bytes: int | None
+    cuda_peak_bytes: int | None
+
+    def shown_time(self, absolute: bool) -> float | None:
+        return self.time if absolute else self.relative
+
+    def shown_forward_time(self, absolute: bool) -> float | None:
+        return self.forward_time if absolute else self.forward_relative
+
+
+def speed_accuracy_rows(results: Results) -> list[SpeedAccuracyRow]:
+    """Per backend and method at the headline cell, fastest first."""
     cell = results.headline
     baseline = {
         mode: results.seconds(
@@ -121,43 +134,44 @@ def speed_accuracy_rows(results: Results) -> list[dict[str, Any]]:
             else results.sqrtm(info["backend"], "forward", cell, forward_variant(variant_of(info)))
         )
         rows.append(
-            {
-                "backend": info["backend"],
-                "label": method_label(info),
-                "method": info["method"],
-                "num_iters": info.get("num_iters"),
-                "backward": info.get("backward"),
-                "forward_time": seconds_of(forward),
-                "forward_relative": ratio(seconds_of(forward), baseline["forward"]),
-                "forward_error": info.get("forward_error"),
-                "time": entry.seconds,
-                "relative": ratio(entry.seconds, baseline["forward_backward"]),
-                "backward_error": info.get("backward_error"),
-                "saved_bytes": info.get("saved_tensor_bytes"),
-                "cuda_peak_bytes": info.get("cuda_peak_bytes_above_inputs"),
-            }
+            SpeedAccuracyRow(
+                backend=info["backend"],
+                label=method_label(info),
+                method=info["method"],
+                num_iters=info.get("num_iters"),
+                backward=info.get("backward"),
+                compute_dtype=info.get("compute_dtype"),
+                forward_time=seconds_of(forward),
+                forward_relative=ratio(seconds_of(forward), baseline["forward"]),
+                forward_error=info.get("forward_error"),
+                time=entry.seconds,
+                relative=ratio(entry.seconds, baseline["forward_backward"]),
+                backward_error=info.get("backward_error"),
+                saved_bytes=info.get("saved_tensor_bytes"),
+                cuda_peak_bytes=info.get("cuda_peak_bytes_above_inputs"),
+            )
         )
-    return sorted(rows, key=lambda r: (r["backend"], r["relative"] or float("inf")))
+    return sorted(rows, key=lambda r: (r.backend, r.relative or float("inf")))
 
 
 def speed_accuracy_table(results: Results) -> str:
     body = []
     for row in speed_accuracy_rows(results):
         if results.absolute:
-            forward, total = format_seconds(row["forward_time"]), format_seconds(row["time"])
+            forward, total = format_seconds(row.forward_time), format_seconds(row.time)
         else:
-            forward, total = format_ratio(row["forward_relative"]), format_ratio(row["relative"])
+            forward, total = format_ratio(row.forward_relative), format_ratio(row.relative)
         line: tuple[str, ...] = (
-            row["backend"],
-            row["label"],
+            row.backend,
+            row.label,
             forward,
-            format_error(row["forward_error"]),
+            format_error(row.forward_error),
             total,
-            format_error(row["backward_error"]),
-            format_bytes(row["saved_bytes"]),
+            format_error(row.backward_error),
+            format_bytes(row.saved_bytes),
         )
         if results.device == "cuda":
-            line += (format_bytes(row["cuda_peak_bytes"]),)
+            line += (format_bytes(row.cuda_peak_bytes),)
         body.append(line)
     unit = "" if results.absolute else " / torch eigh"
     header: tuple[str, ...] = (
@@ -351,7 +365,7 @@ def not_run_table(results: Results) -> str | None:
         return None
     body = []
     for item in results.not_run:
-        info = item["extra_info"]
+        info = item.extra_info
         details = [str(info[k]) for k in ("model", "precision", "shape") if k in info]
         what = info.get("method_label") or " ".join([info.get("kind", ""), *details])
         size = (
@@ -359,5 +373,5 @@ def not_run_table(results: Results) -> str | None:
             if "channels" in info
             else info.get("batch", "")
         )
-        body.append((item["group"], f"{info.get('backend', '')} {what}", size, item["reason"]))
+        body.append((item.group, f"{info.get('backend', '')} {what}", size, item.reason))
     return table(("group", "what", "size", "why not"), body)

@@ -1,12 +1,25 @@
 """The one envelope of every results JSON: where, when and with what a result was produced, so a
-number can always be traced to a command, a commit, library versions and hardware.
+number can always be traced to a command, a commit, library versions, hardware and the source
+code it came from.
 
 Every JSON in results/ is an object whose ENVELOPE_KEY entry is `collect()`'s dictionary (plus
 whatever the writer adds through `collect(**details)`); the rest of the object is the payload.
 Writers call `write_results`, readers `read_results`.
+
+Results true to the code: the envelope records a digest of every source file its numbers depend
+on (`sources`: every module of this repository the measuring process imported, the data files
+those modules declare in a SOURCE_DATA mapping, and whatever the writer names for work done in
+other processes), and which of them differed from the commit (`sources_dirty`). `stale()` says
+whether a committed result still matches the tree; the tests fail on any that does not. A Python
+file's digest is that of its syntax tree without docstrings, so comments, docstrings and
+formatting never make a result stale; any change to code does.
 """
 
+import ast
+import dataclasses
 import datetime
+import hashlib
+import importlib
 import importlib.metadata
 import json
 import os
@@ -14,7 +27,8 @@ import pathlib
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 #: The key of the envelope in every results JSON. Not "metadata": pytest-benchmark's own JSON,
@@ -41,13 +55,119 @@ REQUIRED_KEYS = (
 )
 
 
+#: The folder holding the packages (impls, reference, bench) and examples/: a checkout's root,
+#: whose git commit the envelope records; source paths in an envelope are relative to it.
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+#: The folders whose modules are sources of a result.
+PACKAGES = ("impls", "reference", "bench", "examples")
+#: When this module was imported (a writer imports it before measuring): a source modified later
+#: was edited while the numbers were measured.
+_IMPORTED_AT = time.time()
+
+
 def _git(*args: str) -> str | None:
     try:
         return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, timeout=30
+            ["git", *args], capture_output=True, text=True, check=True, timeout=30, cwd=ROOT
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def source_digest(path: pathlib.Path, view: Callable[[pathlib.Path], object] | None = None) -> str:
+    """What in `path` can change numbers, as a short hex digest: a Python module's syntax tree
+    without docstrings (no comments, no formatting); a data file through `view` (the part of it
+    its reader uses), else its bytes."""
+    if view is not None:
+        data = json.dumps(view(path), sort_keys=True, default=str).encode()
+    elif path.suffix == ".py":
+        tree = _without_docstrings(ast.parse(path.read_bytes(), filename=str(path)))
+        data = ast.dump(tree).encode()
+    else:
+        data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _relative(path: pathlib.Path, root: pathlib.Path = ROOT) -> str | None:
+    try:
+        relative = path.resolve().relative_to(root)
+    except ValueError:
+        return None
+    return relative.as_posix() if relative.parts[0] in PACKAGES else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """The source files of a result: {path relative to ROOT: digest}, and for data files the
+    module whose SOURCE_DATA view was digested."""
+
+    digests: dict[str, str]
+    views: dict[str, str]
+
+
+def _data_view(module_name: str, relative: str) -> Callable[[pathlib.Path], object]:
+    """The view module `module_name` declares for its data file `relative` (SOURCE_DATA)."""
+    module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    for path, view in module.SOURCE_DATA.items():
+        if _relative(pathlib.Path(path)) == relative:
+            return view
+    raise KeyError(f"{module_name}.SOURCE_DATA names no {relative}")
+
+
+def _python_files(relative: str) -> list[pathlib.Path]:
+    path = ROOT / relative
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return [file for file in files if "__pycache__" not in file.parts]
+
+
+def loaded_sources(extra: Iterable[str] = (), exclude: Iterable[pathlib.Path] = ()) -> Sources:
+    """The sources of what this process computed: every module of PACKAGES it imported, every
+    data file those modules declare (their SOURCE_DATA: {path: view}), and every Python file
+    under the paths `extra` (relative to ROOT; for work done in child processes); minus
+    `exclude` (the files the writer is about to replace: not sources of its own numbers)."""
+    excluded = {_relative(pathlib.Path(path)) for path in exclude}
+    views: dict[str, str] = {}
+    files: set[str] = set()
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file is None or (relative := _relative(pathlib.Path(file))) is None:
+            continue
+        files.add(relative)
+        for data_path in getattr(module, "SOURCE_DATA", {}):
+            if (data_relative := _relative(pathlib.Path(data_path))) is not None:
+                views[data_relative] = name
+    for path in extra:
+        files.update(r for file in _python_files(path) if (r := _relative(file)) is not None)
+    digests = {}
+    for relative in sorted(files | set(views)):
+        if relative in excluded or not (ROOT / relative).exists():
+            continue
+        view = _data_view(views[relative], relative) if relative in views else None
+        digests[relative] = source_digest(ROOT / relative, view)
+    return Sources(digests, {r: m for r, m in views.items() if r in digests})
+
+
+def _edited_during_run(sources: Sources) -> list[str]:
+    return [p for p in sources.digests if (ROOT / p).stat().st_mtime > _IMPORTED_AT]
+
+
+def _uncommitted(paths: Iterable[str]) -> list[str] | None:
+    """Which of `paths` differ from the commit (modified, added or untracked); None without git."""
+    paths = list(paths)
+    status = _git("status", "--porcelain", "--untracked-files=all", "--", *paths) if paths else ""
+    if status is None:
+        return None
+    return sorted({line[3:].split(" -> ")[-1] for line in status.splitlines() if line.strip()})
 
 
 def _versions() -> dict[str, str]:
@@ -118,19 +238,30 @@ def collect(
     command: str | None = None,
     wall_seconds: float | None = None,
     simulated_device: bool = False,
+    sources: Iterable[str] = (),
+    writes: Iterable[pathlib.Path] = (),
     **details: Any,
 ) -> dict[str, Any]:
     """The envelope: everything REQUIRED_KEYS names, a little more, and the writer's `details`.
 
     `command` is the command line that reproduces the file, exactly as a user types it (the
-    README's provenance lines quote it); `wall_seconds` is how long that command ran.
+    README's provenance lines quote it); `wall_seconds` is how long that command ran. `sources`
+    and `writes` go to `loaded_sources` (its `extra` and `exclude`). Call it after measuring, in
+    the process that measured: the sources edited since this module was imported are recorded
+    (`sources_edited_during_run`; numbers of two versions of the code are true to neither, and
+    `stale` says so).
     """
     gpu_name, gpu_details = _gpu()
     status = _git("status", "--porcelain")
+    digested = loaded_sources(sources, writes)
     return {
         "command": command,
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
+        "sources_dirty": _uncommitted(digested.digests),
+        "sources_edited_during_run": _edited_during_run(digested),
+        "sources": digested.digests,
+        "source_views": digested.views,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
         "python": sys.version.split()[0],
@@ -149,17 +280,32 @@ def collect(
     }
 
 
+def _plain(value: Any) -> Any:
+    """JSON-ready: typed records (dataclasses) become objects, at any depth."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 def write_results(path: pathlib.Path, metadata: Mapping[str, Any], **payload: Any) -> None:
-    """Write `payload` with its envelope to `path` (JSON)."""
-    document = {ENVELOPE_KEY: dict(metadata), **payload}
-    pathlib.Path(path).write_text(json.dumps(document, indent=1) + "\n")
+    """Write `payload` (JSON values or typed records) with its envelope to `path` (JSON), whole
+    or not at all: a temporary file beside it, then renamed over it."""
+    document = {ENVELOPE_KEY: dict(metadata), **_plain(payload)}
+    path = pathlib.Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document, indent=1) + "\n")
+    os.replace(partial, path)
 
 
 def write_rows(
     output_dir: pathlib.Path,
     file_name: str,
     metadata: Mapping[str, Any],
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Any],
     document: tuple[str, Callable[[pathlib.Path], str]] | None = None,
 ) -> pathlib.Path:
     """Write a measuring command's `rows` with their envelope to `output_dir`/`file_name` and,
@@ -183,9 +329,38 @@ def read_results(path: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def short_commit(metadata: Mapping[str, Any]) -> str:
-    """The commit in 12 characters, marked when the tree had uncommitted changes."""
+    """The commit in 12 characters, marked when the code measured had uncommitted changes (its
+    sources; for a file older than that field, anything in the tree)."""
     commit = (metadata.get("git_commit") or "unknown")[:12]
-    return commit + (" (uncommitted changes)" if metadata.get("git_dirty") else "")
+    dirty = metadata["sources_dirty"] if "sources_dirty" in metadata else metadata.get("git_dirty")
+    return commit + (" (uncommitted changes)" if dirty else "")
+
+
+def stale(metadata: Mapping[str, Any], root: pathlib.Path = ROOT) -> list[str]:
+    """Why a result's numbers may no longer be those of the code at `root`, one line each (none:
+    fresh): no source digest, sources edited during the run or uncommitted when measured, or a
+    source changed since."""
+    if "sources" not in metadata:
+        return ["records no source digest (measured before results carried one)"]
+    problems = []
+    edited = metadata.get("sources_edited_during_run")
+    if edited:
+        problems.append(f"{', '.join(edited)} changed while the numbers were measured")
+    dirty = metadata.get("sources_dirty")
+    if dirty is None:
+        problems.append("measured where git could not say whether its sources were committed")
+    elif dirty:
+        problems.append(f"measured with uncommitted changes to {', '.join(dirty)}")
+    views = metadata.get("source_views", {})
+    for relative, digest in sorted(metadata["sources"].items()):
+        path = root / relative
+        if not path.exists():
+            problems.append(f"{relative} no longer exists")
+            continue
+        view = _data_view(views[relative], relative) if relative in views else None
+        if source_digest(path, view) != digest:
+            problems.append(f"{relative} changed since")
+    return problems
 
 
 def hardware(metadata: Mapping[str, Any]) -> str:

@@ -15,8 +15,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
 from bench.cases import ACCURACY_TARGET, MAX_SEARCHED_ITERATIONS, Cell
-from bench.errors import fewest_iterations
-from bench.inputs import Inputs
+from bench.inputs import Case, Inputs
+from bench.products.rows import ProductsRow
+from bench.sqrtm_error import fewest_iterations
 from impls.minimax_polynomials import DEFAULT_MINIMAX_ITERATIONS
 from impls.testing.tolerances import relative_error
 from impls.torch import sqrtm
@@ -114,70 +115,94 @@ def methods() -> list[Method]:
     return [*minimax, *newton_schulz, eigh]
 
 
+@dataclasses.dataclass(frozen=True)
+class Counted:
+    """Products of one forward+backward, and what it computed."""
+
+    forward_products: int
+    backward_products: int
+    root: np.ndarray
+    gradient: np.ndarray
+
+    @property
+    def products(self) -> int:
+        return self.forward_products + self.backward_products
+
+
 def count_products(
     root: Callable[[torch.Tensor], torch.Tensor], a: np.ndarray, cotangent: np.ndarray
-) -> dict:
+) -> Counted:
     """Products of root's forward and of its backward on float32 `a`, the output and gradient."""
     leaf = torch.tensor(a, dtype=torch.float32, requires_grad=True)
     with ProductCounter() as forward:
         z = root(leaf)
     with ProductCounter() as backward:
         (gradient,) = torch.autograd.grad(z, leaf, torch.tensor(cotangent, dtype=torch.float32))
-    return {
-        "forward_products": forward.count,
-        "backward_products": backward.count,
-        "products": forward.count + backward.count,
-        "root": z.detach().numpy(),
-        "gradient": gradient.numpy(),
-    }
+    return Counted(forward.count, backward.count, z.detach().numpy(), gradient.numpy())
 
 
-def measure_method(
-    method: Method, case: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    counted: Counted
+    forward_error: float
+    backward_error: float
+
+    @property
+    def errors(self) -> tuple[float, float]:
+        return self.forward_error, self.backward_error
+
+
+def measure_method(method: Method, cell: Cell, case: Case) -> ProductsRow:
     """The fewest iterations of `method` that reach ACCURACY_TARGET on `case`, with its products
     and errors there (iterations None: none in the scanned range reaches it)."""
-    a, cotangent, reference_root, reference_gradient = case
 
-    def run(k: int | None) -> dict[str, Any]:
-        counted = count_products(lambda m: method.root(m, k), a, cotangent)
-        counted["forward_error"] = relative_error(counted.pop("root"), reference_root)
-        counted["backward_error"] = relative_error(counted.pop("gradient"), reference_gradient)
-        return counted
+    def run(k: int | None) -> _Run:
+        counted = count_products(lambda m: method.root(m, k), case.matrices, case.cotangent)
+        return _Run(
+            counted,
+            relative_error(counted.root, case.root),
+            relative_error(counted.gradient, case.gradient),
+        )
 
     if method.iterations is None:
-        counted = run(None)
-        meets = max(counted["forward_error"], counted["backward_error"]) <= ACCURACY_TARGET
-        return {"iterations": None, "meets_target": meets, **counted}
-    measured: dict[int, dict[str, Any]] = {}
+        k, result = None, run(None)
+        meets = max(result.errors) <= ACCURACY_TARGET
+    else:
+        measured: dict[int, _Run] = {}
 
-    def errors_at(k: int) -> tuple[float, float]:
+        def errors_at(k: int) -> tuple[float, float]:
+            measured[k] = run(k)
+            return measured[k].errors
 
-        measured[k] = run(k)
-        return measured[k]["forward_error"], measured[k]["backward_error"]
+        k = fewest_iterations(errors_at, ACCURACY_TARGET, *method.iterations)
+        # Not reached: the counts and errors of the most iterations scanned.
+        result, meets = measured[max(measured) if k is None else k], k is not None
+    counted = result.counted
+    return ProductsRow(
+        cell.channels,
+        cell.batch,
+        cell.dtype,
+        method.method,
+        method.backward,
+        method.matmul_only,
+        k,
+        meets,
+        counted.forward_products,
+        counted.backward_products,
+        counted.products,
+        result.forward_error,
+        result.backward_error,
+    )
 
-    k = fewest_iterations(errors_at, ACCURACY_TARGET, *method.iterations)
-    last = max(measured)
-    return {"iterations": k, "meets_target": k is not None, **measured[last if k is None else k]}
 
-
-def measure(channels: Sequence[int], batch: int) -> list[dict[str, Any]]:
+def measure(channels: Sequence[int], batch: int) -> list[ProductsRow]:
     """One row per (C, method, backward), on the benchmarks' seeded covariances."""
     inputs = Inputs()
     rows = []
     with tqdm(total=len(channels) * len(methods()), desc="matrix products") as bar:
         for c in channels:
             cell = Cell(c, batch, "float32")
-            case = (inputs.covariances(cell), inputs.cotangent(cell), *inputs.reference(cell))
             for method in methods():
-                rows.append(
-                    {
-                        **cell.info(),
-                        "method": method.method,
-                        "backward": method.backward,
-                        "matmul_only": method.matmul_only,
-                        **measure_method(method, case),
-                    }
-                )
+                rows.append(measure_method(method, cell, inputs.case(cell)))
                 bar.update()
     return rows

@@ -2,15 +2,16 @@
 
 The device-independent figure of GPU cost: on a card a C x C root is a chain of (B, C, C) matrix
 products, so their count, not CPU time, says which method is cheaper there. Products are counted
-at torch's dispatcher (every aten mm/bmm/addmm/baddbmm call that actually runs, whatever Python
-spelling produced it), for forward and backward separately, at the fewest iterations that bring
-both relative errors (worst sample, against SciPy in float64) within ACCURACY_TARGET on realistic
-covariances in float32. eigh is listed for comparison: its products are the few around the
-eigendecomposition, which is not a matrix product and dominates its cost.
+at torch's dispatcher (`bench.products.counting`: every aten mm/bmm/addmm/baddbmm call that
+actually runs, whatever Python spelling produced it), for forward and backward separately, at the
+fewest iterations that bring both relative errors (worst sample, against SciPy in float64) within
+ACCURACY_TARGET on realistic covariances in float32. eigh is listed for comparison: its products
+are the few around the eigendecomposition, which is not a matrix product and dominates its cost.
 
     python -m bench.products [--channels 64 128 256 512] [--output results]
 
-writes <output>/products.json and <output>/products.md (the table).
+writes <output>/products.json and <output>/products.md (the table). This module renders them
+without torch (the README-drift test); counting imports torch.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from typing import Any
 
 from bench.cases import ACCURACY_TARGET, get_profile
 from bench.inputs import SEED
+from bench.products.rows import ProductsRow
 from impls.testing import readme_blocks
 from impls.testing.metadata import collect, read_results, write_rows
 from reference.conventions import DEFAULT_EPS
@@ -38,27 +40,46 @@ DOCUMENT = "results/products.md"
 BATCH = get_profile("default", "cpu").headline.batch
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+def read_rows(path: pathlib.Path) -> tuple[dict[str, Any], list[ProductsRow]]:
+    """(envelope, rows) of a products.json."""
+    metadata, document = read_results(path)
+    return metadata, [ProductsRow(**row) for row in document["rows"]]
+
+
+def format_products(row: ProductsRow | None) -> str:
+    """A row as the benchmark report prints it: forward + backward products at the fewest steps
+    that reach the target, and whether an eigendecomposition comes on top."""
+    if row is None:
+        return "not counted"
+    if not row.meets_target and row.iterations is not None:
+        return "misses"
+    count = f"{row.products} = {row.forward_products} + {row.backward_products}"
+    if row.iterations is not None:
+        count += f" (x{row.iterations})"
+    return count if row.matmul_only else f"{count}, plus an eigendecomposition"
+
+
+def markdown_table(rows: Sequence[ProductsRow]) -> str:
     """Products (forward + backward) to reach the target, one column per C."""
-    channels = sorted({r["channels"] for r in rows})
-    keys = list(dict.fromkeys((r["method"], r["backward"], r["matmul_only"]) for r in rows))
+    channels = sorted({r.channels for r in rows})
+    keys = list(dict.fromkeys((r.method, r.backward, r.matmul_only) for r in rows))
+    by_key = {(r.method, r.backward, r.channels): r for r in rows}
     header = "| method / backward | " + " | ".join(f"C={c}" for c in channels) + " |"
     lines = [header, "|---" * (len(channels) + 1) + "|"]
     for method, backward, matmul_only in keys:
         cells = []
         for c in channels:
-            (row,) = [
-                r
-                for r in rows
-                if (r["method"], r["backward"], r["channels"]) == (method, backward, c)
-            ]
-            products = f"{row['products']} = {row['forward_products']} + {row['backward_products']}"
-            if not row["meets_target"]:
-                worst = max(row["forward_error"], row["backward_error"])
-                reach = "not reached" if method != "eigh" else f"{products}, error {worst:.1e}"
+            row = by_key[(method, backward, c)]
+            products = f"{row.products} = {row.forward_products} + {row.backward_products}"
+            if not row.meets_target:
+                reach = (
+                    "not reached"
+                    if method != "eigh"
+                    else f"{products}, error {row.worst_error:.1e}"
+                )
                 cells.append(f"misses ({reach})")
                 continue
-            steps = "" if row["iterations"] is None else f" (x{row['iterations']})"
+            steps = "" if row.iterations is None else f" (x{row.iterations})"
             cells.append(products + steps)
         label = method if backward is None else f"{method} / {backward}"
         label += "" if matmul_only else " (plus an eigendecomposition)"
@@ -68,7 +89,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def render(path: pathlib.Path) -> str:
     """results/products.md from the results file `path` alone."""
-    metadata, document = read_results(path)
+    metadata, rows = read_rows(path)
     return (
         f"# Matrix products to reach {metadata['target']:g}\n\n"
         f"{readme_blocks.provenance(metadata)}\n\n"
@@ -76,7 +97,7 @@ def render(path: pathlib.Path) -> str:
         f"(xK) that bring both relative errors within {metadata['target']:g} of SciPy (float64), "
         f"float32, the benchmarks' seeded covariances of 28x28 ReLU feature maps + eps I, batch "
         f"{metadata['batch']}. The target for the best matmul-only method at C = 512: at most "
-        f"{metadata['product_budget']}.\n\n" + markdown_table(document["rows"]) + "\n"
+        f"{metadata['product_budget']}.\n\n" + markdown_table(rows) + "\n"
     )
 
 
@@ -88,14 +109,14 @@ def committed_document(root: pathlib.Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
-        prog="python -m bench.products", description=__doc__.splitlines()[0]
+        prog="python -m bench.products", description=(__doc__ or "").splitlines()[0]
     )
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 128, 256, 512])
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
     arguments = parser.parse_args(argv)
 
     # Imported here: rendering the committed table (the README-drift test) needs no torch.
-    from bench.product_count import COUNTED_OPS, measure
+    from bench.products.counting import COUNTED_OPS, measure
 
     start = time.monotonic()
     rows = measure(arguments.channels, BATCH)
@@ -112,13 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         product_budget=PRODUCT_BUDGET,
         counted_ops=COUNTED_OPS,
         input="the benchmarks' seeded covariances of 28x28 ReLU feature maps + eps I "
-        "(bench.inputs.Inputs.covariances), rounded to float32",
+        "(bench.inputs.Inputs.case), rounded to float32",
     )
     path = write_rows(arguments.output, FILE_NAME, metadata, rows, (DOCUMENT, render))
     print(markdown_table(rows))
     print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

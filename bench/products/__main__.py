@@ -1,0 +1,5 @@
+import sys
+
+from bench.products import main
+
+sys.exit(main())
