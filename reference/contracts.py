@@ -180,12 +180,16 @@ def check_images(shape: Shape, dtype_name: str, layout: str, min_side: int) -> N
         )
 
 
-def check_sqrtm_options(method: str, num_iters: int | None, backward: str | None) -> None:
+def check_sqrtm_options(
+    method: str, num_iters: int | None, backward: str | None, check_range: bool | None = None
+) -> None:
     """sqrtm's options; None for num_iters or backward means the method's default."""
     check_choice(method, SQRTM_METHODS, "sqrtm method")
     check_positive_int(num_iters, "num_iters", allow_none=True)
     if backward is not None:
         check_choice(backward, NEWTON_SCHULZ_BACKWARDS, "Newton-Schulz backward")
+    if check_range is not None and not isinstance(check_range, bool):
+        raise IBPInputError(f"check_range must be True, False or None, got {check_range!r}")
 
 
 def with_method_defaults(

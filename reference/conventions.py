@@ -51,7 +51,7 @@ NEWTON_SCHULZ_STATED_ACCURACY = 1e-4
 SQRTM_METHODS = ("auto", "eigh", "newton_schulz", "minimax_newton_schulz")
 #: "auto" runs what was measured fastest among the candidates that meet AUTO_STATED_ACCURACY
 #: (forward and backward) on realistic covariances, for the framework, device and C band at hand:
-#: the table impls/auto_table.json, written by `python -m bench.auto_table` (results/auto.md).
+#: the table impls/auto_table.json, written by `python -m bench.measure_auto` (results/auto.md).
 #: Accuracy decides first: torch's float32 divide-and-conquer eigensolver (LAPACK syevd) leaves
 #: ~3e-3 backward error at C = 512, so large C there takes the eigendecomposition in float64.
 #: Where nothing was measured (a C above the largest band, a C unknown while a graph is traced, a

@@ -117,21 +117,21 @@ def test_products_within_budget():
     """Matrix products at torch's dispatcher: forward 4K - 1 (the last two check for negative
     eigenvalues at work), iterative backward 5K - 1."""
     import_framework("torch")
-    from bench.product_count import count_products
+    from bench.products.counting import count_products
     from bench.products import PRODUCT_BUDGET
     from impls.torch.minimax_newton_schulz import minimax_sqrtm
 
     a, g, _, _ = realistic_case(8)
     k = DEFAULT_MINIMAX_ITERATIONS
     counted = count_products(lambda m: minimax_sqrtm(m, k, "newton_schulz"), a, g)
-    assert (counted["forward_products"], counted["backward_products"]) == (4 * k - 1, 5 * k - 1)
-    assert counted["products"] <= PRODUCT_BUDGET
+    assert (counted.forward_products, counted.backward_products) == (4 * k - 1, 5 * k - 1)
+    assert counted.products <= PRODUCT_BUDGET
     # Through autograd: the same forward, and 8K - 6 products back through the steps. That is
     # 2 over the budget since the forward checks for negative eigenvalues (2 products): the
     # budget is the default backward's target, which the check leaves with 14 to spare.
     through_autograd = count_products(lambda m: minimax_sqrtm(m, k, "autograd"), a, g)
-    assert through_autograd["backward_products"] == 8 * k - 6
-    assert through_autograd["products"] == (4 * k - 1) + (8 * k - 6)
+    assert through_autograd.backward_products == 8 * k - 6
+    assert through_autograd.products == (4 * k - 1) + (8 * k - 6)
 
 
 # Enough steps to converge down to the strategies' condition number: float32 draws reach 1e3

@@ -52,6 +52,7 @@ class IBPHead(keras.layers.Layer):
         num_iters: int | None = None,
         backward: str | None = None,
         delta: float = SIGNED_SQRT_DELTA,
+        check_range: bool | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("autocast", False)
@@ -60,8 +61,9 @@ class IBPHead(keras.layers.Layer):
         check_positive_int(num_classes, "num_classes", allow_none=True)
         check_non_negative(eps, "eps")
         check_non_negative(delta, "delta")
-        check_sqrtm_options(method, num_iters, backward)
+        check_sqrtm_options(method, num_iters, backward, check_range)
         self.in_channels, self.num_classes = in_channels, num_classes
+        self.check_range = check_range
         self.eps, self.method, self.num_iters = eps, method, num_iters
         self.backward, self.delta = backward, delta
         self.classifier = (
@@ -101,7 +103,7 @@ class IBPHead(keras.layers.Layer):
         checks = [(wide, NON_FINITE_MESSAGE.format(name="feature map"))]
         a = assert_finite(_pool(assert_finite(wide, checks[0][1]), self.eps), OVERFLOW_MESSAGE)
         checks.append((a, OVERFLOW_MESSAGE))
-        z = _root(a, self.method, self.num_iters, self.backward, checks)
+        z = _root(a, self.method, self.num_iters, self.backward, checks, self.check_range)
         y = _l2_normalize(_signed_sqrt(z, self.delta))
         v = tf.cast(tf.reshape(y, (tf.shape(y)[0], self._channels() ** 2)), inputs.dtype)
         return v if self.classifier is None else self.classifier(v)
@@ -119,4 +121,5 @@ class IBPHead(keras.layers.Layer):
             "num_iters": self.num_iters,
             "backward": self.backward,
             "delta": self.delta,
+            "check_range": self.check_range,
         }

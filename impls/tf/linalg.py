@@ -110,20 +110,34 @@ def _root_from(eigenvalues: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
     return (u * tf.sqrt(tf.maximum(eigenvalues, 0))[..., None, :]) @ transpose(u)
 
 
-def eigh_sqrtm(a: tf.Tensor, result_dtype: tf.DType | None = None) -> tf.Tensor:
-    """Exact root by eigendecomposition; backward by the closed-form gradient of the clamped root
-    (the Lyapunov solution where A is positive definite)."""
+def eigh_sqrtm_and_spectrum(
+    a: tf.Tensor, result_dtype: tf.DType | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Exact root by eigendecomposition, and the eigenvalues (not differentiated: what `auto`'s
+    range check reads); backward by the closed-form gradient of the clamped root (the Lyapunov
+    solution where A is positive definite)."""
+    eigenvalues, u = eigh(tf.stop_gradient(a))
 
     @tf.custom_gradient
     def root(a: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
-        eigenvalues, u = eigh(a)
-
         def grad(g: tf.Tensor) -> tf.Tensor:
             return clamped_root_gradient(u, eigenvalues, g, result_dtype)
 
         return _root_from(eigenvalues, u), grad
 
-    return root(a)
+    return root(a), eigenvalues
+
+
+def eigh_sqrtm(a: tf.Tensor, result_dtype: tf.DType | None = None) -> tf.Tensor:
+    """Exact root by eigendecomposition (`eigh_sqrtm_and_spectrum`)."""
+    return eigh_sqrtm_and_spectrum(a, result_dtype)[0]
+
+
+def condition_numbers(eigenvalues: tf.Tensor) -> tf.Tensor:
+    """Largest over smallest eigenvalue of each sample, inf where the smallest is not positive."""
+    smallest, largest = eigenvalues[..., 0], eigenvalues[..., -1]
+    ratio = largest / tf.maximum(smallest, finfo(eigenvalues.dtype).tiny)
+    return tf.where(smallest > 0, ratio, tf.cast(np.inf, eigenvalues.dtype))
 
 
 def nan_where_wrong(root: tf.Tensor, z: tf.Tensor, y: tf.Tensor, steps: Steps) -> tf.Tensor:

@@ -9,8 +9,11 @@ import tensorflow as tf
 from impls import auto_table
 from impls.tf.linalg import (
     autograd_root,
+    condition_numbers,
+    eigh,
     eigh_if_wrong,
     eigh_sqrtm,
+    eigh_sqrtm_and_spectrum,
     eye_like,
     finfo,
     newton_schulz_root,
@@ -175,33 +178,46 @@ def bilinear_pool(x: Any, eps: float = DEFAULT_EPS) -> tf.Tensor:
 
 def _resolve_auto(
     method: str, backward: str | None, channels: int | None = None
-) -> tuple[str, str | None, tf.DType | None]:
-    """(method, backward, dtype of the eigendecomposition or None): "auto" is the measured choice
-    for this device and C (impls.auto_table); a C unknown while tracing takes its rule.
-    TensorFlow places work on a GPU whenever it sees one, so that decides the device."""
+) -> tuple[str, str | None, tf.DType | None, auto_table.Choice | None]:
+    """(method, backward, dtype of the eigendecomposition or None, auto's choice or None): "auto"
+    is the measured choice for this device and C (impls.auto_table); a C unknown while tracing
+    takes its rule. TensorFlow places work on a GPU whenever it sees one, so that decides the
+    device."""
     if method != "auto":
-        return method, backward, None
+        return method, backward, None, None
     device = "cuda" if tf.config.list_logical_devices("GPU") else "cpu"
     choice = auto_table.choose("tf", device, channels)
     eigh_dtype = None if choice.eigh_dtype is None else tf.as_dtype(choice.eigh_dtype)
-    return choice.method, backward, eigh_dtype
+    return choice.method, backward, eigh_dtype, choice
 
 
 def _root(
-    a: tf.Tensor, method: str, num_iters: int | None, backward: str | None, checks: Checks
+    a: tf.Tensor,
+    method: str,
+    num_iters: int | None,
+    backward: str | None,
+    checks: Checks,
+    check_range: bool | None = None,
 ) -> tf.Tensor:
     """The root of the symmetric part of `a`, then one finiteness check of it: NaN or inf in
-    anything it came from (`checks`, (tensor, message) pairs, first cause first) shows there."""
+    anything it came from (`checks`, (tensor, message) pairs, first cause first) shows there.
+    `check_range`: as in `impls.torch.stages._root`, samples beyond the measured accuracy range of
+    auto's choice computed again by the eigendecomposition in float64 (tf.cond in a graph)."""
     channels = a.shape[-1] if a.shape.rank is not None else None
-    method, backward, eigh_dtype = _resolve_auto(method, backward, channels)
+    method, backward, eigh_dtype, choice = _resolve_auto(method, backward, channels)
     num_iters, backward = with_method_defaults(method, num_iters, backward)
+    bound = None if choice is None else choice.max_condition
+    if check_range is False or (check_range is None and method != "eigh"):
+        bound = None
+    if choice is not None and choice.candidate == auto_table.BEYOND_RANGE:
+        bound = None  # already the accurate choice
     symmetric = symmetric_part(tf.cast(a, compute_dtype(a)))
+    spectrum = None
     try:
-        if method == "eigh" and eigh_dtype is not None:
-            wide = tf.cast(symmetric, eigh_dtype)
-            z = tf.cast(eigh_sqrtm(wide, symmetric.dtype), symmetric.dtype)
-        elif method == "eigh":
-            z = eigh_sqrtm(symmetric)
+        if method == "eigh":
+            wide = symmetric if eigh_dtype is None else tf.cast(symmetric, eigh_dtype)
+            z, spectrum = eigh_sqrtm_and_spectrum(wide, symmetric.dtype)
+            z = tf.cast(z, symmetric.dtype)
         else:
             # Every iterative method has both defaults (reference.conventions.ITERATIVE_DEFAULTS).
             assert num_iters is not None and backward is not None
@@ -212,6 +228,10 @@ def _root(
                 z = eigh_if_wrong(symmetric, minimax_sqrtm(symmetric, num_iters, backward))
             else:
                 z = newton_schulz_sqrtm(symmetric, num_iters, backward)
+        if bound is not None:
+            if spectrum is None:
+                spectrum = eigh(tf.stop_gradient(symmetric))[0]
+            z = _accurate_beyond(z, symmetric, condition_numbers(spectrum) > bound)
     except tf.errors.InvalidArgumentError:
         check_all_finite(checks)  # the eigensolver refused NaN or inf: name it
         raise
@@ -219,11 +239,25 @@ def _root(
     return tf.cast(z, a.dtype)
 
 
+def _accurate_beyond(z: tf.Tensor, symmetric: tf.Tensor, beyond: tf.Tensor) -> tf.Tensor:
+    """`z` with the samples flagged in `beyond` (B,) computed again by the eigendecomposition in
+    float64, accurate to condition numbers of 1e8 and beyond (impls.auto_table.BEYOND_RANGE)."""
+
+    def accurate() -> tf.Tensor:
+        wide = eigh_sqrtm(tf.cast(symmetric, tf.float64), symmetric.dtype)
+        return tf.where(beyond[:, None, None], tf.cast(wide, symmetric.dtype), z)
+
+    if tf.executing_eagerly():
+        return accurate() if bool(tf.reduce_any(beyond)) else z
+    return tf.cond(tf.reduce_any(beyond), accurate, lambda: z)
+
+
 def sqrtm(
     a: Any,
     method: str = DEFAULT_SQRTM_METHOD,
     num_iters: int | None = None,
     backward: str | None = None,
+    check_range: bool | None = None,
 ) -> tf.Tensor:
     """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch;
     negative eigenvalues count as 0, for every method (reference.conventions).
@@ -234,13 +268,17 @@ def sqrtm(
     backward (iterative methods only): "lyapunov" (exact, eigenbasis), "newton_schulz"
     (iterative, same steps; minimax's default) or "autograd" (through the iterations).
     None means the method's default (reference.conventions.ITERATIVE_DEFAULTS).
+    check_range (method "auto" only): recompute the samples whose condition number lies beyond
+    the measured accuracy range of auto's choice by the eigendecomposition in float64. None: where
+    the eigenvalues come free (auto runs an eigendecomposition, as on a CPU); True: always (one
+    more eigenvalue decomposition after an iterative root, as on a GPU); False: never.
     """
     a = as_tensor(a, "matrix")
     check_square_batch(static_shape(a))
-    check_sqrtm_options(method, num_iters, backward)
+    check_sqrtm_options(method, num_iters, backward, check_range)
     message = NON_FINITE_MESSAGE.format(name="matrix")
     a = assert_finite(in_contract(a, "matrices", "matrix"), message)
-    return _root(a, method, num_iters, backward, [(a, message)])
+    return _root(a, method, num_iters, backward, [(a, message)], check_range)
 
 
 def _signed_sqrt(z: tf.Tensor, delta: float) -> tf.Tensor:

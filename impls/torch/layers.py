@@ -43,14 +43,15 @@ class IBPHead(nn.Module):
         num_iters: int | None = None,
         backward: str | None = None,
         delta: float = SIGNED_SQRT_DELTA,
+        check_range: bool | None = None,
     ) -> None:
         super().__init__()
         check_positive_int(in_channels, "in_channels")
         check_positive_int(num_classes, "num_classes", allow_none=True)
         check_non_negative(eps, "eps")
         check_non_negative(delta, "delta")
-        check_sqrtm_options(method, num_iters, backward)
-        self.in_channels = in_channels
+        check_sqrtm_options(method, num_iters, backward, check_range)
+        self.in_channels, self.check_range = in_channels, check_range
         self.eps, self.method, self.num_iters = eps, method, num_iters
         self.backward_method, self.delta = backward, delta
         self.classifier = None if num_classes is None else nn.Linear(in_channels**2, num_classes)
@@ -64,12 +65,13 @@ class IBPHead(nn.Module):
         # One finiteness check per call (one host read, on a GPU too), after the root: NaN or
         # inf in the map, or an overflow of its covariance, shows up there.
         checks = [(x, NON_FINITE_MESSAGE.format(name="feature map")), (a, OVERFLOW_MESSAGE)]
-        z = _root(a, self.method, self.num_iters, self.backward_method, checks)
+        z = _root(a, self.method, self.num_iters, self.backward_method, checks, self.check_range)
         v = torch.flatten(_l2_normalize(_signed_sqrt(z, self.delta)), 1).to(x.dtype)
         return v if self.classifier is None else self.classifier(v)
 
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, eps={self.eps}, method={self.method!r}, "
-            f"num_iters={self.num_iters}, backward={self.backward_method!r}, delta={self.delta}"
+            f"num_iters={self.num_iters}, backward={self.backward_method!r}, delta={self.delta}, "
+            f"check_range={self.check_range}"
         )

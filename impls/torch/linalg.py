@@ -100,22 +100,33 @@ def eigh_root(a: torch.Tensor) -> torch.Tensor:
 
 
 class EighSqrtm(torch.autograd.Function):
-    """Exact root by eigendecomposition; backward by the closed-form gradient of the clamped root
-    (the Lyapunov solution where A is positive definite)."""
+    """Exact root by eigendecomposition, and the eigenvalues (not differentiated: what `auto`'s
+    range check reads); backward by the closed-form gradient of the clamped root (the Lyapunov
+    solution where A is positive definite)."""
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, result_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def forward(
+        ctx: Any, a: torch.Tensor, result_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         eigenvalues, u = eigh(a)
         s = eigenvalues.clamp_min(0).sqrt()
         ctx.result_dtype = result_dtype
         ctx.save_for_backward(u, eigenvalues)
-        return (u * s.unsqueeze(-2)) @ u.mT
+        ctx.mark_non_differentiable(eigenvalues)
+        return (u * s.unsqueeze(-2)) @ u.mT, eigenvalues
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, g: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor, None]:
         u, eigenvalues = ctx.saved_tensors
         return clamped_root_gradient(u, eigenvalues, g, ctx.result_dtype), None
+
+
+def condition_numbers(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """Largest over smallest eigenvalue of each sample, inf where the smallest is not positive."""
+    smallest, largest = eigenvalues[..., 0], eigenvalues[..., -1]
+    ratio = largest / smallest.clamp_min(torch.finfo(eigenvalues.dtype).tiny)
+    return torch.where(smallest > 0, ratio, torch.inf)
 
 
 def nan_where_wrong(
@@ -252,7 +263,7 @@ def autograd_root(
     def clamped(bad: torch.Tensor) -> torch.Tensor:
         eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
         converging = iterate(torch.where(bad, eye, a))
-        return torch.where(bad, EighSqrtm.apply(torch.where(bad, a, eye)), converging)
+        return torch.where(bad, EighSqrtm.apply(torch.where(bad, a, eye))[0], converging)
 
     with torch.no_grad():
         bad = went_wrong(iterate(a))

@@ -10,6 +10,8 @@ from impls.torch.linalg import (
     EighSqrtm,
     NewtonSchulzSqrtm,
     autograd_root,
+    condition_numbers,
+    eigh,
     newton_schulz_root,
     symmetric_part,
 )
@@ -87,39 +89,67 @@ def bilinear_pool(x: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
 
 def _resolve_auto(
     method: str, backward: str | None, device_type: str, channels: int | None = None
-) -> tuple[str, str | None, torch.dtype | None]:
-    """(method, backward, dtype of the eigendecomposition or None): "auto" is the measured choice
-    for this device and C (impls.auto_table), read from the static shape without a host read."""
+) -> tuple[str, str | None, torch.dtype | None, auto_table.Choice | None]:
+    """(method, backward, dtype of the eigendecomposition or None, auto's choice or None): "auto"
+    is the measured choice for this device and C (impls.auto_table), read from the static shape
+    without a host read."""
     if method != "auto":
-        return method, backward, None
+        return method, backward, None, None
     choice = auto_table.choose("torch", device_type, channels)
     eigh_dtype = None if choice.eigh_dtype is None else getattr(torch, choice.eigh_dtype)
-    return choice.method, backward, eigh_dtype
+    return choice.method, backward, eigh_dtype, choice
+
+
+def _accurate_beyond(
+    z: torch.Tensor, symmetric: torch.Tensor, beyond: torch.Tensor
+) -> torch.Tensor:
+    """`z` with the samples flagged in `beyond` (B, 1, 1) computed again by the eigendecomposition
+    in float64, accurate to condition numbers of 1e8 and beyond (impls.auto_table.BEYOND_RANGE)."""
+    wide = EighSqrtm.apply(symmetric.double(), symmetric.dtype)[0]
+    return torch.where(beyond, wide.to(symmetric.dtype), z)
 
 
 def _root(
-    a: torch.Tensor, method: str, num_iters: int | None, backward: str | None, checks: Checks
+    a: torch.Tensor,
+    method: str,
+    num_iters: int | None,
+    backward: str | None,
+    checks: Checks,
+    check_range: bool | None = None,
 ) -> torch.Tensor:
     """The root of the symmetric part of `a`, then one finiteness check of it (one host read):
     NaN or inf in anything it came from (`checks`, (tensor, message) pairs, first cause first)
     shows there, and so does an iteration that went wrong on negative eigenvalues (its samples
     are NaN, `impls.torch.linalg.nan_where_wrong`), which is then computed again with those
     samples clamped by eigh. Under torch.compile the checks are assertion ops and each root clamps
-    its wrong samples itself, in a torch.cond that runs eigh only when some sample went wrong."""
-    method, backward, eigh_dtype = _resolve_auto(method, backward, a.device.type, a.shape[-1])
+    its wrong samples itself, in a torch.cond that runs eigh only when some sample went wrong.
+
+    `check_range` (method "auto" only): whether samples beyond the measured accuracy range of
+    auto's choice are computed again accurately (`_within_range`). None: where the eigenvalues
+    come free (auto chose an eigendecomposition: the CPU); True: also after an iterative root, at
+    the cost of one eigenvalue decomposition (and a host read on a GPU); False: never."""
+    method, backward, eigh_dtype, choice = _resolve_auto(
+        method, backward, a.device.type, a.shape[-1]
+    )
     num_iters, backward = with_method_defaults(method, num_iters, backward)
+    bound = None if choice is None else choice.max_condition
+    if check_range is False or (check_range is None and method != "eigh"):
+        bound = None
+    if choice is not None and choice.candidate == auto_table.BEYOND_RANGE:
+        bound = None  # already the accurate choice
     compiling = torch.compiler.is_compiling()
     if compiling:
         check_all_finite(checks)  # before the eigensolver, which would refuse NaN in its own words
     with torch.autocast(a.device.type, enabled=False):
         symmetric = symmetric_part(a.to(compute_dtype(a)))
+        spectrum: list[torch.Tensor] = []  # the eigenvalues an eigendecomposition gave on the way
 
         def root(clamp: bool) -> torch.Tensor:
-            if method == "eigh" and eigh_dtype is not None:
-                wide = symmetric.to(eigh_dtype)
-                return EighSqrtm.apply(wide, symmetric.dtype).to(symmetric.dtype)
             if method == "eigh":
-                return EighSqrtm.apply(symmetric)
+                wide = symmetric if eigh_dtype is None else symmetric.to(eigh_dtype)
+                z, eigenvalues = EighSqrtm.apply(wide, symmetric.dtype)
+                spectrum.append(eigenvalues)
+                return z.to(symmetric.dtype)
             # Every iterative method has both defaults (reference.conventions.ITERATIVE_DEFAULTS).
             assert num_iters is not None and backward is not None
             k = num_iters
@@ -136,12 +166,34 @@ def _root(
             check_all_finite(checks)  # the eigensolver refused NaN or inf: name it
             raise
         wrong_root = NON_FINITE_MESSAGE.format(name="square root")
+        beyond = None
+        if bound is not None:
+            if not spectrum:
+                with torch.no_grad():
+                    spectrum.append(eigh(symmetric)[0])
+            beyond = (condition_numbers(spectrum[-1]) > bound)[:, None, None]
         if compiling:
             check_all_finite([(z, wrong_root)])
-        elif not bool(torch.isfinite(z).all()):
-            check_all_finite(checks)
-            z = root(clamp=True)
-            check_all_finite([(z, wrong_root)])
+            if beyond is not None:
+                flags, narrow = beyond, z
+                z = torch.cond(
+                    flags.any(),
+                    lambda: _accurate_beyond(narrow, symmetric, flags),
+                    lambda: narrow.clone(),
+                    (),
+                )
+            return z.to(a.dtype)
+        # One host read when all is well: a finite root, within the range where checked.
+        healthy = torch.isfinite(z).all()
+        if beyond is not None:
+            healthy = healthy & ~beyond.any()
+        if not bool(healthy):
+            if not bool(torch.isfinite(z).all()):
+                check_all_finite(checks)
+                z = root(clamp=True)
+                check_all_finite([(z, wrong_root)])
+            if beyond is not None and bool(beyond.any()):
+                z = _accurate_beyond(z, symmetric, beyond)
     return z.to(a.dtype)
 
 
@@ -150,6 +202,7 @@ def sqrtm(
     method: str = DEFAULT_SQRTM_METHOD,
     num_iters: int | None = None,
     backward: str | None = None,
+    check_range: bool | None = None,
 ) -> torch.Tensor:
     """Principal square root of the symmetric part of each (C, C) matrix of a (B, C, C) batch;
     negative eigenvalues count as 0, for every method (reference.conventions).
@@ -160,11 +213,16 @@ def sqrtm(
     backward (iterative methods only): "lyapunov" (exact, eigenbasis), "newton_schulz"
     (iterative, same steps; minimax's default) or "autograd" (through the iterations).
     None means the method's default (reference.conventions.ITERATIVE_DEFAULTS).
+    check_range (method "auto" only): recompute the samples whose condition number lies beyond
+    the measured accuracy range of auto's choice by the eigendecomposition in float64. None: where
+    the eigenvalues come free (auto runs an eigendecomposition, as on a CPU); True: always (one
+    more eigenvalue decomposition after an iterative root, as on a GPU); False: never.
     """
     check_dtype(dtype_name(a), "matrix")
     check_square_batch(a.shape)
-    check_sqrtm_options(method, num_iters, backward)
-    return _root(a, method, num_iters, backward, [(a, NON_FINITE_MESSAGE.format(name="matrix"))])
+    check_sqrtm_options(method, num_iters, backward, check_range)
+    checks = [(a, NON_FINITE_MESSAGE.format(name="matrix"))]
+    return _root(a, method, num_iters, backward, checks, check_range)
 
 
 class _SignedSqrt(torch.autograd.Function):
