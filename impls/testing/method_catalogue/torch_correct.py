@@ -1,0 +1,176 @@
+"""Correct layers of the second-order pooling family in PyTorch, written the way their users write
+them (channels-first), independently of the reference. Each is a function of one tensor."""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from reference.conventions import SIGNED_SQRT_DELTA as DELTA
+
+ISQRT_ITERATIONS = 5  # the authors' training script
+MPN_ALPHA = 0.5
+
+
+def _eye(c: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.eye(c, dtype=like.dtype, device=like.device)
+
+
+# B-CNN
+
+
+def bcnn_pool(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    features = x.reshape(b, c, h * w)
+    return features.bmm(features.transpose(1, 2)) / (h * w)
+
+
+def _signed_sqrt(z: torch.Tensor) -> torch.Tensor:
+    """sign(z) (sqrt(|z| + d) - sqrt(d)) written as z / (sqrt(|z| + d) + sqrt(d)): autograd then
+    gives the true slope at z = 0."""
+    return z / (torch.sqrt(z.abs() + DELTA) + DELTA**0.5)
+
+
+def bcnn_head(x: torch.Tensor) -> torch.Tensor:
+    y = _signed_sqrt(bcnn_pool(x)).reshape(len(x), -1)
+    return F.normalize(y, dim=1)
+
+
+class _SignedSqrt(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        return torch.sign(z) * (torch.sqrt(z.abs() + DELTA) - DELTA**0.5)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        (z,) = ctx.saved_tensors
+        return g / (2 * torch.sqrt(z.abs() + DELTA))
+
+
+def bcnn_head_einsum(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[2:]
+    y = _SignedSqrt.apply(torch.einsum("bchw,bdhw->bcd", x, x) / (h * w)).flatten(1)
+    return y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+# MPN-COV and iSQRT-COV share the centred pooling.
+
+
+def centred_pool_i_hat(x: torch.Tensor) -> torch.Tensor:
+    """X I_hat X^T, I_hat = (1/M) I - (1/M^2) 1 1^T, as the released Covpool builds it."""
+    b, c, h, w = x.shape
+    m = h * w
+    features = x.reshape(b, c, m)
+    ones = torch.ones(m, m, dtype=x.dtype, device=x.device)
+    i_hat = (-1.0 / m / m) * ones + (1.0 / m) * _eye(m, x)
+    return features.bmm(i_hat.expand(b, m, m)).bmm(features.transpose(1, 2))
+
+
+def centred_pool_mean(x: torch.Tensor) -> torch.Tensor:
+    features = x.flatten(2)
+    centred = features - features.mean(dim=2, keepdim=True)
+    return centred @ centred.mT / features.shape[-1]
+
+
+def _power_backward(
+    u: torch.Tensor, eigenvalues: torch.Tensor, alpha: float, g: torch.Tensor
+) -> torch.Tensor:
+    """U [(U^T sym(G) U) * D] U^T, D_ij = (f(l_i) - f(l_j)) / (l_i - l_j), f'(l) where the
+    eigenvalues coincide (f(l) = max(l, 0)^alpha; where neither is positive, 0)."""
+    clamped = eigenvalues.clamp_min(0)
+    powered = clamped**alpha
+    difference = clamped[..., :, None] - clamped[..., None, :]
+    close = difference.abs() <= 1e-12 * clamped.amax(-1, keepdim=True)[..., None]
+    mean = ((clamped[..., :, None] + clamped[..., None, :]) / 2).clamp_min(1e-300)
+    slope = torch.where(mean > 1e-300, alpha * mean ** (alpha - 1), torch.zeros_like(mean))
+    quotient = (powered[..., :, None] - powered[..., None, :]) / torch.where(
+        close, torch.ones_like(difference), difference
+    )
+    d = torch.where(close, slope, quotient)
+    g = (g + g.mT) / 2
+    return u @ ((u.mT @ g @ u) * d) @ u.mT
+
+
+class _MatrixPower(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, alpha: float) -> torch.Tensor:
+        eigenvalues, u = torch.linalg.eigh((a + a.mT) / 2)
+        ctx.save_for_backward(u, eigenvalues)
+        ctx.alpha = alpha
+        return u @ torch.diag_embed(eigenvalues.clamp_min(0) ** alpha) @ u.mT
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        u, eigenvalues = ctx.saved_tensors
+        return _power_backward(u, eigenvalues, ctx.alpha, g), None
+
+
+def mpn_cov_power(a: torch.Tensor) -> torch.Tensor:
+    return _MatrixPower.apply(a, MPN_ALPHA)
+
+
+def mpn_cov_power_quarter(a: torch.Tensor) -> torch.Tensor:
+    return _MatrixPower.apply(a, 0.25)
+
+
+def _triu(m: torch.Tensor) -> torch.Tensor:
+    rows, columns = torch.triu_indices(m.shape[-1], m.shape[-1], device=m.device)
+    return m[:, rows, columns]
+
+
+def mpn_cov_head(x: torch.Tensor) -> torch.Tensor:
+    return _triu(mpn_cov_power(centred_pool_mean(x)))
+
+
+def _trace(a: torch.Tensor) -> torch.Tensor:
+    return a.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None]
+
+
+def isqrt_cov_root(a: torch.Tensor, iterations: int = ISQRT_ITERATIONS) -> torch.Tensor:
+    trace = _trace(a)
+    eye = _eye(a.shape[-1], a).expand_as(a)
+    y, z = a / trace, eye
+    for _ in range(iterations):
+        t = 0.5 * (3 * eye - z @ y)
+        y, z = y @ t, t @ z
+    return y * trace.sqrt()
+
+
+def isqrt_cov_root_3(a: torch.Tensor) -> torch.Tensor:
+    return isqrt_cov_root(a, iterations=3)
+
+
+def isqrt_cov_root_unrolled(a: torch.Tensor, iter_n: int = ISQRT_ITERATIONS) -> torch.Tensor:
+    """The released Sqrtm's forward: the first step from Z = I written out, iter_n - 2 steps in
+    the loop, a last step that forms only Y."""
+    norm = _trace(a)
+    i3 = 3 * _eye(a.shape[-1], a).expand_as(a)
+    normalised = a / norm
+    zy = 0.5 * (i3 - normalised)
+    y, z = normalised @ zy, zy
+    for _ in range(1, iter_n - 1):
+        zy = 0.5 * (i3 - z @ y)
+        y, z = y @ zy, zy @ z
+    y = 0.5 * y @ (i3 - z @ y)
+    return y * norm.sqrt()
+
+
+def isqrt_cov_head(x: torch.Tensor) -> torch.Tensor:
+    return _triu(isqrt_cov_root(centred_pool_i_hat(x)))
+
+
+def _triu_mask(m: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The released Triuvec: the entries where the flattened mask is nonzero."""
+    index = mask.reshape(-1).nonzero().squeeze(1).to(m.device)
+    return m.reshape(len(m), -1)[:, index]
+
+
+def isqrt_cov_head_mask(x: torch.Tensor) -> torch.Tensor:
+    root = isqrt_cov_root_unrolled(centred_pool_i_hat(x))
+    return _triu_mask(root, torch.ones(root.shape[-1], root.shape[-1]).triu())
+
+
+def isqrt_cov_head_column_order(x: torch.Tensor) -> torch.Tensor:
+    root = isqrt_cov_root_unrolled(centred_pool_i_hat(x))
+    return _triu_mask(root, torch.ones(root.shape[-1], root.shape[-1]).triu().t())
