@@ -15,8 +15,8 @@
 #   bench/gpu.sh --dry-run   # same code paths, tiny sizes, on the CPU when there is no GPU
 #
 # Then, in the repository: copy bench-cuda.json and condition_range.json into results/ and
-# auto_table.json over impls/auto_table.json, and run `python -m bench.report --readme README.md`
-# and `python -m bench.measure_auto --render` (re-renders results/auto.md and the README block).
+# auto_table.json over impls/auto_table.json, and run `python -m bench.report --document docs/benchmarks.md`
+# and `python -m bench.measure_auto --render` (re-renders results/auto.md and the block in docs/roots.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

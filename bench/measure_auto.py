@@ -20,8 +20,8 @@ Ranges (errors only, nothing timed): `bench.condition_range`, on spectra of cond
 Writes the table (choices, ranges and their measurements, each part with its results envelope)
 to `--table` (default impls/auto_table.json of the current directory: run it from the repository
 root; it is package data), replacing only the measured device's part; the range points to
-<output>/condition_range.json; and <output>/auto.md. With the default output, also the README's
-`sqrtm-auto` block.
+<output>/condition_range.json; and <output>/auto.md. With the default output, also the
+`sqrtm-auto` block of ./docs/roots.md.
 """
 
 import argparse
@@ -43,6 +43,8 @@ from impls.testing.metadata import collect, read_results, short_commit, write_re
 from reference.conventions import AUTO_STATED_ACCURACY, DEFAULT_EPS
 
 BLOCK = "sqrtm-auto"
+#: The page that holds BLOCK, relative to the repository root.
+PAGE = "docs/roots.md"
 DOCUMENT = "results/auto.md"
 DEFAULT_TABLE = pathlib.Path("impls") / auto_table.TABLE_PATH.name
 DEFAULT_OUTPUT = pathlib.Path("results")
@@ -377,7 +379,7 @@ def render(path: pathlib.Path, points_path: pathlib.Path) -> str:
 
 
 def block(path: pathlib.Path) -> str:
-    """The README's `sqrtm-auto` block: what auto runs, its range, and the rule elsewhere."""
+    """The docs' `sqrtm-auto` block: what auto runs, its range, and the rule elsewhere."""
     metadata, _ = read_results(path)
     table = AutoTable.read(path)
     body = (
@@ -396,7 +398,7 @@ def _committed_table(root: pathlib.Path) -> pathlib.Path:
     return root / DEFAULT_TABLE
 
 
-@readme_blocks.register("README.md", BLOCK)
+@readme_blocks.register(PAGE, BLOCK)
 def committed_block(root: pathlib.Path) -> str:
     return block(_committed_table(root))
 
@@ -443,7 +445,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--render",
         action="store_true",
-        help="measure nothing: re-render auto.md (and the README block) from --table",
+        help="measure nothing: re-render auto.md (and the docs block) from --table",
     )
     arguments = parser.parse_args(argv)
     if not arguments.table.parent.is_dir():
@@ -476,11 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     document.write_text(render(arguments.table, points_path))
     print(choices_table(AutoTable.read(arguments.table)))
     print(f"wrote {document}")
-    readme = pathlib.Path("README.md")
-    if arguments.output.resolve() == DEFAULT_OUTPUT.resolve() and readme.exists():
-        if BLOCK in readme_blocks.names(readme.read_text()):
-            readme_blocks.write(readme, BLOCK, block(arguments.table))
-            print(f"wrote the {BLOCK} block of {readme}")
+    page = pathlib.Path(PAGE)
+    if arguments.output.resolve() == DEFAULT_OUTPUT.resolve() and page.exists():
+        if BLOCK in readme_blocks.names(page.read_text()):
+            readme_blocks.write(page, BLOCK, block(arguments.table))
+            print(f"wrote the {BLOCK} block of {page}")
     return 0
 
 

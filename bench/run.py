@@ -10,8 +10,8 @@ Writes <output>/bench-<device>.json (pytest-benchmark's JSON plus the results en
 "ibp_metadata": command, run time, commit, versions, hardware, threads, date; and "not_run": what
 was skipped and why), then regenerates <output>/BENCHMARKS.md and the plots from every
 bench-*.json in <output>. <output> is ./results unless given: never inside the installed package.
-With the default output, a README.md in the current directory that has the headline block gets
-it rewritten too.
+With the default output, a docs/benchmarks.md under the current directory that has the headline
+block gets it rewritten too.
 """
 
 import argparse
@@ -114,12 +114,12 @@ def _record_run(json_path: pathlib.Path, argv: Sequence[str], seconds: float) ->
     json_path.write_text(json.dumps(results, indent=4) + "\n")
 
 
-def _readme_to_update(output: pathlib.Path) -> pathlib.Path | None:
-    """./README.md when the run wrote the default ./results and that README quotes them."""
-    readme = pathlib.Path("README.md")
-    if output.resolve() != DEFAULT_OUTPUT.resolve() or not readme.exists():
+def _page_to_update(output: pathlib.Path) -> pathlib.Path | None:
+    """./docs/benchmarks.md when the run wrote the default ./results and that page quotes them."""
+    page = pathlib.Path(report.TARGETS_PAGE)
+    if output.resolve() != DEFAULT_OUTPUT.resolve() or not page.exists():
         return None
-    return readme if report.TARGETS_BLOCK in readme.read_text() else None
+    return page if report.TARGETS_BLOCK in page.read_text() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _record_run(json_path, argv, time.monotonic() - start)
     print(f"results: {json_path}")
     if not arguments.no_report:
-        markdown = report.write_report(output, _readme_to_update(output))
+        markdown = report.write_report(output, _page_to_update(output))
         print(f"report:  {markdown}")
     return status
 

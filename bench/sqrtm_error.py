@@ -1,13 +1,13 @@
 """Numerical error of the matrix square roots against the float64 reference, forward and
 backward: the measurement the benchmarks, `bench.measure_auto`, `bench.condition_range` and
-`bench.products` share (`SqrtmErrors`, `fewest_iterations`), and the README's error table of
-every method on the benchmarks' own seeded inputs (so the README's table and BENCHMARKS.md report
-the same matrices).
+`bench.products` share (`SqrtmErrors`, `fewest_iterations`), and the error table of every
+method on the benchmarks' own seeded inputs in docs/roots.md (so that table and BENCHMARKS.md
+report the same matrices).
 
     python -m bench.sqrtm_error [--channels 64 512] [--output results]
 
-Writes <output>/sqrtm_error.json; with the default output, also the README's table (the
-`sqrtm-error` block of ./README.md). This is the root's error as a matrix; the classifier's
+Writes <output>/sqrtm_error.json; with the default output, also the table in the docs (the
+`sqrtm-error` block of ./docs/roots.md). This is the root's error as a matrix; the classifier's
 accuracy is `reproduce-accuracy`'s subject.
 """
 
@@ -84,6 +84,8 @@ class SqrtmErrors:
 
 
 BLOCK = "sqrtm-error"
+#: The page that holds BLOCK, relative to the repository root.
+PAGE = "docs/roots.md"
 DEFAULT_OUTPUT = pathlib.Path("results")
 FILE_NAME = "sqrtm_error.json"
 #: The benchmarks' headline batch: at C=512 these are exactly the headline cell's matrices.
@@ -178,12 +180,12 @@ def read_rows(path: pathlib.Path) -> tuple[dict[str, Any], list[ErrorRow]]:
 
 
 def block(path: pathlib.Path) -> str:
-    """The README block of results file `path`."""
+    """The docs block of results file `path`."""
     metadata, rows = read_rows(path)
     return readme_blocks.render(BLOCK, markdown_table(rows), metadata)
 
 
-@readme_blocks.register("README.md", BLOCK)
+@readme_blocks.register(PAGE, BLOCK)
 def committed_block(root: pathlib.Path) -> str:
     return block(root / "results" / FILE_NAME)
 
@@ -214,10 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = write_rows(arguments.output, FILE_NAME, metadata, rows)
     print(markdown_table(rows))
     print(f"wrote {path}")
-    readme = pathlib.Path("README.md")
-    if arguments.output.resolve() == DEFAULT_OUTPUT.resolve() and readme.exists():
-        readme_blocks.write(readme, BLOCK, block(path))
-        print(f"wrote the {BLOCK} block of {readme}")
+    page = pathlib.Path(PAGE)
+    if arguments.output.resolve() == DEFAULT_OUTPUT.resolve() and page.exists():
+        readme_blocks.write(page, BLOCK, block(path))
+        print(f"wrote the {BLOCK} block of {page}")
     return 0
 
 

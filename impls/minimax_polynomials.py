@@ -42,7 +42,7 @@ import numpy as np
 DESIGN_LOWER_BOUND = 1e-3
 
 #: Steps when none are asked for: at DESIGN_LOWER_BOUND the seventh step leaves an interval within
-#: 1e-8 of 1 (the sixth, 1e-3), so the error is float32 round-off (README, "Matrix products").
+#: 1e-8 of 1 (the sixth, 1e-3), so the error is float32 round-off (docs/roots.md).
 DEFAULT_MINIMAX_ITERATIONS = 7
 
 #: Minimax error below which the fixed order-3 quintic takes over.

@@ -15,10 +15,10 @@ SIGNED_SQRT_DELTA = 1e-5
 L2_NORM_FLOOR = 1e-12
 
 #: Coupled Newton-Schulz iterations when none are asked for. On covariances of ReLU feature maps the
-#: forward error is ~4e-2 at 10 iterations and ~4e-6 at 20 (README, "Accuracy"); the paper's 5 is
+#: forward error is ~4e-2 at 10 iterations and ~4e-6 at 20 (docs/roots.md); the paper's 5 is
 #: enough for accuracy of a classifier, not for the matrix.
 DEFAULT_NEWTON_SCHULZ_ITERATIONS = 20
-#: What the README promises for the default count: forward and backward relative error in float32
+#: What docs/roots.md promises for the default count: forward and backward relative error in float32
 #: on covariances of 28x28 ReLU feature maps plus DEFAULT_EPS, C = 64 and 512 (a test holds it).
 NEWTON_SCHULZ_STATED_ACCURACY = 1e-4
 
@@ -69,7 +69,8 @@ DEFAULT_NEWTON_SCHULZ_BACKWARD = "lyapunov"
 #: Steps of the minimax Newton-Schulz root (impls/minimax_polynomials.py derives the count: the
 #: seventh step leaves every eigenvalue of its design interval within 1e-8 of the root), and its
 #: default backward: the same steps on [[Z, dZ], [0, -Z]], reusing the forward's iterates, so that
-#: forward and backward together are 59 matrix products and nothing else (results/products.md).
+#: forward and backward together are 61 matrix products (two of them the check for negative
+#: eigenvalues) and nothing else (results/products.md).
 DEFAULT_MINIMAX_ITERATIONS = 7
 DEFAULT_MINIMAX_BACKWARD = "newton_schulz"
 

@@ -1,5 +1,5 @@
 """Accuracy promises on realistic covariances: Newton-Schulz's error falls with the iteration
-count, its default count meets the accuracy the README states, and so does method="auto"."""
+count, its default count meets the accuracy docs/roots.md states, and so does method="auto"."""
 
 import pytest
 
@@ -41,7 +41,7 @@ def test_default_iterations_meet_stated_accuracy(backend, case, backward):
 
 def test_five_iterations_are_far_from_the_root(backend, case):
     """The paper's 5 iterations are enough for accuracy of a classifier, not for the
-    matrix. If this ever fails, the README's statement about it is wrong."""
+    matrix. If this ever fails, the statement about it in docs/roots.md is wrong."""
     forward, _ = sqrtm_errors(backend, case, method="newton_schulz", num_iters=5)
     assert forward > 0.1
 

@@ -1,6 +1,8 @@
-"""Generated text matches the committed results: every registered README block and generated
-document is re-rendered from the committed JSON and compared with the committed text, so a number
-edited by hand, or a results file regenerated without its document, fails here.
+"""Generated text matches the committed results: every registered block of README.md and docs/
+and every generated document is re-rendered from the committed JSON and compared with the
+committed text, so a number edited by hand, or a results file regenerated without its document,
+fails here. The README stays a front door (short, its links resolving), and the run times the
+pages quote are those the results record.
 
 A block's owner registers its renderer with `impls.testing.readme_blocks.register` (a whole
 document with `register_document`) in the module that writes it; this test finds and imports
@@ -21,6 +23,12 @@ from impls.testing import readme_blocks, worked_examples
 from impls.testing.metadata import REQUIRED_KEYS, read_results, run_time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+#: The page that holds the `ibp-check` worked examples.
+WORKED_EXAMPLES_PAGE = "docs/checking.md"
+#: The front door stays short: quick start, the founding question and a tour of docs/.
+README_MAX_LINES = 300
+#: Every hand-written page whose relative links must resolve.
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 
 
 def _rendering_modules() -> list[str]:
@@ -103,9 +111,10 @@ def test_quoted_command_names_an_entry_point(document: str, name: str) -> None:
 
 @pytest.mark.parametrize("example", sorted(worked_examples.EXAMPLES))
 def test_worked_example_commands_parse(example: str) -> None:
-    """The README's ibp-check examples quote `python -m impls.testing.worked_examples NAME`, and
+    """The docs' ibp-check examples quote `python -m impls.testing.worked_examples NAME`, and
     that command line is accepted as quoted."""
-    block = readme_blocks.REGISTRY[("README.md", worked_examples.EXAMPLES[example].block)](ROOT)
+    page = (WORKED_EXAMPLES_PAGE, worked_examples.EXAMPLES[example].block)
+    block = readme_blocks.REGISTRY[page](ROOT)
     command = _quoted_command(block)
     assert command[:4] == ["python", "-m", worked_examples.MODULE, example]
     with pytest.raises(SystemExit) as exit_:
@@ -113,18 +122,65 @@ def test_worked_example_commands_parse(example: str) -> None:
     assert exit_.value.code == 0
 
 
-@pytest.mark.parametrize(
-    ("name", "quoted"),
-    [
-        ("accuracy.json", "on the embedded data ({} on 2 cores)"),
-        ("accuracy-seed-30.json", "accuracy-seed-30.md`, {}\non 2"),
-    ],
-)
-def test_the_readme_quotes_the_run_times_its_results_record(name: str, quoted: str) -> None:
-    """The README's run times of the main job and the 30 % study are those of the committed
-    results, so a regeneration that changes them fails here until the README follows."""
-    metadata, _ = read_results(ROOT / "results" / name)
-    assert quoted.format(run_time(metadata)) in (ROOT / "README.md").read_text()
+def _words(page: str) -> str:
+    """`page`'s text with every run of whitespace one space: a quote may wrap anywhere."""
+    return " ".join((ROOT / page).read_text().split())
+
+
+def test_the_readme_quotes_the_main_jobs_run_time() -> None:
+    """Command 1 runs one seed: the README quotes the committed run's time per seed (the
+    committed results may have more), so a regeneration that changes it fails here until the
+    README follows."""
+    metadata, _ = read_results(ROOT / "results" / "accuracy.json")
+    seeds = len(metadata.get("seeds") or [metadata["seed"]])
+    per_seed = run_time({"wall_seconds": metadata["wall_seconds"] / seeds})
+    assert f"on the embedded data ({per_seed} on 2 cores)" in _words("README.md")
+
+
+def test_the_docs_quote_the_studys_run_time() -> None:
+    metadata, _ = read_results(ROOT / "results" / "accuracy-seed-30.json")
+    assert f"the committed study took {run_time(metadata)} on 2 cores" in _words("docs/training.md")
+
+
+def test_the_readme_is_a_front_door() -> None:
+    lines = (ROOT / "README.md").read_text().count("\n")
+    assert lines < README_MAX_LINES, f"README.md has {lines} lines"
+    assert not readme_blocks.names((ROOT / "README.md").read_text()), "generated blocks go to docs/"
+
+
+#: A Markdown link: [text](path#anchor), either part optional.
+LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
+
+
+def _anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to
+    hyphens (so "What `auto` runs" is what-auto-runs)."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", text, flags=re.DOTALL), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_anchors_follow_github() -> None:
+    assert _anchors("# What `auto` runs\n## The 30 % study\n```\n# not a heading\n```\n") == {
+        "what-auto-runs",
+        "the-30--study",
+    }
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_relative_links_resolve(page: str) -> None:
+    """Every relative link of a hand-written page names a file that exists, and a heading of it
+    where it names an anchor."""
+    links = LINK.findall((ROOT / page).read_text())
+    local = [(path, anchor) for path, anchor in links if "://" not in path]
+    assert local or page != "README.md", "the README links the docs"
+    broken = []
+    for path, anchor in local:
+        target = (ROOT / page).parent / path if path else ROOT / page
+        if not target.exists():
+            broken.append(f"{path}: no such file")
+        elif anchor and anchor not in _anchors(target.read_text()):
+            broken.append(f"{path}#{anchor}: no such heading")
+    assert not broken, f"{page}: {broken}"
 
 
 def test_registered_blocks_exist_once() -> None:

@@ -1,4 +1,5 @@
-"""BENCHMARKS.md and the README's headline targets, from every results/bench-<device>.json."""
+"""BENCHMARKS.md and the headline targets of docs/benchmarks.md, from every
+results/bench-<device>.json."""
 
 import argparse
 import pathlib
@@ -29,6 +30,8 @@ from reference.conventions import DEFAULT_SQRTM_METHOD
 
 DEVICES = ("cpu", "cuda")
 TARGETS_BLOCK = "bench-targets"
+#: The page that holds TARGETS_BLOCK, relative to the repository root.
+TARGETS_PAGE = "docs/benchmarks.md"
 
 
 def _environment(results: Results) -> str:
@@ -89,7 +92,7 @@ def _recommendation_text(results: Results) -> str:
 
 
 def _auto_text(table: pathlib.Path) -> str:
-    """What the default runs, from the measured table `table` (the same as the README's)."""
+    """What the default runs, from the measured table `table` (the same as docs/roots.md's)."""
     return (
         f'The default is "{DEFAULT_SQRTM_METHOD}": the cheapest candidate meeting the target, '
         "measured per framework, device and C band by `python -m bench.measure_auto` "
@@ -115,7 +118,7 @@ def render(
         "(covariances of 28x28 ReLU feature maps, eps = 1e-5), the realistic sqrtm input, "
         "seeded in `bench/inputs.py`. Errors are relative Frobenius errors (worst sample) "
         "against the float64 SciPy reference on the same float32-rounded matrices; the "
-        "cotangent is Gaussian. The README's error table (`python -m bench.sqrtm_error`) "
+        "cotangent is Gaussian. The error table in docs/roots.md (`python -m bench.sqrtm_error`) "
         "measures the same matrices at C=512, B=8.",
         "",
         "CPU speeds are ratios between measurements of one run on one machine; absolute times "
@@ -223,12 +226,12 @@ def plot_names(all_results: Mapping[str, Results]) -> dict[tuple[str, str], str]
 
 
 def targets_block(results: Results) -> str:
-    """The README's headline block: the CPU targets table of `results`."""
+    """The headline block of TARGETS_PAGE: the CPU targets table of `results`."""
     body = table(("what", "measured", "target", "verdict"), target_rows(results))
     return readme_blocks.render(TARGETS_BLOCK, body, results.metadata, results.command)
 
 
-@readme_blocks.register("README.md", TARGETS_BLOCK)
+@readme_blocks.register(TARGETS_PAGE, TARGETS_BLOCK)
 def committed_targets_block(root: pathlib.Path) -> str:
     return targets_block(Results(root / "results" / "bench-cpu.json"))
 
@@ -239,9 +242,9 @@ def committed_document(root: pathlib.Path) -> str:
     return render(all_results, plot_names(all_results), root / measure_auto.DEFAULT_TABLE)
 
 
-def write_report(results_dir: pathlib.Path, readme: pathlib.Path | None = None) -> pathlib.Path:
+def write_report(results_dir: pathlib.Path, document: pathlib.Path | None = None) -> pathlib.Path:
     """Regenerate BENCHMARKS.md and the plots from every bench-<device>.json in results_dir, and
-    the CPU targets block of `readme` when given."""
+    the CPU targets block of `document` (a Markdown page) when given."""
     results_dir = pathlib.Path(results_dir)
     all_results = read_all(results_dir)
     drawn = {
@@ -251,8 +254,8 @@ def write_report(results_dir: pathlib.Path, readme: pathlib.Path | None = None) 
     }
     markdown = results_dir / "BENCHMARKS.md"
     markdown.write_text(render(all_results, drawn, auto_choices.TABLE_PATH))
-    if readme is not None and "cpu" in all_results:
-        readme_blocks.write(readme, TARGETS_BLOCK, targets_block(all_results["cpu"]))
+    if document is not None and "cpu" in all_results:
+        readme_blocks.write(document, TARGETS_BLOCK, targets_block(all_results["cpu"]))
     return markdown
 
 
@@ -262,8 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--results", type=pathlib.Path, default=pathlib.Path("results"))
     parser.add_argument(
-        "--readme", type=pathlib.Path, default=None, help="README whose targets block to rewrite"
+        "--document",
+        type=pathlib.Path,
+        default=None,
+        help=f"Markdown page whose targets block to rewrite (the repository's: {TARGETS_PAGE})",
     )
     arguments = parser.parse_args(argv)
-    print(write_report(arguments.results, arguments.readme))
+    print(write_report(arguments.results, arguments.document))
     return 0
