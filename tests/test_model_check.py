@@ -9,18 +9,19 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from impls.testing import founding_question as question
 from impls.testing.assertions import target_of
+from impls.testing.check import main as ibp_check
+from impls.testing.check_options import ModelSettings
 from impls.testing.metadata import read_results
-from impls.testing.model_check import main
-from impls.testing.model_check.checks import PROBE_MARGIN_SE, locate_head
-from impls.testing.model_check.frameworks import LayerCall
+from impls.testing.model_check.checks import PROBE_MARGIN_SE
+from impls.testing.model_check.located import locate_head
 from impls.testing.model_check.supervisor import CHECKS
+from impls.testing.model_check.traced_models import LayerCall
 from reference.contracts import IBPInputError
 
 from .conftest import import_framework
@@ -99,8 +100,16 @@ def test_low_learning_rate_fails_on_the_learning_rate_alone(framework):
     assert "the learning rate is far too small" in _causes(report, "learning-rate scale")
 
 
+def main(argv):
+    return ibp_check(["model", *argv])
+
+
 def _call(name, kind, x, y, parametrised=False):
-    return LayerCall(name, kind, x, y, False, parametrised)
+    return LayerCall(name, name, kind, (x,), y, "float32", False, parametrised, parametrised)
+
+
+def _located(calls, framework):
+    return [(layer.name, layer.stage) for layer in locate_head(calls, framework)]
 
 
 def test_locate_head_by_inputs_and_outputs():
@@ -120,9 +129,7 @@ def test_locate_head_by_inputs_and_outputs():
         _call("norm", "Norm", flat, normalised),
         _call("classifier", "Linear", normalised, normalised[:, :2], parametrised=True),
     ]
-    session = SimpleNamespace(framework="torch", calls=calls)
-    located = locate_head(session)
-    assert located == [
+    assert _located(calls, "torch") == [
         ("pool", "pool"),
         ("root", "sqrtm"),
         ("signed", "signed-sqrt"),
@@ -134,8 +141,7 @@ def test_a_whole_head_is_located_as_one_layer():
     feature_map = np.random.default_rng(1).random((2, 4, 4, 3))  # Keras layout
     pooled = np.einsum("bhwc,bhwd->bcd", feature_map, feature_map).reshape(2, -1)
     head = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-    session = SimpleNamespace(framework="tf", calls=[_call("ibp", "IBPHead", feature_map, head)])
-    assert locate_head(session) == [("ibp", "head")]
+    assert _located([_call("ibp", "IBPHead", feature_map, head)], "tf") == [("ibp", "head")]
 
 
 def test_readme_example_shows_the_question_failing_and_the_fix_passing():
@@ -152,7 +158,7 @@ def test_readme_example_shows_the_question_failing_and_the_fix_passing():
         "applied twice",
         "eps * ones",
         "the classifier's logits move by",
-        "no better than the batch-majority ceiling",
+        "cannot pass the batch-majority ceiling",
     ):
         assert text in words, text
     assert fixed_run["arguments"] == ["model", "examples/fixed_model_keras.py:fixed_model"]
@@ -248,7 +254,8 @@ def test_batchnorm_in_training_mode_is_a_note_not_a_failure(tmp_path):
             """
         )
     )
-    session = checks.Session(f"{model_file}:model", "torch", (3, 8, 8), seed=0)
+    settings = ModelSettings.from_options({"framework": "torch", "input_shape": (3, 8, 8)})
+    session = checks.Session(f"{model_file}:model", settings)
     session.probe()
     assert session.batch_finding.status == "PASS"
     training = checks.independence(session, training=True)
@@ -289,7 +296,8 @@ def test_json_report_stays_valid_when_the_model_prints(tmp_path, capsys):
     out, err = capsys.readouterr()
     report = json.loads(out)
     assert status == (0 if report["passed"] else 1)
-    assert [f["name"] for f in report["findings"]][:2] == ["batch sizes", CHECKS[0]]
+    names = [f["name"] for f in report["findings"]]
+    assert names[:3] == ["batch sizes", "finite outputs", CHECKS[0]]
     assert report["head"] == []  # no IBP head: a note, no stage checks
     assert "building the model" in err and "building the model" in report["target_output"]
 
@@ -310,13 +318,13 @@ def test_checks_not_started_within_the_time_limit_are_not_checked(tmp_path):
     from impls.testing.assertions import check_model
 
     (tmp_path / "tiny.py").write_text(TINY_TORCH_MODEL)
-    report = check_model(f"{tmp_path / 'tiny.py'}:model", "torch", (3, 8, 8), time_limit=0.0)
+    report = check_model(f"{tmp_path / 'tiny.py'}:model", "torch", (3, 8, 8), time_limit=1.0)
     assert not report.passed
     assert _finding(report, "batch sizes").status == "PASS"  # the first calls always run
     for name in CHECKS:
         finding = _finding(report, name)
         assert finding.status == "FAIL"
-        assert finding.causes == ["not checked: the run's time limit (0 s) ran out"]
+        assert finding.causes == ["not checked: the run's time limit (1 s) ran out"]
 
 
 def test_cli_refuses_a_time_limit_under_a_second(capsys):

@@ -5,6 +5,9 @@ the checks for a user's own test suite: `assert_stage`, `check_stage`, `assert_m
 import importlib
 from typing import Any
 
+# First, so that it reads the user's TensorFlow log level before anything sets one.
+from impls.testing import framework_logs  # noqa: F401
+
 _ASSERTIONS = ("assert_stage", "check_stage", "assert_model", "check_model")
 
 

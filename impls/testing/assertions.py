@@ -21,15 +21,17 @@ from collections.abc import Callable
 from typing import Any
 
 from impls.testing import check_runner
-from impls.testing.check import format_report as format_stage_report
-from impls.testing.model_check import engine
-from impls.testing.model_check.report import format_report as format_model_report
+from impls.testing.check_options import ModelSettings, StageSettings
+from impls.testing.command_line import UsageError
+from impls.testing.model_check.engine import ModelReport
+from impls.testing.model_check.engine import check_model as check_model_target
+from impls.testing.report_text import model_report, stage_report
 from impls.testing.sandbox import no_hypothesis_files
-from reference.contracts import IBPInputError
 
 
 class IBPCheckFailed(AssertionError):
-    """A check failed; `report` holds the verdicts, measurements and causes."""
+    """A check failed; `report` holds the verdicts, measurements and causes (a
+    check_runner.CheckReport or a model_check.ModelReport)."""
 
     def __init__(self, text: str, report: Any) -> None:
         super().__init__(text)
@@ -47,7 +49,7 @@ def target_of(fn: Callable | str) -> str:
         path = None
     module = inspect.getmodule(fn)
     if name is None or path is None or getattr(module, name, None) is not fn:
-        raise IBPInputError(
+        raise UsageError(
             f"{fn!r} is not defined at the top level of a module: the check imports it in a "
             "separate process, so pass a module-level function or 'path/to/file.py:name'"
         )
@@ -57,10 +59,13 @@ def target_of(fn: Callable | str) -> str:
 def check_stage(
     stage: str, fn: Callable | str, framework: str | None = None, **options: Any
 ) -> check_runner.CheckReport:
-    """The report of `ibp-check STAGE` on `fn`; options as `check_runner.check` takes them
-    (dtype, max_channels, max_examples, tolerance, forward_only, call_timeout, time_limit)."""
+    """The report of `ibp-check STAGE` on `fn`. The options are the command's, under the same
+    names: size, tolerance, dtype, max_examples, forward_only, call_timeout, time_limit,
+    strict_dtypes (see `ibp-check STAGE --help`). Every value is validated before anything runs:
+    a bad one raises UsageError (a ValueError) naming it and what is allowed."""
+    settings = StageSettings.from_options({"framework": framework, **options})
     with no_hypothesis_files():
-        return check_runner.check(stage, target_of(fn), framework, **options)
+        return check_runner.check(stage, target_of(fn), settings)
 
 
 def assert_stage(
@@ -71,30 +76,34 @@ def assert_stage(
     target = target_of(fn)
     report = check_stage(stage, target, framework, **options)
     if not report.passed:
-        raise IBPCheckFailed(format_stage_report(report, target), report)
+        raise IBPCheckFailed(stage_report(report, target), report)
     return report
 
 
 def check_model(
     fn: Callable | str,
     framework: str | None = None,
-    input_shape: tuple[int, ...] | None = None,
+    input_shape: tuple[int, ...] | str | None = None,
     **options: Any,
-) -> engine.ModelReport:
-    """The report of `ibp-check model` on the model `fn` builds; options as `ibp-check model`
-    takes them (seed, call_timeout, time_limit)."""
+) -> ModelReport:
+    """The report of `ibp-check model` on the model `fn` builds. The options are the command's,
+    under the same names: input_shape (a tuple or "3,32,32"), logits, seed, call_timeout,
+    time_limit, strict_dtypes (see `ibp-check model --help`), validated as `check_stage`'s."""
+    settings = ModelSettings.from_options(
+        {"framework": framework, "input_shape": input_shape, **options}
+    )
     with no_hypothesis_files():
-        return engine.check_model(target_of(fn), framework, input_shape, **options)
+        return check_model_target(target_of(fn), settings)
 
 
 def assert_model(
     fn: Callable | str,
     framework: str | None = None,
-    input_shape: tuple[int, ...] | None = None,
+    input_shape: tuple[int, ...] | str | None = None,
     **options: Any,
-) -> engine.ModelReport:
+) -> ModelReport:
     """`check_model`, raising IBPCheckFailed with the report as its message when a check fails."""
     report = check_model(fn, framework, input_shape, **options)
     if not report.passed:
-        raise IBPCheckFailed(format_model_report(report), report)
+        raise IBPCheckFailed(model_report(report), report)
     return report

@@ -12,35 +12,32 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+import hypothesis
 import numpy as np
-from hypothesis import given, settings
+import scipy.linalg
+from hypothesis import given
 from hypothesis import strategies as st
 
 from impls.backends import Backend, get_backend
-from impls.testing import properties
-from impls.testing.diagnosis import conventions, explain
-from impls.testing.diagnosis.inputs import describe, native_shape
+from impls.testing import framework_logs, properties
+from impls.testing.check_options import StageSettings, stage_name
+from impls.testing.command_line import UsageError
+from impls.testing.diagnosis import explain, harmless_conventions
+from impls.testing.diagnosis.input_facts import describe, native_shape
 from impls.testing.properties import DtypeViolation, Measurement, PropertyViolation, StageFunction
-from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, Sandbox, TargetStopped
-from impls.testing.stage_specs import FEATURE_MAP, STAGES, StageSpec
+from impls.testing.sandbox import Sandbox, TargetStopped
+from impls.testing.stage_specs import FEATURE_MAP, STAGES, Sizes, StageSpec
 from impls.testing.strategies import batch_sizes, register_check_profile
 from impls.testing.tolerances import APPROXIMATION_BUDGET
 
-#: Largest channel count drawn, and examples per property, when the user names none: the search
-#: shrinks towards small inputs, where a failure is easy to read; the fixed realistic cases bring
-#: C = 64 (`stage_specs.REALISTIC_CHANNELS`).
-DEFAULT_MAX_CHANNELS = 8
-DEFAULT_MAX_EXAMPLES = 50
 #: Time a property's search may spend; past it, the search stops and a failure found so far is
 #: reported, and the report says that the search was cut short.
 DEFAULT_SECONDS_PER_PROPERTY = 5.0
-#: Time the whole run may spend before the properties not yet run are reported as not checked
-#: (one call may still run to its own limit past it).
-DEFAULT_TIME_LIMIT = 600.0
 #: The batch of the first call; a function that fails on it is tried on the batch sizes its error
 #: names, then on common ones.
 FIRST_BATCH = 2
@@ -56,6 +53,7 @@ class Subject:
     fn: StageFunction  # the Sandbox holding the target, or a function run in this process
     dtype: str
     forward_only: bool
+    strict_dtypes: bool = False
 
 
 #: (subject, input) -> how far a passing input was from failing, or None; raises
@@ -75,22 +73,35 @@ class Property:
     realistic: bool = True  # runs the stage's fixed realistic cases before the search
 
 
-def _shape(s: Subject, x: np.ndarray) -> None:
+def _shape(s: Subject, x: np.ndarray) -> Measurement | None:
     properties.check_shape(s.backend, s.spec, s.fn, x, s.dtype)
-    _half_precision(s, x)
+    return _half_precision(s, x)
 
 
-def _half_precision(s: Subject, x: np.ndarray) -> None:
+#: The note on half precision that comes back in float32, where --strict-dtypes is not given.
+HALF_PROMOTED = (
+    "half precision comes back as float32 (a float32 constant or intermediate, such as "
+    "eps * eye(C) built in float32, promotes it): harmless in float32 and under autocast, but the "
+    "layer leaves half precision; build the constant with the input's dtype (torch.eye(c, "
+    "dtype=x.dtype), tf.eye(c, dtype=x.dtype)) to keep it. --strict-dtypes makes this a failure"
+)
+
+
+def _half_precision(s: Subject, x: np.ndarray) -> Measurement | None:
     """Half precision comes back in half precision. A function that refuses half precision (CPU
-    eigensolvers do) breaks no contract; one that answers in another dtype does."""
+    eigensolvers do) breaks no contract; one that answers in another dtype does, except that
+    float32 for float16 is only noted unless strict dtypes are asked for."""
     try:
         properties.run(s.backend, s.spec, s.fn, x, "float16")
-    except DtypeViolation:
+    except DtypeViolation as violation:
+        if violation.half_to_single and not s.strict_dtypes:
+            return Measurement(0.0, 0.0, HALF_PROMOTED)
         raise
     except TargetStopped:
         raise
     except PropertyViolation:
-        return
+        return None
+    return None
 
 
 def _in_float64(check: PropertyCheck) -> PropertyCheck:
@@ -207,30 +218,47 @@ PROPERTIES = (
 
 @dataclasses.dataclass
 class PropertyResult:
+    """One property's verdict: `status` PASS, FAIL or SKIP; for a FAIL, the `diagnosis` (likely
+    cause and fix), the `counterexample` in words and its shape (framework layout), and the
+    measured `error` against its `tolerance`; for a PASS, the worst error met and its tolerance.
+    `examples` inputs were tried in `seconds`; `stopped_early` says why the search ended before
+    max_examples; `notes` are what passed but deserves a word (a harmless dtype promotion)."""
+
     name: str
-    status: str  # PASS, FAIL or SKIP
-    checks: str
+    status: str
+    checks: str  # what holds for a correct stage, in words
     diagnosis: str | None = None
-    counterexample: str | None = None  # the minimal failing input in words
-    counterexample_shape: tuple | None = None  # in the framework's layout
+    counterexample: str | None = None
+    counterexample_shape: tuple | None = None
     error: float | None = None
     tolerance: float | None = None
     examples: int = 0
     seconds: float = 0.0
-    stopped_early: str | None = None  # why the search ended before max_examples
+    stopped_early: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
 class CheckReport:
+    """What `ibp-check STAGE` found: the `stage`, `framework` and `dtype` checked, the search's
+    `size` (largest channel count drawn; the channels of a layer located in a model where
+    `channels` is set) and `max_examples`, `notes` on harmless conventions the function follows,
+    one PropertyResult per property in `results`, and the run's `seconds`. `passed` is True when
+    no property failed. `target_output` is what the function printed (shown apart from the
+    report), `framework_log` TensorFlow's own log lines (shown only where the user set
+    TF_CPP_MIN_LOG_LEVEL)."""
+
     stage: str
     framework: str
     dtype: str
-    max_channels: int
+    size: int
     max_examples: int
     notes: list
     results: list
     seconds: float = 0.0
-    target_output: str = ""  # what the target printed, shown apart from the report
+    target_output: str = ""
+    framework_log: str = ""
+    channels: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -241,9 +269,9 @@ class CheckReport:
 
 
 def _first_call(
-    subject: Subject, max_channels: int, batch: int
+    subject: Subject, sizes: Sizes, batch: int
 ) -> tuple[np.ndarray, np.ndarray | None, PropertyViolation | None]:
-    x = subject.spec.drawn.first(np.random.default_rng(0), batch, max_channels)
+    x = subject.spec.drawn.first(np.random.default_rng(0), batch, sizes)
     try:
         out, _ = properties.run(subject.backend, subject.spec, subject.fn, x, subject.dtype)
     except PropertyViolation as violation:
@@ -253,14 +281,14 @@ def _first_call(
 
 
 def _working_batch(
-    subject: Subject, max_channels: int, failure: PropertyViolation
+    subject: Subject, sizes: Sizes, failure: PropertyViolation
 ) -> tuple[int | None, np.ndarray | None, np.ndarray | None]:
     """A batch size the function works at, tried from the numbers its error names."""
     named = [n for n in explain.numbers_in(failure.diagnosis) if 1 <= n <= 256]
     for batch in dict.fromkeys([*named, *_COMMON_BATCH_SIZES]):
         if batch == FIRST_BATCH:
             continue
-        x, out, violation = _first_call(subject, max_channels, batch)
+        x, out, violation = _first_call(subject, sizes, batch)
         if violation is None:
             return batch, x, out
     return None, None, None
@@ -283,7 +311,7 @@ def _adopt_convention(
     # A wrong structure (eps * ones) is a bug, which no convention may explain away.
     if violation is None or violation.structural:
         return subject
-    convention = _fit_in_float64(subject, x) or conventions.fit(
+    convention = _fit_in_float64(subject, x) or harmless_conventions.fit(
         spec.name, x, out, allowed, partial(_output_or_none, subject)
     )
     if convention is None:
@@ -300,7 +328,7 @@ def _adopt_convention(
     return dataclasses.replace(subject, spec=spec)
 
 
-def _fit_in_float64(subject: Subject, x: np.ndarray) -> conventions.Convention | None:
+def _fit_in_float64(subject: Subject, x: np.ndarray) -> harmless_conventions.Convention | None:
     """The convention fitted to the function's float64 output, or None. In float32 conventions
     that differ by a scale before L2 (a sum for a mean with another eps) give the same output
     to round-off, but not the same gradient; in float64 only the right one fits."""
@@ -309,7 +337,9 @@ def _fit_in_float64(subject: Subject, x: np.ndarray) -> conventions.Convention |
     if out is None:
         return None
     allowed = properties.stage_tolerance(subject.spec, "forward", "float64", x)
-    return conventions.fit(subject.spec.name, x, out, allowed, partial(_output_or_none, precise))
+    return harmless_conventions.fit(
+        subject.spec.name, x, out, allowed, partial(_output_or_none, precise)
+    )
 
 
 def _counterexample_fields(subject: Subject, x: np.ndarray) -> tuple[str, tuple[int, ...]]:
@@ -338,7 +368,7 @@ def _search(
     subject: Subject,
     strategy: st.SearchStrategy[np.ndarray] | None,
     cases: Sequence[np.ndarray],
-    profile: settings,
+    profile: hypothesis.settings,
     seconds: float,
 ) -> PropertyResult:
     """PropertyResult of the fixed realistic `cases`, then of a hypothesis search on `strategy`.
@@ -366,7 +396,7 @@ def _search(
                 raise
             return _finished(_failed(prop, subject, violation), len(measured) + 1, started)
 
-    @settings(profile)
+    @hypothesis.settings(profile)
     @given(x=strategy if strategy is not None else st.nothing())  # not run without one
     def trial(x: np.ndarray) -> None:
         key = (x.shape, x.tobytes())
@@ -404,8 +434,9 @@ def _search(
             raise stopped[0] from None
     result = _finished(result, len(measured) + len(failures), started)
     if result.status == "PASS":
+        result.notes = list(dict.fromkeys(m.note for m in measured if m is not None and m.note))
         worst = max(
-            (m for m in measured if m is not None),
+            (m for m in measured if m is not None and m.allowed),
             key=lambda m: m.error / m.allowed if m.allowed else 0.0,
             default=None,
         )
@@ -444,17 +475,17 @@ def _batches(fixed_batch: int | None, least: int) -> st.SearchStrategy[int] | No
 
 
 def _first_calls(
-    subject: Subject, max_channels: int
+    subject: Subject, sizes: Sizes
 ) -> tuple[Subject, list[str], int | None, dict[str, PropertyResult]]:
     """(subject, notes, the batch size the function is fixed to or None, results found already)."""
     notes: list[str] = []
     results: dict[str, PropertyResult] = {}
     fixed_batch = None
-    x, out, failure = _first_call(subject, max_channels, FIRST_BATCH)
+    x, out, failure = _first_call(subject, sizes, FIRST_BATCH)
     if isinstance(failure, TargetStopped):
         raise failure
     if failure is not None:
-        fixed_batch, working_input, out = _working_batch(subject, max_channels, failure)
+        fixed_batch, working_input, out = _working_batch(subject, sizes, failure)
         x = x if working_input is None else working_input
         if fixed_batch is not None:
             cause = explain.hard_coded_batch(fixed_batch, FIRST_BATCH)
@@ -477,8 +508,8 @@ def _run_property(
     prop: Property,
     subject: Subject,
     fixed_batch: int | None,
-    max_channels: int,
-    profile: settings,
+    sizes: Sizes,
+    profile: hypothesis.settings,
     seconds: float,
 ) -> PropertyResult:
     batches = _batches(fixed_batch, prop.least_batch)
@@ -488,87 +519,117 @@ def _run_property(
         skipped = f"needs a batch of {prop.least_batch}; the function works at {fixed_batch}"
         return PropertyResult(prop.name, "SKIP", prop.checks, skipped)
     inputs = subject.spec.drawn
-    strategy = None if prop.inputs is None else getattr(inputs, prop.inputs)(max_channels, batches)
+    strategy = None if prop.inputs is None else getattr(inputs, prop.inputs)(sizes, batches)
     batch = fixed_batch or FIRST_BATCH
     realistic = inputs.realistic if prop.realistic else None
-    cases = [] if realistic is None else realistic(np.random.default_rng(1), batch)
+    cases = [] if realistic is None else realistic(np.random.default_rng(1), batch, sizes)
     return _search(prop, subject, strategy, cases, profile, seconds)
 
 
 def check(
     stage: str,
     target: str,
-    framework: str | None = None,
+    settings: StageSettings,
     *,
     sandbox: Sandbox | None = None,
-    dtype: str = "float32",
-    max_channels: int = DEFAULT_MAX_CHANNELS,
-    max_examples: int = DEFAULT_MAX_EXAMPLES,
-    tolerance: float | None = None,
-    forward_only: bool = False,
     seconds_per_property: float = DEFAULT_SECONDS_PER_PROPERTY,
-    call_timeout: float = DEFAULT_CALL_TIMEOUT,
-    time_limit: float = DEFAULT_TIME_LIMIT,
+    fixed: Sizes | None = None,
 ) -> CheckReport:
     """Every property of `stage` on the function `target` names ('file.py:function' or
     'package.module:function', one tensor in, one tensor out), run in `sandbox` (a fresh one when
-    None). Raises sandbox.TargetUnusable when the target cannot be imported."""
-    if sandbox is None:
-        settings_ = {k: v for k, v in locals().items() if k != "sandbox"}
-        with Sandbox(call_timeout) as own:
-            return check(**settings_, sandbox=own)
+    None). `fixed` holds the sizes of a layer located in a model, which its inputs keep. Raises
+    UsageError for an unknown stage, and sandbox.TargetUnusable (a UsageError) when the target
+    cannot be imported."""
+    try:
+        stage = stage_name(stage)
+    except UsageError as error:
+        raise UsageError(f"stage {error}") from None
+    with warnings.catch_warnings():
+        # The reference meets singular matrices on purpose (dead channels, eps * ones): its
+        # SciPy warnings say nothing the report does not.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        if sandbox is None:
+            with Sandbox(settings.call_timeout) as own:
+                return _check(stage, target, settings, own, seconds_per_property, fixed)
+        return _check(stage, target, settings, sandbox, seconds_per_property, fixed)
+
+
+def _check(
+    stage: str,
+    target: str,
+    settings: StageSettings,
+    sandbox: Sandbox,
+    seconds_per_property: float,
+    fixed: Sizes | None,
+) -> CheckReport:
     started = time.perf_counter()
     captured_before = len(sandbox.captured())
-    framework = sandbox.load(target, framework)
-    sandbox.call_timeout = call_timeout
+    framework = sandbox.load(target, settings.framework)
+    sandbox.call_timeout = settings.call_timeout
     spec = dataclasses.replace(
         STAGES[stage],
         approximate=stage in APPROXIMATION_BUDGET,
         symmetric_gradient=stage == "sqrtm",
-        tolerance_override=tolerance,
+        tolerance_override=settings.tolerance,
     )
-    subject = Subject(get_backend(framework), spec, sandbox, dtype, forward_only)
-    profile = settings(register_check_profile(), max_examples=max_examples)
+    subject = Subject(
+        get_backend(framework),
+        spec,
+        sandbox,
+        settings.dtype,
+        settings.forward_only,
+        settings.strict_dtypes,
+    )
+    sizes = fixed if fixed is not None else Sizes(settings.size)
+    profile = settings_of_search(settings.max_examples)
     chosen = [prop for prop in PROPERTIES if stage in prop.stages]
     notes: list[str] = []
     results: dict[str, PropertyResult] = {}
     stop = None
     try:
-        subject, notes, fixed_batch, results = _first_calls(subject, max_channels)
+        subject, notes, fixed_batch, results = _first_calls(subject, sizes)
     except TargetStopped as stopped:
         stop, stopped_in = stopped, f"see {chosen[0].name}"
         results[chosen[0].name] = _failed(chosen[0], subject, stopped)
     for prop in chosen:
         if prop.name in results:
             continue
-        remaining = time_limit - (time.perf_counter() - started)
+        remaining = settings.time_limit - (time.perf_counter() - started)
         if stop is not None:
             results[prop.name] = _not_checked(prop, f"the function stopped ({stopped_in})")
         elif remaining <= 0:
             results[prop.name] = _not_checked(
-                prop, f"the run's time limit ({time_limit:g} s) ran out"
+                prop, f"the run's time limit ({settings.time_limit:g} s) ran out"
             )
         else:
             seconds = min(seconds_per_property, remaining)
             try:
                 results[prop.name] = _run_property(
-                    prop, subject, fixed_batch, max_channels, profile, seconds
+                    prop, subject, fixed_batch, sizes, profile, seconds
                 )
             except TargetStopped as stopped:
                 stop, stopped_in = stopped, f"see {prop.name}"
                 results[prop.name] = _failed(prop, subject, stopped)
     ordered = [results[p.name] for p in chosen]
+    log, printed = framework_logs.split(sandbox.captured()[captured_before:])
     return CheckReport(
         stage,
         framework,
-        dtype,
-        max_channels,
-        max_examples,
+        settings.dtype,
+        settings.size,
+        settings.max_examples,
         notes,
         ordered,
         time.perf_counter() - started,
-        target_output=sandbox.captured()[captured_before:],
+        target_output=printed,
+        framework_log=log,
+        channels=sizes.channels,
     )
+
+
+def settings_of_search(max_examples: int) -> hypothesis.settings:
+    """Hypothesis's settings for a check: derandomised, nothing written."""
+    return hypothesis.settings(register_check_profile(), max_examples=max_examples)
 
 
 def _property(name: str) -> Property:

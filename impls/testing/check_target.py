@@ -10,12 +10,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from impls.testing.command_line import UsageError
+
 #: Top-level modules whose import marks a framework.
 FRAMEWORK_IMPORTS = {"torch": ("torch",), "tf": ("tensorflow", "keras", "tf_keras")}
-
-
-class UsageError(Exception):
-    """A target or option ibp-check cannot use; the message says what to change."""
 
 
 def load(target: str) -> tuple[ModuleType, Callable[..., Any]]:

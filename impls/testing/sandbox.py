@@ -7,7 +7,8 @@ the output and gradient back. A child that ends or runs past the per-call time l
 of the target, named as such, never a pass.
 
 One child serves every target of a run (importing TensorFlow costs ~10 s); it is started again only
-after it died. Its stdout and stderr go to a file that the report shows apart. The child is
+after it died. Its stdout and stderr go to a file that the report shows apart, without
+TensorFlow's log lines (`impls.testing.framework_logs`). The child is
 started with multiprocessing's "spawn" (a fork would copy the parent's framework state), so a
 script that calls `check` must guard its entry point with `if __name__ == "__main__":`.
 """
@@ -30,13 +31,13 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from impls.testing import framework_logs
+from impls.testing.check_options import DEFAULT_CALL_TIMEOUT
+from impls.testing.command_line import UsageError
 from impls.testing.properties import DtypeViolation, PropertyViolation
 
 if TYPE_CHECKING:
     from impls.backends import Backend
-
-#: How long a call may run before the target is judged to hang.
-DEFAULT_CALL_TIMEOUT = 60.0
 
 
 @contextmanager
@@ -61,11 +62,11 @@ class TargetStopped(PropertyViolation):
     checked, and the property it happened in fails with this cause."""
 
 
-class TargetUnusable(Exception):
+class TargetUnusable(UsageError):
     """The target cannot be imported or called at all (a usage error, exit status 2)."""
 
 
-def _exit_cause(code: int | None) -> str:
+def exit_cause(code: int | None) -> str:
     if code is None:
         return "the process running the function stopped answering"
     if code < 0:
@@ -80,12 +81,41 @@ def _exit_cause(code: int | None) -> str:
     )
 
 
+NOT_STARTED = (
+    "the checker's child process could not start (exit code {code}): multiprocessing starts it "
+    "by importing the calling script again, so a script that runs a check must guard its entry "
+    'point with `if __name__ == "__main__":`, and a check cannot run from stdin'
+)
+
+
+def start_child(
+    serve: Callable[..., None], capture: Path
+) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.connection.Connection]:
+    """A daemon child running `serve(connection, capture, log level)`, once it said it runs.
+    Raises TargetUnusable where it dies first (a script without its `__main__` guard)."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(
+        target=serve, args=(child, str(capture), framework_logs.child_level()), daemon=True
+    )
+    process.start()
+    child.close()
+    try:
+        if parent.poll(START_TIMEOUT) and parent.recv() == ("ready",):
+            return process, parent
+    except EOFError:
+        pass
+    process.kill()
+    process.join(5)
+    parent.close()
+    raise TargetUnusable(NOT_STARTED.format(code=process.exitcode))
+
+
 class Sandbox:
     """A supervised child process that imports targets and runs the stage calls on them."""
 
     def __init__(self, call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
         self.call_timeout = call_timeout
-        self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.process.BaseProcess | None = None
         self._connection: multiprocessing.connection.Connection | None = None
         self._directory = tempfile.TemporaryDirectory(prefix="ibp-check-")
@@ -102,11 +132,7 @@ class Sandbox:
     # -- parent side -----------------------------------------------------------------------------
 
     def _start(self) -> None:
-        parent, child = self._context.Pipe()
-        process = self._context.Process(target=serve, args=(child, str(self._capture)), daemon=True)
-        process.start()
-        child.close()
-        self._process, self._connection = process, parent
+        self._process, self._connection = start_child(serve, self._capture)
         self._loaded = None
 
     def _alive(self) -> bool:
@@ -136,7 +162,7 @@ class Sandbox:
             return connection.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
             process.join(5)
-            raise TargetStopped(_exit_cause(self._stop_child())) from None
+            raise TargetStopped(exit_cause(self._stop_child())) from None
 
     def load(self, target: str, framework: str | None) -> str:
         """Import `target` in the child; returns its framework. Raises TargetUnusable."""
@@ -170,13 +196,12 @@ class Sandbox:
         if answer[0] == "ok":
             return answer[1], answer[2]
         kind, diagnosis, error, allowed = answer[1:]
-        violation = (DtypeViolation if kind == "dtype" else PropertyViolation)(
-            diagnosis, error, allowed
-        )
-        raise violation
+        if kind == "dtype":
+            raise DtypeViolation(*diagnosis)
+        raise PropertyViolation(diagnosis, error, allowed)
 
     def captured(self) -> str:
-        """Everything the targets printed so far."""
+        """Everything the child printed so far, TensorFlow's log lines included."""
         return self._capture.read_text(errors="replace")
 
     def close(self) -> None:
@@ -194,9 +219,10 @@ class Sandbox:
 # -- child side ------------------------------------------------------------------------------------
 
 
-def _redirect_output(capture: str) -> int:
-    """Send fds 1 and 2 to the capture file; returns a duplicate of the original stderr."""
-    original = os.dup(2)
+def redirect_output(capture: str, log_level: str) -> None:
+    """Send fds 1 and 2 to the capture file, with TensorFlow's log level set before anything
+    imports it."""
+    os.environ[framework_logs.VARIABLE] = log_level
     fd = os.open(capture, os.O_WRONLY | os.O_APPEND)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -204,44 +230,30 @@ def _redirect_output(capture: str) -> int:
     os.dup2(fd, 2)
     os.close(fd)
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
-    return original
-
-
-def _import_framework_noisily(backend: Backend, original_stderr: int) -> None:
-    """Import the framework with the real stderr, so its start-up notices are not the target's."""
-    sys.stderr.flush()
-    captured = os.dup(2)
-    os.dup2(original_stderr, 2)
-    try:
-        backend.fw  # noqa: B018 (the import is the point)
-    finally:
-        sys.stderr.flush()
-        os.dup2(captured, 2)
-        os.close(captured)
 
 
 def _load(
-    target: str, framework: str | None, original_stderr: int
+    target: str, framework: str | None
 ) -> tuple[Backend | None, Callable[..., Any] | None, tuple[str, str]]:
     from impls.backends import get_backend
-    from impls.testing.check_target import UsageError, framework_of, load
+    from impls.testing.check_target import framework_of, load
 
     try:
         framework = framework or framework_of(target)
         backend = get_backend(framework)
         if not backend.is_available():
             raise UsageError(f"--framework {framework}: {backend.package} is not installed")
-        _import_framework_noisily(backend, original_stderr)
         _, fn = load(target)
     except UsageError as error:
         return None, None, ("usage", str(error))
     return backend, fn, ("loaded", framework)
 
 
-def serve(connection: multiprocessing.connection.Connection, capture: str) -> None:
+def serve(connection: multiprocessing.connection.Connection, capture: str, log_level: str) -> None:
     """The child's loop: load targets, run calls, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    original_stderr = _redirect_output(capture)
+    redirect_output(capture, log_level)
+    connection.send(("ready",))
     from impls.testing import properties
     from impls.testing.stage_specs import STAGES
 
@@ -253,7 +265,7 @@ def serve(connection: multiprocessing.connection.Connection, capture: str) -> No
         if message[0] == "stop":
             return
         if message[0] == "load":
-            backend, fn, answer = _load(message[1], message[2], original_stderr)
+            backend, fn, answer = _load(message[1], message[2])
             connection.send(answer)
             continue
         _, stage, x, dtype, cotangent = message
@@ -262,9 +274,16 @@ def serve(connection: multiprocessing.connection.Connection, capture: str) -> No
         try:
             out, grad = properties.call_here(backend, STAGES[stage], fn, x, dtype, cotangent)
             answer = ("ok", out, grad)
+        except DtypeViolation as violation:
+            answer = ("violation", "dtype", (violation.given, violation.returned), None, None)
         except PropertyViolation as violation:
-            kind = "dtype" if isinstance(violation, DtypeViolation) else "property"
-            answer = ("violation", kind, violation.diagnosis, violation.error, violation.allowed)
+            answer = (
+                "violation",
+                "property",
+                violation.diagnosis,
+                violation.error,
+                violation.allowed,
+            )
         sys.stdout.flush()
         sys.stderr.flush()
         connection.send(answer)

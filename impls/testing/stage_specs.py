@@ -3,6 +3,7 @@ the inputs `ibp-check` draws for it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -32,18 +33,41 @@ FEATURE_MAP, MATRIX = "feature_map", "matrix"
 
 
 @dataclass(frozen=True)
+class Sizes:
+    """The sizes of the inputs a stage check draws: any channel count up to `size`, or those of a
+    layer located in a model, fixed: its `channels` and, for a feature map, its (H, W)."""
+
+    size: int
+    channels: int | None = None
+    map_shape: tuple[int, int] | None = None
+
+    def channel_counts(self, least: int = 1) -> st.SearchStrategy[int]:
+        if self.channels is not None:
+            return st.just(self.channels)
+        return st.integers(least, max(least, self.size))
+
+    @property
+    def first_channels(self) -> int:
+        return self.channels if self.channels is not None else self.size
+
+    @property
+    def realistic_channels(self) -> int:
+        return self.channels if self.channels is not None else REALISTIC_CHANNELS
+
+
+@dataclass(frozen=True)
 class StageInputs:
-    """What `ibp-check` feeds a stage. Strategies take (max_channels, batch strategy) and draw
-    inputs in the reference layout."""
+    """What `ibp-check` feeds a stage. Strategies take (Sizes, batch strategy) and draw inputs in
+    the reference layout."""
 
     #: shape, independence, batch sizes, forward: what the stage meets in a network
     typical: Callable[..., Any]
     gradient: Callable[..., Any]
     #: rank-deficient covariances, dead channels, repeated eigenvalues
     degenerate: Callable[..., Any]
-    #: (rng, batch, channels) -> the first input a function sees, before any search
+    #: (rng, batch, Sizes) -> the first input a function sees, before any search
     first: Callable[..., Any]
-    #: (rng, batch) -> the fixed realistic cases run before any search
+    #: (rng, batch, Sizes) -> the fixed realistic cases run before any search
     realistic: Callable[..., Any] | None = None
 
 
@@ -138,34 +162,48 @@ def _our_head(backend: Backend, **options: Any) -> Callable[[Any], Any]:
 
 
 def _drawn(
-    strategy: Callable[..., st.SearchStrategy[np.ndarray]], least_channels: int = 1, **options: Any
-) -> Callable[[int, st.SearchStrategy[int]], st.SearchStrategy[np.ndarray]]:
-    """strategy with channels drawn from least_channels..max_channels and the given batch sizes."""
+    strategy: Callable[..., st.SearchStrategy[np.ndarray]],
+    least_channels: int = 1,
+    maps: bool = False,
+    **options: Any,
+) -> Callable[[Sizes, st.SearchStrategy[int]], st.SearchStrategy[np.ndarray]]:
+    """strategy with channels from least_channels..size (or the fixed ones), the given batch
+    sizes, and a feature map's fixed (H, W) where `maps`."""
 
-    def draw_inputs(
-        max_channels: int, batch: st.SearchStrategy[int]
-    ) -> st.SearchStrategy[np.ndarray]:
-        channels = st.integers(least_channels, max(least_channels, max_channels))
-        return strategy(channels=channels, batch=batch, **options)
+    def draw_inputs(sizes: Sizes, batch: st.SearchStrategy[int]) -> st.SearchStrategy[np.ndarray]:
+        fixed = {"shapes": st.just(sizes.map_shape)} if maps and sizes.map_shape else {}
+        channels = sizes.channel_counts(least_channels)
+        return strategy(channels=channels, batch=batch, **options, **fixed)
 
     return draw_inputs
 
 
-#: The realistic cases: C = 64 channels. Covariances of ReLU maps have one dominant eigenvalue (the
-#: mean feature) and the smallest near eps when the N locations are few: 12 x 12 maps give condition
-#: numbers of ~6e3, 9 x 9 maps ~3e4, 8 x 8 maps 1e5 to 1e7, capped here at REALISTIC_CONDITION.
-#: There Newton-Schulz at 10 iterations is ~1 % off forward and ~20 % backward. The root's cases
-#: add one with repeated eigenvalues.
+#: The realistic cases: C = 64 channels (or the channels of a layer located in a model). Covariances
+#: of ReLU maps have one dominant eigenvalue (the mean feature) and the smallest near eps when the
+#: N locations are few: at C = 64, 12 x 12 maps give condition numbers of ~6e3, 9 x 9 maps ~3e4,
+#: 8 x 8 maps 1e5 to 1e7, capped here at REALISTIC_CONDITION. There Newton-Schulz at 10
+#: iterations is ~1 % off forward and ~20 % backward. The sides scale with sqrt(C), so that other
+#: channel counts meet the same ratios of locations to channels. The root's cases add one with
+#: repeated eigenvalues.
 REALISTIC_CHANNELS = 64
-REALISTIC_MAP_SIDES = (12, 9)
+#: Map sides per sqrt(C): 12 and 9 at C = 64; the covariance with condition REALISTIC_CONDITION
+#: has N = C.
+REALISTIC_SIDE_RATIOS = (1.5, 1.125)
 REALISTIC_CONDITION = 1e5
 
 
-def _realistic_feature_maps(rng: np.random.Generator, batch: int) -> list[np.ndarray]:
-    return [
-        relu_feature_maps(rng, batch, REALISTIC_CHANNELS, side, side)
-        for side in REALISTIC_MAP_SIDES
-    ]
+def _side(channels: int, ratio: float) -> int:
+    return max(2, math.ceil(ratio * math.sqrt(channels)))
+
+
+def _realistic_feature_maps(rng: np.random.Generator, batch: int, sizes: Sizes) -> list[np.ndarray]:
+    c = sizes.realistic_channels
+    shapes = (
+        [sizes.map_shape]
+        if sizes.map_shape is not None
+        else [(_side(c, ratio), _side(c, ratio)) for ratio in REALISTIC_SIDE_RATIOS]
+    )
+    return [relu_feature_maps(rng, batch, c, h, w) for h, w in shapes]
 
 
 def _with_condition(a: np.ndarray, condition: float) -> np.ndarray:
@@ -177,54 +215,69 @@ def _with_condition(a: np.ndarray, condition: float) -> np.ndarray:
     return a + shift[:, None, None] * np.eye(a.shape[-1])
 
 
-def _repeated_eigenvalues(rng: np.random.Generator, batch: int, channels: int = 8) -> np.ndarray:
+def _repeated_eigenvalues(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
     """Half the eigenvalues at 1, half at 1e-2: where autodiff through eigh/svd divides by
     s_i - s_j = 0, which a search on few examples may not draw."""
     values = np.where(np.arange(channels) < channels // 2, 1.0, 1e-2)
     return spd_with_spectrum(rng, np.tile(values, (batch, 1)))
 
 
-def _realistic_covariances(rng: np.random.Generator, batch: int) -> list[np.ndarray]:
-    c = REALISTIC_CHANNELS
+#: Channels of the repeated-eigenvalue case where the check picks them: few, so that a search
+#: cannot miss it and its diagnosis is quick.
+REPEATED_CASE_CHANNELS = 8
+
+
+def _realistic_covariances(rng: np.random.Generator, batch: int, sizes: Sizes) -> list[np.ndarray]:
+    c = sizes.realistic_channels
+    side = _side(c, REALISTIC_SIDE_RATIOS[0])
+    square = math.ceil(math.sqrt(c))
+    repeated = sizes.channels if sizes.channels is not None else REPEATED_CASE_CHANNELS
     return [
-        relu_covariances(rng, batch, c, 12, 12),
-        _with_condition(relu_covariances(rng, batch, c, 8, 8), REALISTIC_CONDITION),
-        _repeated_eigenvalues(rng, batch),
+        relu_covariances(rng, batch, c, side, side),
+        _with_condition(relu_covariances(rng, batch, c, square, square), REALISTIC_CONDITION),
+        _repeated_eigenvalues(rng, batch, repeated),
     ]
 
 
-def _realistic_roots(rng: np.random.Generator, batch: int) -> list[np.ndarray]:
-    return [reference.sqrtm(a) for a in _realistic_covariances(rng, batch)]
+def _realistic_roots(rng: np.random.Generator, batch: int, sizes: Sizes) -> list[np.ndarray]:
+    return [reference.sqrtm(a) for a in _realistic_covariances(rng, batch, sizes)]
 
 
-def _realistic_signed_roots(rng: np.random.Generator, batch: int) -> list[np.ndarray]:
-    return [reference.signed_sqrt(z) for z in _realistic_roots(rng, batch)]
+def _realistic_signed_roots(rng: np.random.Generator, batch: int, sizes: Sizes) -> list[np.ndarray]:
+    return [reference.signed_sqrt(z) for z in _realistic_roots(rng, batch, sizes)]
 
 
-def _first_feature_map(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
-    side = realistic_side(channels)
-    return relu_feature_maps(rng, batch, channels, side, side)
+def _first_map_shape(sizes: Sizes) -> tuple[int, int]:
+    if sizes.map_shape is not None:
+        return sizes.map_shape
+    side = realistic_side(sizes.first_channels)
+    return side, side
+
+
+def _first_feature_map(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
+    return relu_feature_maps(rng, batch, sizes.first_channels, *_first_map_shape(sizes))
 
 
 def _first_feature_map_with_dead_channel(
-    rng: np.random.Generator, batch: int, channels: int
+    rng: np.random.Generator, batch: int, sizes: Sizes
 ) -> np.ndarray:
     """A dead channel tells eps * I from eps * ones before any convention is fitted."""
-    side = realistic_side(channels)
-    return relu_feature_maps(rng, batch, channels, side, side, dead_channels=1)
+    channels = sizes.first_channels
+    dead = 1 if channels > 1 else 0
+    return relu_feature_maps(rng, batch, channels, *_first_map_shape(sizes), dead_channels=dead)
 
 
-def _first_covariance(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
-    side = realistic_side(channels)
-    return relu_covariances(rng, batch, channels, side, side)
+def _first_covariance(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
+    side = realistic_side(sizes.first_channels)
+    return relu_covariances(rng, batch, sizes.first_channels, side, side)
 
 
-def _first_root(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
-    return reference.sqrtm(_first_covariance(rng, batch, channels))
+def _first_root(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
+    return reference.sqrtm(_first_covariance(rng, batch, sizes))
 
 
-def _first_signed_root(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
-    return reference.signed_sqrt(_first_root(rng, batch, channels))
+def _first_signed_root(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
+    return reference.signed_sqrt(_first_root(rng, batch, sizes))
 
 
 # The root and the head are judged on their error on realistic covariances, where an approximate
@@ -246,9 +299,9 @@ SIGNED_SQRT_INPUTS = StageInputs(
     realistic=_realistic_roots,
 )
 POOL_INPUTS = StageInputs(
-    typical=_drawn(feature_maps),
-    gradient=_drawn(feature_maps),
-    degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2),
+    typical=_drawn(feature_maps, maps=True),
+    gradient=_drawn(feature_maps, maps=True),
+    degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2, maps=True),
     first=_first_feature_map_with_dead_channel,
     realistic=_realistic_feature_maps,
 )
@@ -260,9 +313,9 @@ SQRTM_INPUTS = StageInputs(
     realistic=_realistic_covariances,
 )
 HEAD_INPUTS = StageInputs(
-    typical=_drawn(realistic_feature_maps),
-    gradient=_drawn(realistic_feature_maps),
-    degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2),
+    typical=_drawn(realistic_feature_maps, maps=True),
+    gradient=_drawn(realistic_feature_maps, maps=True),
+    degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2, maps=True),
     first=_first_feature_map,
     realistic=_realistic_feature_maps,
 )

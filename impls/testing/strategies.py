@@ -46,6 +46,8 @@ def spectrum(
 ) -> np.ndarray:
     """Eigenvalues in [1/condition, 1] shaped by `kind`; their condition number is at most
     `condition` (a bound the strategies' meta-tests check)."""
+    if condition <= 1:
+        return np.ones(channels)  # a condition number of 1 leaves one spectrum: s * I
     if kind == "log_uniform":
         values = np.exp(rng.uniform(-np.log(condition), 0.0, channels))
     elif kind == "clustered":
@@ -84,16 +86,20 @@ def spd_batches(
     return scale * spd_with_spectrum(rng, values)
 
 
+#: (H, W) of a feature map, each side drawn on its own.
+map_shapes = st.tuples(map_sides, map_sides)
+
+
 @st.composite
 def feature_maps(
     draw: st.DrawFn,
     channels: st.SearchStrategy[int] = channel_counts,
     batch: st.SearchStrategy[int] = batch_sizes,
-    sides: st.SearchStrategy[int] = map_sides,
+    shapes: st.SearchStrategy[tuple[int, int]] = map_shapes,
 ) -> np.ndarray:
     """Channels-first (B, C, H, W) ReLU feature maps, often with N = H*W < C and dead channels."""
     rng = np.random.default_rng(draw(seeds))
-    c, b, h, w = draw(channels), draw(batch), draw(sides), draw(sides)
+    c, b, (h, w) = draw(channels), draw(batch), draw(shapes)
     dead = draw(st.integers(0, c - 1))
     return relu_feature_maps(rng, b, c, h, w, dead_channels=dead)
 
@@ -124,6 +130,10 @@ def realistic_sides(channels: int) -> st.SearchStrategy[int]:
     return st.integers(realistic_side(channels), realistic_side(channels) + 3)
 
 
+def _square(sides: st.SearchStrategy[int]) -> st.SearchStrategy[tuple[int, int]]:
+    return sides.map(lambda side: (side, side))
+
+
 @st.composite
 def realistic_covariances(
     draw: st.DrawFn,
@@ -144,13 +154,14 @@ def realistic_feature_maps(
     draw: st.DrawFn,
     channels: st.SearchStrategy[int] = channel_counts,
     batch: st.SearchStrategy[int] = batch_sizes,
-    sides: st.SearchStrategy[int] | None = None,
+    shapes: st.SearchStrategy[tuple[int, int]] | None = None,
 ) -> np.ndarray:
-    """ReLU feature maps with more locations than channels and no dead channel."""
+    """ReLU feature maps with more locations than channels (unless `shapes` fixes fewer) and no
+    dead channel."""
     rng = np.random.default_rng(draw(seeds))
     c, b = draw(channels), draw(batch)
-    side = draw(sides or realistic_sides(c))
-    return relu_feature_maps(rng, b, c, side, side)
+    h, w = draw(shapes if shapes is not None else _square(realistic_sides(c)))
+    return relu_feature_maps(rng, b, c, h, w)
 
 
 #: Dead channels need a live one beside them.
@@ -162,12 +173,12 @@ def feature_maps_with_dead_channels(
     draw: st.DrawFn,
     channels: st.SearchStrategy[int] = channel_counts_with_dead,
     batch: st.SearchStrategy[int] = batch_sizes,
-    sides: st.SearchStrategy[int] = map_sides,
+    shapes: st.SearchStrategy[tuple[int, int]] = map_shapes,
 ) -> np.ndarray:
     """`feature_maps` with at least one channel exactly zero: the pooled matrix then has a zero row
     off the diagonal, which tells eps * I from eps * ones exactly, at any precision."""
     rng = np.random.default_rng(draw(seeds))
-    c, b, h, w = draw(channels), draw(batch), draw(sides), draw(sides)
+    c, b, (h, w) = draw(channels), draw(batch), draw(shapes)
     dead = draw(st.integers(1, max(1, c - 1)))
     return relu_feature_maps(rng, b, c, h, w, dead_channels=dead)
 

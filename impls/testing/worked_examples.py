@@ -1,6 +1,7 @@
-"""The README's worked examples of `ibp-check`: real runs on the founding question's own code,
-kept with their output and exit status in a results JSON (with the suite's envelope), and the
-README block rendered from that file alone, so the README-drift test can render it again.
+"""The worked examples of `ibp-check` in docs/checking.md: real runs on the founding question's
+own code, kept with their output and exit status in a results JSON (with the suite's envelope),
+and the block of docs/checking.md rendered from that file alone, so the drift test can render it
+again.
 
     python -m impls.testing.worked_examples {stage,model} [--output results]
 
@@ -8,7 +9,7 @@ README block rendered from that file alone, so the README-drift test can render 
 `ibp-check STAGE`; `model` runs `ibp-check model` on the question's Keras model and on the same
 model fixed. The targets are the checkout's `examples/` (without them the command refuses to run);
 the envelope records how long the runs took. With the default output, run from the repository
-root, the README block is rewritten too.
+root, the block of docs/checking.md is rewritten too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from impls.testing import readme_blocks
-from impls.testing.check import MAX_EXAMPLES_VARIABLE
+from impls.testing.check_options import MAX_EXAMPLES_VARIABLE
 from impls.testing.metadata import collect, read_results, write_results
 
 MODULE = "impls.testing.worked_examples"
@@ -33,7 +34,8 @@ DEFAULT_OUTPUT = Path("results")
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One README block: the `ibp-check` command lines it shows, and where its run is kept."""
+    """One block of docs/checking.md: the `ibp-check` command lines it shows, and where its run
+    is kept."""
 
     block: str
     results_file: str
@@ -90,13 +92,17 @@ def body(runs: list[dict[str, Any]]) -> str:
 
 
 def block(example: Example, path: Path) -> str:
-    """The README block of `example` from its results file `path`."""
+    """The block of `example` from its results file `path`."""
     metadata, document = read_results(path)
     return readme_blocks.render(example.block, body(document["runs"]), metadata)
 
 
+#: The page the examples' blocks are in.
+PAGE = "docs/checking.md"
+
+
 def _register(example: Example) -> None:
-    @readme_blocks.register("README.md", example.block)
+    @readme_blocks.register(PAGE, example.block)
     def committed_block(root: Path) -> str:
         return block(example, root / "results" / example.results_file)
 
@@ -132,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     path = arguments.output / example.results_file
     write_results(path, metadata, runs=runs)
     print(f"wrote {path}")
-    readme = Path("README.md")
-    if arguments.output.resolve() == DEFAULT_OUTPUT.resolve() and readme.exists():
-        readme_blocks.write(readme, example.block, block(example, path))
-        print(f"wrote the {example.block} block of {readme}")
+    page = Path(PAGE)
+    if arguments.output.resolve() == DEFAULT_OUTPUT.resolve() and page.exists():
+        readme_blocks.write(page, example.block, block(example, path))
+        print(f"wrote the {example.block} block of {page}")
     return 0
 
 

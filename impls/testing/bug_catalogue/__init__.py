@@ -159,6 +159,36 @@ BUGS = (
         "N x N",
         "X^T X (N x N) instead of X X^T (C x C)",
     ),
+    Bug(
+        "sqrtm-entrywise",
+        "sqrtm",
+        "sqrtm_entrywise",
+        "an entrywise square root",
+        "sign(a) sqrt(|a|) of each entry where the matrix root is meant",
+    ),
+    Bug(
+        "pool-divided-twice",
+        "pool",
+        "pool_divided_twice",
+        "1/(H*W) = 1/",
+        "the mean over locations divided by H*W once more",
+    ),
+    Bug(
+        "frobenius-newton-schulz-10",
+        "sqrtm",
+        "sqrtm_frobenius_newton_schulz_10",
+        "(Frobenius-norm scaling) gives after 10 iterations",
+        "published Newton-Schulz code (Frobenius scaling) run for 10 iterations",
+        also=("has not converged",),
+    ),
+    Bug(
+        "signed-sqrt-of-negative",
+        "signed-sqrt",
+        "signed_sqrt_of_negative",
+        "the square root of negative entries",
+        "sign(z) sqrt(z): NaN for every negative entry",
+        also=("no regulariser",),
+    ),
 )
 
 CORRECT = (
@@ -196,4 +226,10 @@ CORRECT = (
     CorrectLayer("pool", "pool_sum_keras_epsilon", "no 1/N, eps 1e-7", note="none (sum, no 1/N)"),
     CorrectLayer("signed-sqrt", "signed_sqrt_bcnn", "sign(z) sqrt(|z| + 1e-10)", note="B-CNN"),
     CorrectLayer("head", "head_bcnn", "no 1/N, eps 1e-7, B-CNN signed sqrt", note="B-CNN"),
+    CorrectLayer(
+        "pool",
+        "pool_float32_eye",
+        "eps * eye(C) or the whole pooling in float32: half precision comes back as float32",
+        note="half precision comes back as float32",
+    ),
 )

@@ -199,3 +199,26 @@ def sqrtm_returns_float64(a: tf.Tensor) -> tf.Tensor:
     gradient is wrong on repeated eigenvalues too)."""
     eigenvalues, u = tf.linalg.eigh(tf.cast(a, tf.float64))
     return (u * tf.sqrt(tf.maximum(eigenvalues, 0))[:, None, :]) @ _transpose(u)
+
+
+def sqrtm_entrywise(a: tf.Tensor) -> tf.Tensor:
+    """The signed square root of each entry, where the matrix root is meant."""
+    return tf.sign(a) * tf.sqrt(tf.abs(a))
+
+
+def pool_divided_twice(x: tf.Tensor) -> tf.Tensor:
+    """The mean over locations divided by their number once more."""
+    b, h, w, c = x.shape
+    features = tf.reshape(x, (-1, h * w, c))
+    a = tf.matmul(features, features, transpose_a=True) / (h * w) / (h * w)
+    return a + EPS * tf.eye(c, dtype=x.dtype)
+
+
+def sqrtm_frobenius_newton_schulz_10(a: tf.Tensor) -> tf.Tensor:
+    """Published Newton-Schulz code (Frobenius scaling), run for 10 iterations."""
+    return _newton_schulz(a, 10, tf.norm(a, ord="fro", axis=(-2, -1), keepdims=True))
+
+
+def signed_sqrt_of_negative(z: tf.Tensor) -> tf.Tensor:
+    """sqrt of the entries with the sign put outside: NaN for every negative entry."""
+    return tf.sign(z) * tf.sqrt(z)

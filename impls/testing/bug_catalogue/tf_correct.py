@@ -174,3 +174,11 @@ def sqrtm_trace_newton_schulz_30(a: tf.Tensor) -> tf.Tensor:
         t = (3 * eye - z @ y) / 2
         y, z = y @ t, t @ z
     return y * tf.sqrt(norm)
+
+
+def pool_float32_eye(x: tf.Tensor) -> tf.Tensor:
+    """The map cast to float32 before the pooling, as mixed-precision code does for stability:
+    half precision comes back as float32 (harmless; noted)."""
+    x = tf.cast(x, tf.float32)
+    h, w, c = x.shape[1:]
+    return tf.einsum("bhwc,bhwd->bcd", x, x) / (h * w) + EPS * tf.eye(c)

@@ -210,3 +210,25 @@ def sqrtm_overwrites_saved_tensor(a: torch.Tensor) -> torch.Tensor:
     root = (u * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ u.mT
     u.mul_(1.0)
     return root
+
+
+def sqrtm_entrywise(a: torch.Tensor) -> torch.Tensor:
+    """The signed square root of each entry, where the matrix root is meant."""
+    return torch.sign(a) * torch.sqrt(a.abs())
+
+
+def pool_divided_twice(x: torch.Tensor) -> torch.Tensor:
+    """The mean over locations divided by their number once more."""
+    features = x.flatten(2)
+    n = features.shape[-1]
+    return features @ features.mT / n / n + EPS * _eye(x.shape[1], x)
+
+
+def sqrtm_frobenius_newton_schulz_10(a: torch.Tensor) -> torch.Tensor:
+    """Published Newton-Schulz code (Frobenius scaling), run for 10 iterations."""
+    return _newton_schulz(a, 10, torch.linalg.matrix_norm(a).reshape(-1, 1, 1))
+
+
+def signed_sqrt_of_negative(z: torch.Tensor) -> torch.Tensor:
+    """sqrt of the entries with the sign put outside: NaN for every negative entry."""
+    return torch.sign(z) * torch.sqrt(z)

@@ -190,3 +190,10 @@ def sqrtm_trace_newton_schulz_30(a: torch.Tensor) -> torch.Tensor:
         t = (3 * eye - z @ y) / 2
         y, z = y @ t, t @ z
     return y * norm.sqrt()
+
+
+def pool_float32_eye(x: torch.Tensor) -> torch.Tensor:
+    """The most common spelling: eps * torch.eye(c) built in float32, which promotes half
+    precision to float32 (harmless; noted)."""
+    v = x.flatten(2)
+    return v @ v.mT / v.shape[-1] + EPS * torch.eye(x.shape[1])

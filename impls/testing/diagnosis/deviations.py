@@ -166,9 +166,19 @@ def _head_deviations() -> tuple[Deviation, ...]:
 BY_STAGE["head"] = _head_deviations()
 
 
+#: What each stage computes, in words, for a function checked as another stage.
+_COMPUTES = {
+    "sqrtm": "the matrix square root Z (Z @ Z = A)",
+    "signed-sqrt": "the signed square root sign(z) sqrt(|z|), entry by entry",
+    "l2": "the L2 normalisation y / ||y||",
+    "pool": "a pooling X X^T / N of the matrix's columns as locations",
+}
+
+
 def _other_stage(name: str, computes: Mistake) -> Deviation:
     return Deviation(
-        f"the function computes the {name} stage, not this one: check STAGE (ibp-check {name} ...)",
+        f"the output is {_COMPUTES[name]}, which the {name} stage computes; if that is the "
+        f"function's job, check it as that stage (ibp-check {name} ...)",
         computes,
     )
 
@@ -178,10 +188,18 @@ def _pool_of_matrix(m: np.ndarray, layout: str) -> np.ndarray:
     return reference.bilinear_pool(m[..., None])
 
 
+ENTRYWISE_ROOT = (
+    "an entrywise square root, not the matrix square root: sqrt is taken of each entry of A, "
+    "while the matrix root Z satisfies Z @ Z = A; take U diag(sqrt(s)) U^T from eigh (s clamped "
+    "at 0), or this library's sqrtm"
+)
+
 #: A function checked as one stage that implements another: its output is that stage's.
 OTHER_STAGES = {
     "sqrtm": (
-        _other_stage("signed-sqrt", lambda m, layout: reference.signed_sqrt(m)),
+        Deviation(ENTRYWISE_ROOT, lambda m, layout: np.sign(m) * np.sqrt(np.abs(m))),
+        Deviation(ENTRYWISE_ROOT, lambda m, layout: np.sqrt(np.abs(m))),
+        Deviation(ENTRYWISE_ROOT, lambda m, layout: reference.signed_sqrt(m)),
         _other_stage("l2", lambda m, layout: reference.l2_normalize(m)),
         _other_stage("pool", _pool_of_matrix),
     ),
@@ -223,7 +241,7 @@ def matching(
                 expected, candidate, allowed, up_to_scale
             ):
                 causes.append(deviation.cause)
-    return causes
+    return list(dict.fromkeys(causes))
 
 
 def matching_gradient(
@@ -315,30 +333,44 @@ def _newton_schulz(a: np.ndarray, iterations: int, scaling: str) -> Iterator[np.
         yield y * np.sqrt(norm)
 
 
+#: An iterate this close to the one before has stopped changing: later ones are the same.
+_STOPPED_CHANGING = 1e-14
+#: How much better than the true root a stopped iteration must explain an output to be named.
+_BETTER_THAN_ROOT = 10.0
+
+
 def newton_schulz_forward_match(
     a: np.ndarray, z: np.ndarray, allowed: float
 ) -> tuple[str, int] | None:
-    """(scalings, iterations): the Newton-Schulz roots short of convergence that explain `z`, or
-    None. On a covariance with one dominant eigenvalue the trace and the Frobenius norm nearly
-    agree, and so do the two scalings; both are named then."""
+    """(scalings, iterations): the Newton-Schulz iterate that explains `z` best, where it explains
+    z to the match threshold and far better than the true root does; else None. Every iterate is
+    compared, converged ones included: a Frobenius-scaled iterate close to the root can still be
+    the one the function returns. Where both scalings explain z equally well (a covariance with
+    one dominant eigenvalue, whose trace and Frobenius norm nearly agree), both are named."""
     a = (a + _swap(a)) / 2
     root = reference.sqrtm(a)
-    threshold = match_threshold(allowed)
-    matches: dict[int, list[tuple[float, str]]] = {}
+    scale = max(np.linalg.norm(z), 1e-300)
+    from_root = np.linalg.norm(z - root) / scale
+    residuals: list[tuple[float, int, str]] = []
     with np.errstate(all="ignore"):
         for scaling in ("Frobenius-norm", "trace"):
+            previous = None
             for iterations, candidate in enumerate(_newton_schulz(a, _ITERATIONS[-1], scaling), 1):
-                if np.linalg.norm(candidate - root) <= threshold * np.linalg.norm(root):
-                    break  # converged: it no longer tells a stopped iteration from a root
-                residual = np.linalg.norm(z - candidate) / max(np.linalg.norm(z), 1e-300)
-                if residual <= threshold:
-                    matches.setdefault(iterations, []).append((residual, scaling))
-    if not matches:
+                residuals.append((np.linalg.norm(z - candidate) / scale, iterations, scaling))
+                change = np.inf if previous is None else np.linalg.norm(candidate - previous)
+                if change <= _STOPPED_CHANGING * np.linalg.norm(candidate):
+                    break
+                previous = candidate
+    finite = [r for r in residuals if np.isfinite(r[0])]
+    if not finite:
         return None
-    iterations = min(matches, key=lambda k: min(matches[k])[0])
-    closest = min(matches[iterations])[0]
+    closest, iterations, _ = min(finite)
+    if closest > match_threshold(allowed) or closest * _BETTER_THAN_ROOT > from_root:
+        return None
     # Both scalings are named where they explain z equally well (to round-off).
-    scalings = [name for residual, name in matches[iterations] if residual <= 10 * closest + 1e-12]
+    scalings = [
+        name for residual, k, name in finite if k == iterations and residual <= 10 * closest + 1e-12
+    ]
     return " or ".join(scalings), iterations
 
 

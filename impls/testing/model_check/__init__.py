@@ -1,8 +1,3 @@
-"""`ibp-check model`: checks of a whole model (see `cli`), and `check_model` for scripts and
-test suites."""
-
-from impls.testing.model_check.cli import main
-from impls.testing.model_check.engine import ModelReport, check_model
-from impls.testing.model_check.report import format_report
-
-__all__ = ["ModelReport", "check_model", "format_report", "main"]
+"""`ibp-check model`: the checks of a whole model. `engine.check_model` runs them and returns an
+`engine.ModelReport`; `checks` holds the whole-model checks, `located` the IBP head's layers found
+in a model, `traced_models` the model as the checks see it, `supervisor` the process they run in."""

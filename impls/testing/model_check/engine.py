@@ -1,5 +1,6 @@
 """`check_model`: every whole-model check, then the stage checks of `ibp-check` (the same engine,
-`impls.testing.check_runner.check`) on each layer of the IBP head found inside the model."""
+`impls.testing.check_runner.check`) on each layer of the IBP head found inside the model, at the
+sizes, layout and dtype it gets there."""
 
 from __future__ import annotations
 
@@ -10,28 +11,42 @@ import time
 from pathlib import Path
 from typing import Any
 
-from impls.testing.check_runner import DEFAULT_TIME_LIMIT, check
+from impls.testing import framework_logs
+from impls.testing.check_options import DEFAULT_SIZE, DTYPES, ModelSettings, StageSettings
+from impls.testing.check_runner import CheckReport, check
 from impls.testing.model_check.checks import Finding
+from impls.testing.model_check.located import FEATURE_MAP_STAGES, Located
 from impls.testing.model_check.supervisor import CHECKS, ModelSandbox
-from impls.testing.sandbox import DEFAULT_CALL_TIMEOUT, Sandbox, TargetStopped
+from impls.testing.sandbox import Sandbox, TargetStopped
+from impls.testing.stage_specs import Sizes
 
 #: Hypothesis examples per property, and seconds per property, of the stage checks on located
-#: layers: the fixed realistic cases at C = 64 run whatever these are, so a small search keeps the
-#: whole model check within a few minutes.
+#: layers: the fixed realistic cases run whatever these are, so a small search keeps the whole
+#: model check within a minute.
 STAGE_EXAMPLES = 10
 STAGE_SECONDS_PER_PROPERTY = 3.0
 
 
 @dataclasses.dataclass
 class ModelReport:
+    """What `ibp-check model` found: the `target` and its `framework`, the `batch` size the
+    checks ran at (None where the model ran at none), its `layers` as (name, kind) in the order
+    their calls end, the IBP `head` found in it as (layer, stage), one Finding per check in
+    `findings` (status PASS, FAIL, NOTE or SKIP, with causes and measurements), `notes` on how it
+    was checked, and the run's `seconds`. `passed` is True when no check failed.
+    `target_output` is what the model printed (shown apart from the report), `framework_log`
+    TensorFlow's own log lines (shown only where the user set TF_CPP_MIN_LOG_LEVEL)."""
+
     target: str
     framework: str
-    batch: int | None  # the batch size the checks ran at; None where the model ran at none
-    layers: list  # (name, kind) in the order the model calls them
-    head: list  # (layer, stage) of the IBP head found in the model
+    batch: int | None
+    layers: list
+    head: list
     findings: list
+    notes: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
-    target_output: str = ""  # what the model printed, shown apart from the report
+    target_output: str = ""
+    framework_log: str = ""
 
     @property
     def passed(self) -> bool:
@@ -48,57 +63,54 @@ def _absolute(target: str) -> str:
     return f"{location}:{name}"
 
 
-def _layer_target(
-    folder: Path, target: str, framework: str, input_shape: Any, seed: int, layer: str
-) -> str:
-    """A module whose `layer` is the located layer of a freshly built model: what the stage
-    engine loads in its own supervised child."""
+def _layer_target(folder: Path, target: str, settings: ModelSettings, located: Located) -> str:
+    """A module whose `layer` is the located layer of a freshly built model, as a function of the
+    stage's tensors: what the stage engine loads in its own supervised child."""
     path = folder / f"located_{len(list(folder.iterdir()))}.py"
     path.write_text(
         textwrap.dedent(
             f"""\
-            from impls.testing.model_check.frameworks import located_layer
+            from impls.testing.check_options import ModelSettings
+            from impls.testing.model_check.located import LayerForm, located_layer
 
-            layer = located_layer({_absolute(target)!r}, {framework!r}, {input_shape!r},
-                                  {seed!r}, {layer!r})
+            layer = located_layer(
+                {_absolute(target)!r},
+                {settings!r},
+                {located.path!r},
+                {located.stage!r},
+                {located.form!r},
+            )
             """
         )
     )
     return f"{path}:layer"
 
 
-def _stage_finding(layer: str, stage: str, report: Any) -> Finding:
+def _stage_finding(located: Located, report: CheckReport, notes: list[str]) -> Finding:
     failed = [r for r in report.results if r.status == "FAIL"]
-    name = f"{stage} stage on layer {layer}"
-    checks = f"ibp-check {stage}'s properties hold on the layer"
+    name = f"{located.stage} stage on layer {located.name}"
+    checks = f"ibp-check {located.stage}'s properties hold on the layer"
     causes = [f"{r.name}: {r.diagnosis}" for r in failed]
+    notes = notes + report.notes + [note for r in report.results for note in r.notes]
     return Finding(
         name,
         "FAIL" if failed else "PASS",
         checks,
-        causes,
-        {"properties": [r.name for r in report.results]},
+        causes + list(dict.fromkeys(notes)),
+        {"properties": [r.name for r in report.results], "channels": located.form.channels},
     )
 
 
-def check_model(
-    target: str,
-    framework: str | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    *,
-    seed: int = 0,
-    call_timeout: float = DEFAULT_CALL_TIMEOUT,
-    time_limit: float = DEFAULT_TIME_LIMIT,
-    stage_examples: int = STAGE_EXAMPLES,
-) -> ModelReport:
+def check_model(target: str, settings: ModelSettings) -> ModelReport:
     """Every check of `ibp-check model` on the model `target` ('file.py:function', a function
     returning a Keras model, a torch module, or (module, optimizer)). Checks not started within
-    `time_limit` seconds of the start are reported as not checked (the model's first calls always
-    run). Raises sandbox.TargetUnusable when the model cannot be built or run."""
+    `settings.time_limit` seconds of the start are reported as not checked (the model's first
+    calls always run). Raises sandbox.TargetUnusable when the model cannot be built or run."""
     started = time.perf_counter()
-    clock = _Clock(started, time_limit)
-    with ModelSandbox(call_timeout) as box:
-        framework = box.load(target, framework, input_shape, seed)
+    clock = _Clock(started, settings.time_limit)
+    with ModelSandbox(settings.call_timeout) as box:
+        framework = box.load(target, settings)
+        settings = dataclasses.replace(settings, framework=framework)
         try:
             summary = box.probe()
         except TargetStopped as stop:
@@ -106,41 +118,33 @@ def check_model(
         if "failed" in summary:
             why = "not checked: the model's first calls failed (see batch sizes)"
             findings = [summary["failed"]] + [Finding(n, "FAIL", "", [why]) for n in CHECKS]
-            summary = {"batch": None, "layers": [], "located": []}
+            summary = {"batch": None, "layers": [], "located": [], "compiled": False}
         else:
-            findings = [summary["batch_finding"]] + _child_findings(box, clock)
+            findings = [summary["batch_finding"], summary["finite_finding"]]
+            findings += _child_findings(box, clock)
         output = box.captured()
-    if summary["located"]:
-        findings += _stage_findings(
-            target,
-            framework,
-            input_shape,
-            seed,
-            summary["located"],
-            call_timeout,
-            stage_examples,
-            clock,
-        )
-    elif summary["layers"]:
-        findings.append(
-            Finding(
-                "IBP head",
-                "NOTE",
-                "no layer turns a feature map into a (B, C, C) matrix or its flattening: no "
-                "stage checks ran",
-            )
-        )
-    report = ModelReport(
+    findings += _head_findings(target, settings, summary["located"], summary["layers"], clock)
+    log, printed = framework_logs.split(output)
+    notes = (
+        [
+            "compiled with torch.compile: checked as the module it compiles (same parameters and "
+            "function; compiling it for every check would take minutes)"
+        ]
+        if summary["compiled"]
+        else []
+    )
+    return ModelReport(
         target,
         framework,
         summary["batch"],
         summary["layers"],
-        summary["located"],
+        [(located.name, located.stage) for located in summary["located"]],
         findings,
-        target_output=output,
+        notes,
+        time.perf_counter() - started,
+        target_output=printed,
+        framework_log=log,
     )
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,36 +185,90 @@ def _child_findings(box: ModelSandbox, clock: _Clock) -> list[Finding]:
     return findings
 
 
-def _stage_findings(
+def _stage_settings(
+    settings: ModelSettings, located: Located, clock: _Clock
+) -> tuple[StageSettings, list[str]]:
+    """The stage check of a located layer: its dtype in the model (half precision is checked in
+    float32, the stage check's half-precision call included), its gradient only where something
+    below it trains; and the notes that say so."""
+    notes = []
+    dtype = located.form.dtype
+    if dtype not in DTYPES:
+        notes.append(f"it gets {dtype} in the model; its properties are checked in float32")
+        dtype = "float32"
+    if not located.trains_below:
+        notes.append(
+            "nothing below it trains, so no gradient flows through it: its gradient is not checked"
+        )
+    stage_settings = StageSettings(
+        framework=settings.framework,
+        size=DEFAULT_SIZE,
+        tolerance=None,
+        dtype=dtype,
+        max_examples=STAGE_EXAMPLES,
+        forward_only=not located.trains_below,
+        call_timeout=settings.call_timeout,
+        time_limit=clock.remaining(),
+        strict_dtypes=settings.strict_dtypes,
+    )
+    return stage_settings, notes
+
+
+def _head_findings(
     target: str,
-    framework: str,
-    input_shape: tuple[int, ...] | None,
-    seed: int,
-    located: list[tuple[str, str]],
-    call_timeout: float,
-    examples: int,
+    settings: ModelSettings,
+    located: list[Located],
+    layers: list[Any],
     clock: _Clock,
 ) -> list[Finding]:
+    """The stage checks of the located layers, or a note where none was found."""
+    if not located:
+        if not layers:
+            return []
+        return [
+            Finding(
+                "IBP head",
+                "NOTE",
+                "no layer turns a feature map into a (B, C, C) matrix or its flattening: no "
+                "stage checks ran",
+            )
+        ]
     findings = []
     with (
         tempfile.TemporaryDirectory(prefix="ibp-check-layers-") as folder,
-        Sandbox(call_timeout) as sandbox,
+        Sandbox(settings.call_timeout) as sandbox,
     ):
-        for layer, stage in located:
-            late = clock.ran_out(f"{stage} stage on layer {layer}")
+        for layer in located:
+            name = f"{layer.stage} stage on layer {layer.name}"
+            if layer.stage == "pool+sqrtm":
+                findings.append(
+                    Finding(
+                        name,
+                        "NOTE",
+                        "the layer computes the pooling and the matrix square root together; "
+                        "the stage checks take one stage at a time, so it is not checked on its "
+                        "own (split it in two layers, or check its functions with ibp-check pool "
+                        "and ibp-check sqrtm)",
+                    )
+                )
+                continue
+            late = clock.ran_out(name)
             if late is not None:
                 findings.append(late)
                 continue
-            module = _layer_target(Path(folder), target, framework, input_shape, seed, layer)
-            report = check(
-                stage,
-                module,
-                framework,
-                sandbox=sandbox,
-                max_examples=examples,
-                seconds_per_property=STAGE_SECONDS_PER_PROPERTY,
-                call_timeout=call_timeout,
-                time_limit=clock.remaining(),
+            module = _layer_target(Path(folder), target, settings, layer)
+            stage_settings, notes = _stage_settings(settings, layer, clock)
+            feature_map = layer.stage in FEATURE_MAP_STAGES
+            fixed = Sizes(
+                DEFAULT_SIZE, layer.form.channels, layer.form.map_shape if feature_map else None
             )
-            findings.append(_stage_finding(layer, stage, report))
+            report = check(
+                layer.stage,
+                module,
+                stage_settings,
+                sandbox=sandbox,
+                seconds_per_property=STAGE_SECONDS_PER_PROPERTY,
+                fixed=fixed,
+            )
+            findings.append(_stage_finding(layer, report, notes))
     return findings

@@ -4,19 +4,20 @@ time limit fails the check it was in, with that cause; what it prints is kept ap
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from impls.testing.check_options import ModelSettings
 from impls.testing.sandbox import (
     START_TIMEOUT,
     TargetStopped,
     TargetUnusable,
-    _exit_cause,
-    _redirect_output,
+    exit_cause,
+    redirect_output,
+    start_child,
 )
 
 #: The checks the child runs, by name, in the report's order.
@@ -34,15 +35,14 @@ class ModelSandbox:
 
     def __init__(self, call_timeout: float) -> None:
         self.call_timeout = call_timeout
-        context = multiprocessing.get_context("spawn")
         self._directory = tempfile.TemporaryDirectory(prefix="ibp-check-model-")
         self._capture = Path(self._directory.name) / "target-output.txt"
         self._capture.touch()
-        parent, child = context.Pipe()
-        self._process = context.Process(target=serve, args=(child, str(self._capture)), daemon=True)
-        self._process.start()
-        child.close()
-        self._connection = parent
+        try:
+            self._process, self._connection = start_child(serve, self._capture)
+        except TargetUnusable:
+            self._directory.cleanup()
+            raise
 
     def __enter__(self) -> ModelSandbox:
         return self
@@ -61,15 +61,13 @@ class ModelSandbox:
             return self._connection.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self._process.join(5)
-            raise TargetStopped(_exit_cause(self._process.exitcode)) from None
+            raise TargetStopped(exit_cause(self._process.exitcode)) from None
 
-    def load(self, target: str, framework: str | None, input_shape: Any, seed: int) -> str:
+    def load(self, target: str, settings: ModelSettings) -> str:
         """Build the model in the child; its framework. Raises TargetUnusable."""
         slow = f"building the model took longer than {START_TIMEOUT:g} s"
         try:
-            answer = self._exchange(
-                ("load", target, framework, input_shape, seed), START_TIMEOUT, slow
-            )
+            answer = self._exchange(("load", target, settings), START_TIMEOUT, slow)
         except TargetStopped as stopped:
             raise TargetUnusable(f"building {target}: {stopped.diagnosis}") from None
         if answer[0] == "usage":
@@ -84,8 +82,12 @@ class ModelSandbox:
         return self._exchange(message, self.call_timeout, slow)[1]
 
     def probe(self) -> dict:
-        """The model's first calls (see `_probe`); raises TargetStopped."""
-        return self._call(("probe",))
+        """The model's first calls (see `_probe`); raises TargetStopped, and TargetUnusable where
+        the model's outputs leave the logits unclear."""
+        summary = self._call(("probe",))
+        if "usage" in summary:
+            raise TargetUnusable(summary["usage"])
+        return summary
 
     def run(self, name: str) -> Any:
         """The Finding of the check `name`; raises TargetStopped."""
@@ -109,21 +111,23 @@ class ModelSandbox:
 
 
 def _error_finding(name: str, error: BaseException) -> Any:
+    from impls.testing.diagnosis.explain import first_line
     from impls.testing.model_check.checks import Finding
 
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return Finding(name, "FAIL", "", [f"the check raised {type(error).__name__}: {text}"])
+    cause = f"the check raised {type(error).__name__}: {first_line(error)}"
+    return Finding(name, "FAIL", "", [cause])
 
 
 def _load(message: tuple) -> tuple[Any, tuple]:
-    from impls.testing.check_target import UsageError, framework_of
+    from impls.testing.check_target import framework_of
+    from impls.testing.command_line import UsageError
     from impls.testing.model_check import checks
-    from impls.testing.model_check.frameworks import single_threaded
+    from impls.testing.model_check.traced_models import single_threaded
 
-    _, target, framework, input_shape, seed = message
+    _, target, settings = message
     try:
-        single_threaded(framework or framework_of(target))
-        session = checks.Session(target, framework, input_shape, seed)
+        single_threaded(settings.framework or framework_of(target))
+        session = checks.Session(target, settings)
     except UsageError as error:
         return None, ("usage", str(error))
     except Exception as error:  # the function fails to build a model
@@ -132,24 +136,30 @@ def _load(message: tuple) -> tuple[Any, tuple]:
 
 
 def _probe(session: Any) -> dict:
-    """The first calls' summary, or {"failed": Finding} where the model runs at no batch size."""
-    from impls.testing.model_check import checks
+    """The first calls' summary; {"failed": Finding} where the model runs at no batch size,
+    {"usage": message} where its outputs leave the logits unclear."""
+    from impls.testing.command_line import UsageError
 
     try:
         session.probe()
+    except UsageError as error:
+        return {"usage": str(error)}
     except Exception as error:  # the user's model may raise anything
         return {"failed": _error_finding("batch sizes", error)}
     return {
         "batch": session.batch,
         "batch_finding": session.batch_finding,
-        "located": checks.locate_head(session),
+        "finite_finding": session.finite_finding,
+        "located": session.located,
         "layers": [(call.name, call.kind) for call in session.calls],
+        "compiled": session.model.compiled,
     }
 
 
-def serve(connection: Any, capture: str) -> None:
+def serve(connection: Any, capture: str, log_level: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _redirect_output(capture)
+    redirect_output(capture, log_level)
+    connection.send(("ready",))
     from impls.testing.model_check import checks
 
     run = {
