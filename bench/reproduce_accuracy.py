@@ -1,44 +1,60 @@
 """reproduce-accuracy: does the model learn? Trains the IBP model, the founding question's set-up,
-one ablation per bug of that set-up and baselines, in every framework, and writes
-results/accuracy.json, .md and .png.
+one ablation per bug of that set-up and baselines, in every framework; writes accuracy.json, .md
+and .png to a fresh run folder, and compares its verdicts with the committed results.
 
-With no arguments: the embedded data sets (synthetic, skimage-textures), every configuration, on
-the CPU, in about 5 minutes on two cores.
+With no arguments: the embedded data sets (synthetic, skimage-textures), every configuration, seed
+0, on the CPU, in about 6 minutes on two cores; the results go to runs/accuracy-<time>/ (never to
+a tracked file). `--output-dir results --seeds 3` regenerates the committed results.
 """
 
 import argparse
 import datetime
-import importlib
-import multiprocessing
 import os
-import queue
 import shlex
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from tqdm.auto import tqdm
 
-from bench.accuracy import report
-from bench.accuracy.configurations import (
-    CONFIGURATIONS,
-    DEFAULT_CONFIGURATIONS,
-    STUDIES,
-    Configuration,
-)
+from bench.accuracy import preflight, result_files, side_by_side
+from bench.accuracy.checkpoints import CheckpointWriteError
+from bench.accuracy.comparison import Committed, Comparison, compare, read_committed
+from bench.accuracy.configurations import CONFIGURATIONS, STUDIES
 from bench.accuracy.data import EMBEDDED_DATASETS, Dataset
 from bench.accuracy.distributed import torchrun_rank_and_size
-from bench.accuracy.image_folders import image_folder
-from bench.accuracy.training import RunCache, TrainingOptions, TrainingRunner, train
+from bench.accuracy.framework_output import kept_aside, quiet_level
+from bench.accuracy.interface import TrainingRunner
+from bench.accuracy.markdown import console_table, markdown
+from bench.accuracy.paper import PAPER_ACCURACY
+from bench.accuracy.plan import (
+    FULL_EPOCHS,
+    QUICK_EPOCHS,
+    Plan,
+    configurations_for,
+    load_datasets,
+    make_runners,
+    model_options,
+    run_count,
+    train_seed,
+)
+from bench.accuracy.plot import plot
+from bench.accuracy.records import DatasetInfo, Results, Run, Settings
 from impls.architectures import BACKBONES
 from impls.backends import BACKENDS
-from impls.testing.check import positive
-from impls.testing.metadata import collect
+from impls.testing.command_line import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    Parser,
+    UsageError,
+    argument_type,
+    positive,
+)
+from impls.testing.metadata import collect, run_time, write_results
 from reference.contracts import IBPInputError
-from reference.conventions import DEFAULT_EPS, SIGNED_SQRT_DELTA
 
 if TYPE_CHECKING:
     # make_runners imports the runners by name (TensorFlow only when asked for): this is where
@@ -48,38 +64,42 @@ if TYPE_CHECKING:
     _RUNNER_TYPES: tuple[type[TrainingRunner], ...] = (runner_torch.Runner, runner_tf.Runner)
 
 DEFAULT_DATASETS = ("synthetic", "skimage-textures")
-#: Samples per class (train, test) and epochs: the full run and --quick (for tests).
-FULL_SIZES, QUICK_SIZES = (160, 64), (32, 16)
-FULL_EPOCHS, QUICK_EPOCHS = 10, 4
-#: The authors' Newton-Schulz iteration count, used with their iterative backward (--recipe paper).
-PAPER_NEWTON_SCHULZ_ITERATIONS = 5
-#: Where the embedded data sets' results go; runs on an image folder get a fresh folder under
-#: RUNS_DIR instead, so that a user's run never overwrites the committed results.
-RESULTS_DIR, RUNS_DIR = Path("results"), Path("runs")
+#: The largest seed: the runners seed NumPy's legacy global generator too, which takes 32 bits.
+MAX_SEED = 2**32 - 1
+#: Where runs go by default (a fresh folder per run; ignored by git), and the committed results
+#: that a run compares itself with (and that `--output-dir results` regenerates).
+RUNS_DIR, RESULTS_DIR = Path("runs"), Path("results")
 
 EXIT_STATUS = """exit status:
-  0  trained and wrote accuracy.json, .md and .png
-  1  the results could not be written (the previous set in the output folder is kept whole)
-  2  a usage or data error: bad arguments, an output folder that cannot be written, an image
-     folder with fewer than 2 classes or different classes in train and test, an unreadable
-     image (named with its path). All are checked before training, except an image whose
-     header reads but whose pixels do not decode; either way one line on stderr, nothing written
+  0    trained and wrote accuracy.json, .md and .png (and, with --fail-on-difference,
+       reproduced every committed verdict it was compared with)
+  1    the results could not be written (the previous set in the output folder is kept whole),
+       or a checkpoint could not be written during training (one line naming its folder; the
+       last checkpoint written there is whole, the output folder unchanged), or, with
+       --fail-on-difference, a verdict differs from the committed results
+  2    a usage or data error, one line on stderr, found before training: bad arguments, an
+       output or checkpoint folder that cannot be written, a checkpoint of another run or a
+       damaged one, a batch smaller than the processes that share it, with
+       --fail-on-difference results that cannot be compared with, an image folder with
+       fewer than 2 classes or different classes in train and test, an unreadable image
+       (named with its path; an image whose header reads but whose pixels do not decode is
+       found when it is loaded)
+  130  interrupted (Ctrl-C): the output folder is as it was; checkpoints are whole, and the
+       same command resumes from them
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line on stderr and exit status 2: the usage text would bury the message."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+def _path(text: str) -> Path:
+    """A path as given; an empty one (which would mean the current folder) is a usage error."""
+    if not text:
+        raise UsageError("an empty path (write . for the current folder)")
+    return Path(text)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="reproduce-accuracy",
-        description=__doc__,
-        epilog=EXIT_STATUS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = Parser(prog="reproduce-accuracy", description=__doc__, epilog=EXIT_STATUS)
+    count = argument_type(positive(int))
+    path = argument_type(_path)
     parser.add_argument(
         "--framework",
         nargs="+",
@@ -113,30 +133,50 @@ def _parser() -> argparse.ArgumentParser:
             "%", "%%"
         ),
     )
+    parser.add_argument("--epochs", type=count, help=f"epochs per configuration ({FULL_EPOCHS})")
     parser.add_argument(
-        "--epochs",
-        type=positive(int),
-        help=f"epochs per configuration (default {FULL_EPOCHS})",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=positive(int),
-        default=16,
-        help="(the question's set-up always uses 16)",
+        "--batch-size", type=count, default=16, help="(the question's set-up always uses 16)"
     )
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--threads", type=count, default=1, help="CPU threads per framework (1)")
     parser.add_argument(
-        "--threads", type=positive(int), default=1, help="CPU threads per framework (default 1)"
+        "--seed",
+        type=int,
+        default=0,
+        help=f"random seed, 0 to {MAX_SEED} (default 0)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
+    parser.add_argument(
+        "--seeds",
+        type=count,
+        default=1,
+        metavar="N",
+        help="train every configuration with N seeds, --seed to --seed + N - 1 (each draws its "
+        "own embedded data and initial weights); verdicts and ranges over them (default 1; the "
+        "committed results use 3)",
+    )
     parser.add_argument(
         "--output-dir",
-        type=Path,
-        help=f"where accuracy.* go (default: {RESULTS_DIR}/ for the embedded data sets, a new "
-        f"{RUNS_DIR}/<data set>-<time>/ for an image folder)",
+        type=path,
+        help=f"where accuracy.* go (default: a new {RUNS_DIR}/accuracy-<time>/, or "
+        f"{RUNS_DIR}/<image folder>-<time>/; `--output-dir {RESULTS_DIR}` regenerates the "
+        "committed results)",
+    )
+    parser.add_argument(
+        "--compare-with",
+        type=path,
+        metavar="FILE",
+        help=f"the results to compare the verdicts with (default: {RESULTS_DIR}/accuracy.json, "
+        "or the study's, where it exists)",
+    )
+    parser.add_argument(
+        "--fail-on-difference",
+        action="store_true",
+        help="exit with status 1 when a verdict differs from the compared results (for CI); "
+        "results that cannot be read, were made with other settings or lack a configuration of "
+        "this run are found before training (exit status 2)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny data and few epochs, for tests")
-    parser.add_argument("--data-dir", type=Path, help="image folder for --dataset imagefolder")
+    parser.add_argument("--data-dir", type=path, help="image folder for --dataset imagefolder")
     parser.add_argument(
         "--backbone",
         default="small",
@@ -146,12 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--weights", help="backbone weights: imagenet or a file (default random)")
     parser.add_argument(
-        "--reduce-dim", type=positive(int), help="1x1 conv to this many channels before the head"
+        "--reduce-dim", type=count, help="1x1 conv to this many channels before the head"
     )
     parser.add_argument(
-        "--image-size",
-        type=positive(int),
-        help="image side (default 32 embedded, 448 image folder)",
+        "--image-size", type=count, help="image side (default 32 embedded, 448 image folder)"
     )
     parser.add_argument(
         "--recipe",
@@ -162,19 +200,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--paper-dataset",
-        choices=sorted(report.PAPER_ACCURACY),
+        choices=sorted(PAPER_ACCURACY),
         help="which paper numbers to print beside an image folder's (default: from its name)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--checkpoint-dir",
-        type=Path,
-        help="write a checkpoint after every epoch under DIR/<data set>/<framework>/<config>/; "
-        "the same command with the same DIR resumes where it stopped",
+        type=path,
+        help="write a checkpoint after every epoch under "
+        "DIR/seed-<seed>/<data set>/<framework>/<config>/; the same command with the same DIR "
+        "resumes where it stopped (a checkpoint of other options is refused)",
     )
     parser.add_argument(
         "--workers",
-        type=positive(int),
+        type=count,
         help="torch: DataLoader processes that decode image-folder batches (default: in the "
         "training process)",
     )
@@ -187,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tf-logical-cpus",
-        type=positive(int),
+        type=count,
         metavar="N",
         help="TensorFlow, --tf-strategy mirrored: split the CPU into N logical devices",
     )
@@ -210,8 +249,9 @@ def parse_args(
         parser.error("--dataset imagefolder needs --data-dir")
     if args.data_dir is not None and "imagefolder" not in args.dataset:
         parser.error("--data-dir is read only with --dataset imagefolder")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed <= args.seed + args.seeds - 1 <= MAX_SEED:
+        seeds = f" to {args.seed + args.seeds - 1} (--seeds {args.seeds})" if args.seeds > 1 else ""
+        parser.error(f"--seed must be in [0, {MAX_SEED}], got {args.seed}{seeds}")
     available = [b.name for b in BACKENDS.values() if b.is_available()]
     missing = [name for name in args.framework or [] if name not in available]
     if missing or not available:
@@ -227,80 +267,71 @@ def parse_args(
     if args.tf_strategy == "multi-worker" and args.framework != ["tf"]:
         parser.error("--tf-strategy multi-worker trains TensorFlow only (--framework tf)")
     args.epochs = args.epochs or (QUICK_EPOCHS if args.quick else FULL_EPOCHS)
-    if args.output_dir is None:
-        args.output_dir = default_output_dir(args)
+    args.output_dir = args.output_dir or default_output_dir(args)
     return args
 
 
 def default_output_dir(args: argparse.Namespace) -> Path:
-    if "imagefolder" not in args.dataset:
-        return RESULTS_DIR
+    """A run folder that does not exist yet: runs/accuracy[-STUDY]-<time>, or
+    runs/<image folder>-<time> for user data."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return RUNS_DIR / f"{Path(args.data_dir).resolve().name}-{stamp}"
+    name = (
+        Path(args.data_dir).resolve().name
+        if "imagefolder" in args.dataset
+        else result_files.stem(args.study)
+    )
+    folder, number = RUNS_DIR / f"{name}-{stamp}", 1
+    while folder.exists():
+        number += 1
+        folder = RUNS_DIR / f"{name}-{stamp}-{number}"
+    return folder
 
 
-def head_options(recipe: str) -> dict[str, Any]:
-    options: dict[str, Any] = {"eps": DEFAULT_EPS, "delta": SIGNED_SQRT_DELTA}
-    if recipe == "paper":
-        options.update(
-            method="newton_schulz",
-            num_iters=PAPER_NEWTON_SCHULZ_ITERATIONS,
-            backward="newton_schulz",
-        )
-    return options
+def make_plan(args: argparse.Namespace) -> Plan:
+    return Plan(
+        frameworks=tuple(args.framework),
+        datasets=tuple(args.dataset),
+        configurations=tuple(args.config) if args.config else None,
+        seeds=tuple(range(args.seed, args.seed + args.seeds)),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        quick=args.quick,
+        image_size=args.image_size,
+        data_dir=args.data_dir,
+        model=model_options(args.backbone, args.weights, args.reduce_dim, args.recipe),
+        device=args.device,
+        threads=args.threads,
+        workers=args.workers,
+        tf_strategy=args.tf_strategy,
+        tf_logical_cpus=args.tf_logical_cpus,
+        checkpoint_dir=args.checkpoint_dir,
+        progress=not args.no_progress,
+    )
 
 
-def load_datasets(args: argparse.Namespace) -> list[Dataset]:
-    train_per_class, test_per_class = QUICK_SIZES if args.quick else FULL_SIZES
-    datasets = []
-    for name in args.dataset:
-        if name == "imagefolder":
-            datasets.append(image_folder(args.data_dir, args.image_size or 448))
-            continue
-        try:
-            dataset = EMBEDDED_DATASETS[name](
-                args.seed, train_per_class, test_per_class, args.image_size or 32
-            )
-        except ImportError as error:
-            raise IBPInputError(
-                f"--dataset {name} needs {error.name} (pip install -e '.[data]')"
-            ) from None
-        datasets.append(dataset)
-    return datasets
-
-
-def configurations_for(dataset: Dataset, args: argparse.Namespace) -> list[Configuration]:
-    names = args.config or (["ibp"] if dataset.augments else DEFAULT_CONFIGURATIONS)
-    return [CONFIGURATIONS[name] for name in names]
-
-
-def make_runners(args: argparse.Namespace) -> list[TrainingRunner]:
-    """One runner per framework, in the order of the backend registry."""
-    options = {
-        "torch": {"workers": args.workers or 0},
-        "tf": {"strategy": args.tf_strategy, "logical_cpus": args.tf_logical_cpus},
-    }
-    return [
-        importlib.import_module(f"bench.accuracy.runner_{name}").Runner(
-            args.device, args.threads, **options[name]
-        )
-        for name in BACKENDS
-        if name in args.framework
-    ]
-
-
-def model_options(args: argparse.Namespace) -> dict[str, Any]:
+def settings(plan: Plan) -> dict[str, Any]:
+    """What the envelope records of the plan beyond the common envelope; `comparison.SETTINGS`
+    names those that make two results comparable."""
     return {
-        "backbone": args.backbone,
-        "weights": args.weights,
-        "reduce_dim": args.reduce_dim,
-        "recipe": args.recipe,
-        "head_kwargs": head_options(args.recipe),
+        "seed": plan.seeds[0],
+        "seeds": list(plan.seeds),
+        "epochs": plan.epochs,
+        "batch_size": plan.batch_size,
+        "quick": plan.quick,
+        "image_size": plan.image_size,
+        "model": {
+            "backbone": plan.model.backbone,
+            "weights": plan.model.weights,
+            "reduce_dim": plan.model.reduce_dim,
+            "recipe": plan.model.recipe,
+            "head_kwargs": plan.model.head_kwargs,
+        },
     }
 
 
 def metadata(
     args: argparse.Namespace,
+    plan: Plan,
     runners: list[TrainingRunner],
     total_seconds: float,
     argv: list[str],
@@ -318,160 +349,102 @@ def metadata(
         framework_devices=devices,
         framework_versions=versions,
         framework_threads={runner.name: runner.threads for runner in runners},
-        seed=args.seed,
         study=args.study,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        quick=args.quick,
-        model=model_options(args),
+        paper_dataset=args.paper_dataset,
         distribution={runner.name: runner.world.as_metadata() for runner in runners},
+        **settings(plan),
     )
 
 
-def _check_full_batches(
-    dataset: Dataset, configurations: list[Configuration], batch_size: int
-) -> None:
-    """The question's layers run on full batches of 16 only: a split with fewer samples would
-    give it nothing to train or evaluate on."""
-    for configuration in configurations:
-        if not configuration.needs_full_batches:
-            continue
-        needed = configuration.batch_size(batch_size)
-        for split_name in ("train", "test"):
-            count = len(getattr(dataset, split_name))
-            if count < needed:
-                raise IBPInputError(
-                    f"--config {configuration.name} runs on full batches of {needed} only (the "
-                    f"question's layers hard-code it), but {dataset.name} has {count} {split_name} "
-                    "images"
-                )
+def _committed(args: argparse.Namespace, plan: Plan, datasets: list[Dataset]) -> Committed:
+    """The results to compare with (comparison.read_committed), found before training."""
+    planned = {
+        (dataset.name, framework, configuration.name)
+        for dataset in datasets
+        for framework in plan.frameworks
+        for configuration in configurations_for(plan, dataset)
+    }
+    return read_committed(
+        args.compare_with,
+        RESULTS_DIR / f"{result_files.stem(args.study)}.json",
+        args.fail_on_difference,
+        Settings.from_envelope(settings(plan)),
+        planned,
+    )
 
 
-def _check_models(
-    runners: list[TrainingRunner], datasets: list[Dataset], args: argparse.Namespace
-) -> None:
-    """Build each framework's first model once, so that bad --weights (a missing file, ImageNet
-    weights that a framework does not offer) fail now, not after the other framework trained."""
-    for runner in runners:
-        for dataset in datasets:
-            configuration = configurations_for(dataset, args)[0]
-            try:
-                runner.build_model(configuration, dataset, model_options(args))
-            except (ValueError, OSError) as error:
-                raise IBPInputError(
-                    f"cannot build the {args.backbone} model in {runner.name}: {error}"
-                ) from None
-
-
-def prepare(args: argparse.Namespace) -> tuple[list[TrainingRunner], list[Dataset]]:
-    """Everything checked before any training: (runners, data sets). Raises IBPInputError."""
-    if args.weights not in (None, "imagenet") and not Path(args.weights).is_file():
-        raise IBPInputError(f"--weights {args.weights}: no such file (or use imagenet)")
-    datasets = load_datasets(args)
-    for dataset in datasets:
-        _check_full_batches(dataset, configurations_for(dataset, args), args.batch_size)
-    runners = make_runners(args)
-    _check_models(runners, datasets, args)
-    # Last, so that no failed check leaves an empty run folder behind; by the chief alone, the
-    # one process that writes there (another one's clock could name another run folder).
-    if _is_chief(runners):
+def prepare(
+    args: argparse.Namespace, plan: Plan
+) -> tuple[list[TrainingRunner], dict[int, list[Dataset]], Committed]:
+    """Everything checked before any training: (runners, data sets by seed, the results to compare
+    with). Raises IBPInputError."""
+    preflight.check_weights(plan)
+    datasets = {seed: load_datasets(plan, seed) for seed in plan.seeds}
+    first = datasets[plan.seeds[0]]
+    for dataset in first:
+        preflight.check_full_batches(plan, dataset)
+    committed = _committed(args, plan, first)
+    runners = make_runners(plan)
+    for dataset in first:
+        preflight.check_batch_size(plan, runners, dataset)
+    preflight.check_models(plan, runners, first)
+    chief = _is_chief(runners)
+    preflight.check_checkpoint_dir(plan, chief)
+    for seed, of_seed in datasets.items():
+        preflight.check_checkpoints(plan, seed, runners, of_seed)
+    # Last, so that no failed check leaves a folder behind; by the chief alone, the one process
+    # that writes there (another one's clock could name another run folder).
+    if chief:
         try:
-            report.check_writable(args.output_dir)
+            result_files.check_writable(args.output_dir, args.study)
         except OSError as error:
             raise IBPInputError(
                 f"--output-dir {args.output_dir}: cannot write there ({error.strerror or error})"
             ) from None
-    return runners, datasets
+    return runners, datasets, committed
+
+
+def _in_order(runs: list[Run], plan: Plan, datasets: list[Dataset]) -> list[Run]:
+    """Runs by seed, data set and framework (the order one process trains them in)."""
+    dataset_names = [dataset.name for dataset in datasets]
+    frameworks = [name for name in BACKENDS if name in plan.frameworks]
+    return sorted(
+        runs,
+        key=lambda run: (
+            plan.seeds.index(run.seed),
+            dataset_names.index(run.dataset),
+            frameworks.index(run.framework),
+        ),
+    )
 
 
 def run(
-    args: argparse.Namespace, runners: list[TrainingRunner], datasets: list[Dataset]
-) -> tuple[list[dict[str, Any]], float]:
-    """Train every (data set, framework, configuration); return the run records and seconds."""
+    plan: Plan,
+    runners: list[TrainingRunner],
+    datasets: dict[int, list[Dataset]],
+    progress: TextIO | None,
+) -> tuple[list[Run], float]:
+    """Train every (seed, data set, framework, configuration); return the runs and seconds."""
     started = time.perf_counter()
-    if _frameworks_in_parallel(runners, args.threads):
-        runs = _run_frameworks_in_parallel(args, runners, datasets)
-        return runs, time.perf_counter() - started
-    jobs = [
-        (dataset, runner, configuration)
-        for dataset in datasets
-        for runner in runners
-        for configuration in configurations_for(dataset, args)
-    ]
-    cache, runs = RunCache(), []
-    for dataset, runner, configuration in tqdm(
-        jobs, desc="runs", unit="run", disable=args.no_progress or not _is_chief(runners)
-    ):
-        runs.append(
-            train(runner, configuration, dataset, _options(args), model_options(args), cache)
-        )
-    return runs, time.perf_counter() - started
-
-
-def _options(args: argparse.Namespace) -> TrainingOptions:
-    return TrainingOptions(
-        args.epochs, args.batch_size, args.seed, not args.no_progress, args.checkpoint_dir
+    first = datasets[plan.seeds[0]]
+    bar = tqdm(
+        total=run_count(plan, first),
+        desc="runs",
+        unit="run",
+        file=progress,
+        disable=progress is None or not _is_chief(runners),
     )
-
-
-def _frameworks_in_parallel(runners: list[TrainingRunner], threads: int) -> bool:
-    """Several frameworks, each in one process on the CPU, and a core for each of them: their runs
-    do not depend on each other, so each trains in a process of its own at the same time."""
-    alone = all(
-        runner.describe_device() == "cpu" and runner.world.processes == runner.world.replicas == 1
-        for runner in runners
-    )
-    # Each process sets its framework's threads to --threads in a fresh interpreter.
-    fits = threads * len(runners) <= (os.cpu_count() or 1)
-    return len(runners) > 1 and alone and fits
-
-
-def _run_frameworks_in_parallel(
-    args: argparse.Namespace, runners: list[TrainingRunner], datasets: list[Dataset]
-) -> list[dict[str, Any]]:
-    """The runs of `run`, in its order, each framework trained by a spawned process of its own
-    (a fresh interpreter: no framework state is shared). The progress bar counts finished runs."""
-    total = len(runners) * sum(len(configurations_for(d, args)) for d in datasets)
-    context = multiprocessing.get_context("spawn")
-    with (
-        context.Manager() as manager,
-        ProcessPoolExecutor(len(runners), mp_context=context) as pool,
-        tqdm(total=total, desc="runs", unit="run", disable=args.no_progress) as bar,
-    ):
-        finished = manager.Queue()
-        futures = {
-            runner.name: pool.submit(_train_one_framework, args, runner.name, finished)
-            for runner in runners
-        }
-        while not all(future.done() for future in futures.values()) or not finished.empty():
-            try:
-                bar.set_postfix_str(finished.get(timeout=0.5))
-                bar.update()
-            except queue.Empty:
-                pass
-        by_framework = {name: future.result() for name, future in futures.items()}
-    return [
-        record
-        for dataset in datasets
-        for runner in runners
-        for record in by_framework[runner.name]
-        if record["dataset"] == dataset.name
-    ]
-
-
-def _train_one_framework(
-    args: argparse.Namespace, framework: str, finished: "queue.Queue[str]"
-) -> list[dict[str, Any]]:
-    """Every run of one framework (in a process of its own), announcing each as it ends."""
-    args = argparse.Namespace(**{**vars(args), "framework": [framework]})
-    (runner,) = make_runners(args)
-    options = replace(_options(args), progress=False)
-    cache, runs = RunCache(), []
-    for dataset in load_datasets(args):
-        for configuration in configurations_for(dataset, args):
-            runs.append(train(runner, configuration, dataset, options, model_options(args), cache))
-            finished.put(f"{framework} {dataset.name} {configuration.name}")
-    return runs
+    with bar:
+        if side_by_side.fits(runners, plan.threads, os.cpu_count() or 1):
+            by_framework = side_by_side.train_side_by_side(plan, bar)
+            runs = [run for runs in by_framework.values() for run in runs]
+        else:
+            runs = []
+            for seed in plan.seeds:
+                for record in train_seed(plan, seed, runners, datasets[seed], progress):
+                    runs.append(record)
+                    bar.update()
+    return _in_order(runs, plan, first), time.perf_counter() - started
 
 
 def _is_chief(runners: list[TrainingRunner]) -> bool:
@@ -480,31 +453,123 @@ def _is_chief(runners: list[TrainingRunner]) -> bool:
     return all(runner.world.is_chief for runner in runners)
 
 
+def write(args: argparse.Namespace, results: Results) -> None:
+    """The result files, as one set (result_files). Raises OSError."""
+    json_name, md_name, png_name = result_files.names(args.study)
+    result_files.write_set(
+        args.output_dir,
+        {
+            json_name: lambda path: write_results(path, results.metadata, **results.payload()),
+            md_name: lambda path: path.write_text(markdown(results)),
+            png_name: lambda path: plot(results, path),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class _Trained:
+    runners: list[TrainingRunner]
+    datasets: dict[int, list[Dataset]]
+    committed: Committed
+    runs: list[Run]
+    seconds: float
+
+
+def _train(args: argparse.Namespace, plan: Plan) -> _Trained:
+    """Checks, then training, with the frameworks' own output kept out of the progress bars."""
+    with kept_aside() as stderr:
+        runners, datasets, committed = prepare(args, plan)
+        runs, seconds = run(plan, runners, datasets, stderr if plan.progress else None)
+    return _Trained(runners, datasets, committed, runs, seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_level()  # before any framework is imported
     parser = _parser()
     args = parse_args(argv, parser)
+    plan = make_plan(args)
     try:
-        runners, datasets = prepare(args)
-        runs, seconds = run(args, runners, datasets)
+        trained = _train(args, plan)
+        if not _is_chief(trained.runners):
+            return 0
+        results = _results(args, plan, trained, argv)
+        try:
+            write(args, results)
+        except OSError as error:
+            message = f"cannot write the results to {args.output_dir}: {error}"
+            print(f"{parser.prog}: {message}", file=sys.stderr)
+            return EXIT_FAILED
     except IBPInputError as error:
         parser.error(str(error))
-    if not _is_chief(runners):
-        return 0
-    info = metadata(args, runners, seconds, argv)
-    try:
-        report.write(args.output_dir, info, runs, datasets, args.paper_dataset)
-    except OSError as error:
-        print(
-            f"{parser.prog}: cannot write the results to {args.output_dir}: {error}",
-            file=sys.stderr,
+    except CheckpointWriteError as error:
+        print(f"{parser.prog}: {error}; {args.output_dir} unchanged", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        kept = (
+            f"; checkpoints in {plan.checkpoint_dir} are whole (the same command resumes)"
+            if plan.checkpoint_dir
+            else ""
         )
-        return 1
-    print(report.console_table(runs, args.paper_dataset))
-    written = ", ".join(str(args.output_dir / name) for name in report.result_files(args.study))
-    print(f"{len(runs)} runs in {seconds / 60:.1f} min; wrote {written}")
+        print(f"{parser.prog}: interrupted; {args.output_dir} unchanged{kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        return _report(args, results, trained)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; the results are in {args.output_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _results(args: argparse.Namespace, plan: Plan, trained: _Trained, argv: list[str]) -> Results:
+    described = {
+        dataset.name: DatasetInfo(dataset.description, dataset.num_classes)
+        for dataset in trained.datasets[plan.seeds[0]]
+    }
+    envelope = metadata(args, plan, trained.runners, trained.seconds, argv)
+    return Results(envelope, tuple(trained.runs), described)
+
+
+def _report(args: argparse.Namespace, results: Results, trained: _Trained) -> int:
+    """The table, the comparison and where the files went; the exit status."""
+    print(console_table(results.runs, args.paper_dataset))
+    comparison = _comparison(results, trained.committed)
+    written = ", ".join(str(args.output_dir / name) for name in result_files.names(args.study))
+    count = len(results.runs)
+    took = run_time(results.metadata)
+    print(f"{count} run{'' if count == 1 else 's'} in {took}; wrote {written}")
+    if comparison is not None and not comparison.reproduced and args.fail_on_difference:
+        return EXIT_FAILED
     return 0
 
 
+def _comparison(results: Results, committed: Committed) -> Comparison | None:
+    """Print how this run's verdicts compare with the committed ones; the comparison, or None
+    where there was nothing to compare with."""
+    if committed.results is None or committed.path is None:
+        print(f"not compared: {committed.reason}")
+        return None
+    comparison = compare(results, committed.results, committed.path)
+    print("\n".join(comparison.lines()))
+    return comparison
+
+
+def command() -> NoReturn:
+    """The command line's entry point (the console script, `python -m`): main, then an exit that
+    a late Ctrl-C cannot turn into a traceback or another status."""
+    status = main()
+    # The work is done and reported: a Ctrl-C now would only interrupt the frameworks' teardown
+    # (torch's finalizers print "Exception ignored ... KeyboardInterrupt" and exit 0).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if status == EXIT_INTERRUPTED:
+        # Under `python -m`, CPython (3.11) ends by SIGINT instead of this status when the
+        # KeyboardInterrupt passed through code run by exec or eval of a string (a dataclass or a
+        # namedtuple being made while a framework imports), although main caught it: skip the
+        # interpreter's exit path. main has stopped the children and closed every file by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -27,8 +27,8 @@ from bench.accuracy.configurations import CONFIGURATIONS, Stage  # noqa: E402
 from bench.accuracy.data import Split, synthetic  # noqa: E402
 from bench.accuracy.distributed import World  # noqa: E402
 from bench.accuracy.pipeline_tf import make_dataset  # noqa: E402
+from bench.accuracy.plan import model_options  # noqa: E402
 from bench.accuracy.training import batch_indices  # noqa: E402
-from bench.reproduce_accuracy import head_options  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 #: The tiny run: 7 classes x 8 images of 16x16, batches of 16, two epochs, every weight trained
@@ -38,12 +38,7 @@ ROOT = Path(__file__).parents[1]
 #: divides by eigenvalue gaps, which would turn them into whatever its conditioning makes them).
 SEED, PER_CLASS, IMAGE_SIZE, BATCH, EPOCHS = 0, 8, 16, 16, 2
 STEPS = EPOCHS * -(-7 * PER_CLASS // BATCH)
-MODEL_OPTIONS = {
-    "backbone": "small",
-    "weights": None,
-    "reduce_dim": None,
-    "head_kwargs": head_options("default"),
-}
+MODEL_OPTIONS = model_options()
 
 
 def tiny_run(output: str, strategy: str, logical_cpus: int | None = None) -> None:
@@ -66,7 +61,8 @@ def tiny_run(output: str, strategy: str, logical_cpus: int | None = None) -> Non
         local = [runner.local_part(indices) for indices in batches]
         pairs = runner.train_batches(dataset.train, local, SEED, epoch)
         for indices, (inputs, labels) in zip(batches, pairs, strict=True):
-            loss_sum, right = step(inputs, labels, len(indices))
+            loss_sum, right, finite = step(inputs, labels, len(indices))
+            assert finite
             losses.append(loss_sum)
             correct.append(right)
     runner.barrier()

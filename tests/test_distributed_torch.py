@@ -12,6 +12,7 @@ import pytest
 
 from bench.accuracy import checkpoints
 from bench.accuracy.distributed import World, torchrun_rank_and_size
+from bench.accuracy.records import Run
 
 from .conftest import import_framework
 
@@ -108,8 +109,9 @@ def test_two_processes_under_torchrun_train_what_one_process_trains(tmp_path):
     assert sorted(p.name for p in two.iterdir()) == ["accuracy.json", "accuracy.md", "accuracy.png"]
     [run_one], [run_two] = single["runs"], distributed["runs"]
     # Rank 0 wrote the checkpoints, whole, with the run's record.
-    assert [p.name for p in (saved / "synthetic" / "torch").iterdir()] == ["ibp"]
-    assert checkpoints.read_loop(saved / "synthetic" / "torch" / "ibp")["record"] == run_two
+    ours = saved / "seed-0" / "synthetic" / "torch"
+    assert [p.name for p in ours.iterdir()] == ["ibp"]
+    assert checkpoints.read_loop(ours / "ibp").record == Run.from_json(run_two)
     assert run_two["epochs"] == run_one["epochs"] and run_two["batch_size"] == 16
     for epoch_one, epoch_two in zip(run_one["history"], run_two["history"], strict=True):
         rtol = FIRST_STAGE_LOSS_RTOL if epoch_one["stage"] == "recipe_1" else SECOND_STAGE_LOSS_RTOL
@@ -133,6 +135,7 @@ class _RecordingRunner:
 
 def test_a_last_batch_smaller_than_the_processes_is_left_out():
     from bench.accuracy.data import Split
+    from bench.accuracy.interface import StepResult
     from bench.accuracy.training import _train_epoch
 
     split = Split(np.zeros((17, 1, 1, 3), np.float32), np.zeros(17, np.int64))
@@ -140,7 +143,7 @@ def test_a_last_batch_smaller_than_the_processes_is_left_out():
 
     def step(inputs, labels, global_batch_size):
         stepped.append((inputs.tolist(), global_batch_size))
-        return 1.0 * global_batch_size, 0
+        return StepResult(1.0 * global_batch_size, 0, True)
 
     class Bar:
         def update(self):

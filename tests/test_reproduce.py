@@ -3,11 +3,10 @@ model, determinism, and the image-folder path. Nothing here downloads anything."
 
 import importlib
 import importlib.util
-import os
 import re
-import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image
 
 from bench import reproduce_accuracy
-from bench.accuracy import report
+from bench.accuracy import result_files, seed_30, side_by_side, verdicts
 from bench.accuracy.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, SEED_BUGS
 from bench.accuracy.data import (
     EMBEDDED_DATASETS,
@@ -27,13 +26,11 @@ from bench.accuracy.data import (
     synthetic,
 )
 from bench.accuracy.image_folders import image_folder
-from bench.accuracy.training import (
-    RunCache,
-    TrainingOptions,
-    answer_statistics,
-    batch_indices,
-    train,
-)
+from bench.accuracy.interface import TrainingOptions
+from bench.accuracy.plan import QUICK_EPOCHS, Plan, model_options
+from bench.accuracy.plot import family, plot
+from bench.accuracy.records import Answers, Epoch, Results, Run
+from bench.accuracy.training import RunCache, answer_statistics, batch_indices, train
 from impls.architectures import BACKBONES
 from impls.backends import BACKENDS, available_backends
 from impls.testing import founding_question
@@ -239,7 +236,7 @@ def test_quick_run_ibp_learns_and_the_question_set_up_does_not(backend, tmp_path
     assert ibp["test_accuracy"] >= seed["test_accuracy"] + 0.4, (ibp, seed)
     assert abs(seed["test_accuracy"] - seed["chance_rate"]) <= 0.05
     envelope = results["ibp_metadata"]
-    assert len(ibp["history"]) == envelope["epochs"] == reproduce_accuracy.QUICK_EPOCHS
+    assert len(ibp["history"]) == envelope["epochs"] == QUICK_EPOCHS
     assert {"train_loss", "train_accuracy", "test_accuracy"} <= set(ibp["history"][-1])
     assert set(REQUIRED_KEYS) <= set(envelope)
     assert envelope["command"].startswith("reproduce-accuracy --output-dir")
@@ -254,13 +251,13 @@ def test_frameworks_trained_side_by_side_give_the_numbers_of_each_alone(monkeypa
     import_framework("tensorflow")
     arguments = ("--quick", "--dataset", "synthetic", "--config", "ibp", "seed")
     parallel_runs = []
-    in_parallel = reproduce_accuracy._run_frameworks_in_parallel
+    in_parallel = side_by_side.train_side_by_side
 
     def counted(*call: object) -> object:
         parallel_runs.append(call)
         return in_parallel(*call)
 
-    monkeypatch.setattr(reproduce_accuracy, "_run_frameworks_in_parallel", counted)
+    monkeypatch.setattr(side_by_side, "train_side_by_side", counted)
     monkeypatch.setattr(reproduce_accuracy.os, "cpu_count", lambda: 2)
     together = _train(tmp_path / "both", *arguments)["runs"]
     assert len(parallel_runs) == 1
@@ -278,6 +275,28 @@ def test_frameworks_trained_side_by_side_give_the_numbers_of_each_alone(monkeypa
         return [{key: value for key, value in run.items() if key != "seconds"} for run in runs]
 
     assert without_time(together) == without_time(alone)
+
+
+def test_children_started_before_a_failed_start_are_stopped(monkeypatch):
+    """A Ctrl-C (or a failed start) while the second framework's process starts: the first one
+    must not train on, orphaned, after the parent has reported the interruption."""
+    import multiprocessing.context
+
+    plan = Plan(("torch", "tf"), ("synthetic",), ("ibp",), (0,), 1, 16, quick=True)
+    started = []
+    real_start = multiprocessing.context.SpawnProcess.start
+
+    def start(process):
+        if started:
+            raise KeyboardInterrupt
+        real_start(process)
+        started.append(process)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        side_by_side.train_side_by_side(plan, bar=None)
+    (first,) = started
+    assert first.exitcode is not None  # stopped and joined
 
 
 @pytest.mark.slow
@@ -378,7 +397,7 @@ def no_training(monkeypatch):
     def refuse(*arguments, **keywords):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(reproduce_accuracy, "train", refuse)
+    monkeypatch.setattr(reproduce_accuracy, "run", refuse)
 
 
 def _usage_error(capsys, *arguments):
@@ -413,7 +432,10 @@ def _class_folders_with(root, counts):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
+        # NumPy's legacy seeding (both runners) takes 32 bits: refused, not a traceback at training.
+        (["--seed", str(2**32)], "--seed must be in [0, 4294967295], got 4294967296"),
+        (["--seed", str(2**32 - 1), "--seeds", "2"], "got 4294967295 to 4294967296 (--seeds 2)"),
         (["--image-size", "-8"], "argument --image-size: "),
         (["--image-size", "0"], "argument --image-size: "),
         (["--reduce-dim", "0"], "argument --reduce-dim: "),
@@ -421,8 +443,13 @@ def _class_folders_with(root, counts):
         (["--backbone", "vgg19"], "invalid choice: 'vgg19'"),
         (["--dataset", "imagefolder"], "--dataset imagefolder needs --data-dir"),
         (["--data-dir", "somewhere"], "--data-dir is read only with --dataset imagefolder"),
+        # An empty path is the current folder to pathlib: results in the working tree.
+        (["--output-dir", ""], "argument --output-dir: an empty path"),
+        (["--checkpoint-dir", ""], "argument --checkpoint-dir: an empty path"),
+        (["--compare-with", ""], "argument --compare-with: an empty path"),
+        (["--dataset", "imagefolder", "--data-dir", ""], "argument --data-dir: an empty path"),
     ],
-    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+    ids=lambda value: " ".join(map(repr, value)) if isinstance(value, list) else "",
 )
 def test_bad_arguments_are_usage_errors(capsys, no_training, arguments, message):
     error = _usage_error(capsys, *arguments)
@@ -539,40 +566,18 @@ def test_question_set_up_with_fewer_test_images_than_its_batch_is_rejected(
     assert "has 8 train images" in error
 
 
-def test_user_data_goes_to_a_fresh_run_folder(tmp_path, class_folders):
+def test_every_run_goes_to_a_fresh_run_folder(tmp_path, class_folders):
     args = reproduce_accuracy.parse_args(
         ["--dataset", "imagefolder", "--data-dir", str(class_folders)]
     )
     assert args.output_dir.parent == reproduce_accuracy.RUNS_DIR
     assert args.output_dir.name.startswith(f"{class_folders.name}-")
-    assert reproduce_accuracy.parse_args([]).output_dir == reproduce_accuracy.RESULTS_DIR
-
-
-def test_a_failure_while_writing_keeps_the_previous_results_whole(monkeypatch, tmp_path):
-    old = {name: f"old {name}" for name in report.result_files()}
-    for name, text in old.items():
-        (tmp_path / name).write_text(text)
-
-    def broken_plot(runs, path, metadata):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(report, "markdown", lambda *arguments: "new md")
-    monkeypatch.setattr(report, "plot", broken_plot)
-    with pytest.raises(OSError, match="disk full"):
-        report.write(tmp_path, {}, [], [])
-    assert {path.name: path.read_text() for path in tmp_path.iterdir()} == old
-
-
-def test_results_get_the_mode_of_any_file_the_user_writes(monkeypatch, tmp_path):
-    monkeypatch.setattr(report, "markdown", lambda *arguments: "md")
-    monkeypatch.setattr(report, "plot", lambda runs, path, metadata: path.write_bytes(b"png"))
-    previous = os.umask(0o022)
-    try:
-        report.write(tmp_path, {}, [], [])
-    finally:
-        os.umask(previous)
-    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
-    assert modes == dict.fromkeys(report.result_files(), 0o644)
+    for arguments, name in (([], "accuracy-"), (["--study", "seed-30"], "accuracy-seed-30-")):
+        output = reproduce_accuracy.parse_args(arguments).output_dir
+        assert output.parent == reproduce_accuracy.RUNS_DIR and output.name.startswith(name)
+        assert not output.exists()
+    regenerate = reproduce_accuracy.parse_args(["--output-dir", "results"]).output_dir
+    assert regenerate == reproduce_accuracy.RESULTS_DIR
 
 
 # The 30 % study --------------------------------------------------------------------------------
@@ -587,28 +592,50 @@ def test_unbalanced_synthetic_has_one_class_at_30_percent():
     assert dataset.chance_rate == pytest.approx(0.3, abs=0.01)
 
 
-def _statistics(test_labels, answers, train_labels):
+def _statistics(test_labels, answers, train_labels, evaluated_in=4, batch_size=4):
     dataset = Dataset("d", list("abc"), Split(None, np.array(train_labels)), Split(None, None))
     dataset.test = Split(None, np.array(test_labels))
-    batches = batch_indices(len(test_labels), 4)
-    return answer_statistics(dataset, batches, [np.array(a) for a in answers])
+    batches = batch_indices(len(test_labels), evaluated_in)
+    answers = np.array(answers).reshape(-1)
+    given = [answers[indices] for indices in batches]
+    return answer_statistics(dataset, batches, given, batch_size)
+
+
+def test_answers_are_told_in_batches_of_16_whatever_the_batch_evaluated():
+    """A model evaluated one sample at a time gives every batch it was evaluated in one answer;
+    that says nothing of how it decides. In the question's batches of 16 a per-sample model that
+    is right 6 times in 7 is not unanimous, and its verdict is that it learns."""
+    labels = np.arange(112) % 7
+    answers = np.where(np.arange(112) % 7 == 6, 0, labels)  # wrong on one class in 7
+    one_by_one = _statistics(labels, answers, labels, evaluated_in=1, batch_size=16)
+    assert one_by_one == _statistics(labels, answers, labels, evaluated_in=112, batch_size=16)
+    assert one_by_one.unanimous_batches == 0.0
+    run = Run(
+        framework="torch", dataset="synthetic", config="first_order", seed=0,
+        test_accuracy=6 / 7, chance_rate=1 / 7, test_samples=112, batch_size=1, epochs=1,
+        diverged_at_epoch=None, seconds=1.0, answers=one_by_one, initial_answers=None,
+    )  # fmt: skip
+    assert verdicts.verdict(run) is verdicts.Verdict.LEARNS
+    # The question's head, one answer per batch of 16, stays unanimous in any cut of 16.
+    per_batch = np.repeat(np.arange(7), 16)
+    assert _statistics(labels, per_batch, labels, 16, 16).unanimous_batches == 1.0
 
 
 def test_answer_statistics_tell_batch_majority_from_the_class_prior():
     labels = [0, 1, 1, 2, 2, 2, 2, 1]  # batch majorities: 1, then 2
     train = [0, 0, 0, 1, 2]  # the training set's majority class: 0
     following = _statistics(labels, [[1, 1, 1, 1], [2, 2, 2, 2]], train)
-    assert following == {
-        "unanimous_batches": 1.0,
-        "batch_majority_answers": 1.0,
-        "majority_class_answers": 0.0,
-        "batch_majority_ceiling": (2 + 3) / 8,
-    }
+    assert following == Answers(
+        unanimous_batches=1.0,
+        batch_majority_answers=1.0,
+        majority_class_answers=0.0,
+        batch_majority_ceiling=(2 + 3) / 8,
+    )
     prior = _statistics(labels, [[0, 0, 0, 0], [0, 0, 0, 0]], train)
-    assert prior["unanimous_batches"] == 1.0 and prior["majority_class_answers"] == 1.0
-    assert prior["batch_majority_answers"] == 0.0
+    assert prior.unanimous_batches == 1.0 and prior.majority_class_answers == 1.0
+    assert prior.batch_majority_answers == 0.0
     per_sample = _statistics(labels, [[0, 1, 1, 2], [2, 2, 0, 1]], train)
-    assert per_sample["unanimous_batches"] == 0.0
+    assert per_sample.unanimous_batches == 0.0
 
 
 @pytest.mark.parametrize(
@@ -625,14 +652,16 @@ def test_answer_statistics_tell_batch_majority_from_the_class_prior():
     ],
 )  # fmt: skip
 def test_mechanism_names_what_the_answers_show(answers, expected):
-    assert expected in report.mechanism({"answers": answers, "diverged_at_epoch": None})
+    run = _fake_run("seed", [0.3])
+    run = replace(run, answers=replace(run.answers, **answers))
+    assert expected in verdicts.mechanism(run)
 
 
 def test_the_study_has_its_own_data_configurations_and_files(capsys, no_training):
     args = reproduce_accuracy.parse_args(["--study", "seed-30"])
     assert args.dataset == ["synthetic", "synthetic-30"]
     assert "seed_pretrained" in args.config and "seed_pretrained_fix_low_lr" in args.config
-    assert report.result_files(args.study)[0] == "accuracy-seed-30.json"
+    assert result_files.names(args.study)[0] == "accuracy-seed-30.json"
     assert "seed_pretrained" not in DEFAULT_CONFIGURATIONS
     assert "chooses its own" in _usage_error(capsys, "--study", "seed-30", "--config", "ibp")
 
@@ -640,18 +669,13 @@ def test_the_study_has_its_own_data_configurations_and_files(capsys, no_training
 def test_seed_pretrained_starts_from_the_backbone_that_ibp_trained(backend):
     runner = importlib.import_module(f"bench.accuracy.runner_{backend.name}").Runner("cpu", 1)
     dataset = synthetic(seed=0, train_per_class=4, test_per_class=3)
-    options = TrainingOptions(epochs=2, batch_size=16, seed=0, progress=False)
-    model_options = {
-        "backbone": "small", "weights": None, "reduce_dim": None, "recipe": "default",
-        "head_kwargs": reproduce_accuracy.head_options("default"),
-    }  # fmt: skip
+    options = TrainingOptions(epochs=2, batch_size=16, seed=0)
+    model = model_options()
     cache = RunCache()
-    record = train(
-        runner, CONFIGURATIONS["seed_pretrained"], dataset, options, model_options, cache
-    )
+    record = train(runner, CONFIGURATIONS["seed_pretrained"], dataset, options, model, cache)
     trained = cache.trained(runner, dataset, "ibp")
     runner.seed(0)
-    initial = runner.build_model(CONFIGURATIONS["ibp"], dataset, model_options)
+    initial = runner.build_model(CONFIGURATIONS["ibp"], dataset, model)
     images = dataset.test.load(np.arange(4))
     # The recipe's second stage trains the backbone, so the study's one differs from the seeded
     # initialisation; the cache holds the trained one's features (it checks them on every use).
@@ -662,23 +686,24 @@ def test_seed_pretrained_starts_from_the_backbone_that_ibp_trained(backend):
     cache.features(runner, trained, dataset, "test", "ibp")
     with pytest.raises(RuntimeError, match="not the one the cache was made from"):
         cache.features(runner, initial, dataset, "test", "ibp")
-    assert record["config"] == "seed_pretrained" and record["epochs"] == 2
-    assert set(record["answers"]) == {
-        "unanimous_batches", "batch_majority_answers", "majority_class_answers",
-        "batch_majority_ceiling",
-    }  # fmt: skip
+    assert record.config == "seed_pretrained" and record.epochs == 2 and record.seed == 0
+    assert record.initial_answers is not None and not record.diverged
 
 
-def _fake_run(config, accuracies, diverged_at=None, dataset="synthetic", framework="torch"):
-    history = [{"epoch": e + 1, "test_accuracy": a} for e, a in enumerate(accuracies)]
-    answers = dict.fromkeys(
-        ("unanimous_batches", "batch_majority_answers", "majority_class_answers"), 0.0
-    )
-    return {
-        "config": config, "dataset": dataset, "framework": framework, "history": history,
-        "chance_rate": 1 / 7, "diverged_at_epoch": diverged_at,
-        "answers": {**answers, "batch_majority_ceiling": 0.28},
-    }  # fmt: skip
+def _fake_run(config, accuracies, diverged_at=None, dataset="synthetic", framework="torch", seed=0):
+    history = tuple(Epoch(e + 1, "question", 1.0, 0.5, a) for e, a in enumerate(accuracies))
+    answers = Answers(0.0, 0.0, 0.0, 0.28)
+    return Run(
+        framework=framework, dataset=dataset, config=config, seed=seed,
+        test_accuracy=accuracies[-1], chance_rate=1 / 7, test_samples=448, batch_size=16,
+        epochs=len(accuracies), diverged_at_epoch=diverged_at, seconds=1.0, answers=answers,
+        initial_answers=None, history=history,
+    )  # fmt: skip
+
+
+def _results(runs):
+    metadata = {"command": "reproduce-accuracy --quick", "git_commit": "abc", "seed": 0}
+    return Results(metadata, tuple(runs))
 
 
 def test_plot_separates_families_and_equal_curves_and_labels_divergence(tmp_path):
@@ -688,8 +713,7 @@ def test_plot_separates_families_and_equal_curves_and_labels_divergence(tmp_path
         _fake_run("seed_fix_eps_ones", [1 / 7, 1 / 7]),
         _fake_run("seed_fix_frozen_backbone", [0.0], diverged_at=1),
     ]
-    metadata = {"command": "reproduce-accuracy --quick", "git_commit": "abc", "seed": 0}
-    figure = report.plot(runs, tmp_path / "plot.png", metadata)
+    figure = plot(_results(runs), tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
     assert "reproduce-accuracy --quick" in figure.get_suptitle()
     (axis,) = figure.axes
@@ -698,19 +722,45 @@ def test_plot_separates_families_and_equal_curves_and_labels_divergence(tmp_path
     assert lines["seed"].get_ydata()[0] != lines["seed_fix_eps_ones"].get_ydata()[0]
     np.testing.assert_allclose(lines["ibp"].get_ydata(), [50, 90])
     assert lines["ibp"].get_color() != lines["seed"].get_color()
-    assert report.family("seed") == report.family("seed_fix_eps_ones") != report.family("ibp")
+    assert family("seed") == family("seed_fix_eps_ones") != family("ibp")
     labels = [text.get_text() for text in axis.texts]
-    assert labels == ["seed_fix_frozen_backbone: diverged (NaN loss)"]
+    assert labels == ["seed_fix_frozen_backbone: diverged"]
+    assert not axis.collections  # one seed: no band
+
+
+def test_plot_shows_the_range_over_seeds_as_a_band(tmp_path):
+    runs = [
+        _fake_run("ibp", [0.5, 0.8], seed=0),
+        _fake_run("ibp", [0.6, 0.9], seed=1),
+        _fake_run("ibp", [0.4, 0.95], seed=2),
+        _fake_run("seed_fix_frozen_backbone", [1 / 7, 1 / 7], seed=0),
+        _fake_run("seed_fix_frozen_backbone", [0.0], diverged_at=1, seed=1),
+        _fake_run("seed_fix_frozen_backbone", [1 / 7, 1 / 7], seed=2),
+    ]
+    figure = plot(_results(runs), tmp_path / "plot.png")
+    (axis,) = figure.axes
+    lines = {line.get_label(): line for line in axis.get_lines()}
+    np.testing.assert_allclose(lines["ibp"].get_ydata(), [50, 90])  # the median
+    (band, _) = axis.collections  # one band per configuration with several seeds
+    low, high = band.get_paths()[0].vertices[:, 1].min(), band.get_paths()[0].vertices[:, 1].max()
+    assert (low, high) == pytest.approx((40, 95))
+    labels = [text.get_text() for text in axis.texts]
+    assert labels == ["seed_fix_frozen_backbone: diverged in 1 of 3 seeds"]
+    assert "median of seeds 0, 1, 2" in figure.get_suptitle()
 
 
 def test_the_study_names_the_runs_near_30_percent_and_their_mechanism():
     prior = _fake_run("seed_pretrained", [0.3], dataset="synthetic-30")
-    prior.update(test_accuracy=0.299, chance_rate=0.299)
-    prior["answers"].update(unanimous_batches=1.0, majority_class_answers=1.0)
-    prior["initial_answers"] = {**prior["answers"], "majority_class_answers": 0.0}
+    prior = replace(
+        prior,
+        test_accuracy=0.299,
+        chance_rate=0.299,
+        answers=replace(prior.answers, unanimous_batches=1.0, majority_class_answers=1.0),
+        initial_answers=replace(prior.answers, majority_class_answers=0.0),
+    )
     balanced = _fake_run("seed", [1 / 7])
-    balanced.update(test_accuracy=1 / 7, initial_answers=balanced["answers"])
-    text = "\n".join(report._study([prior, balanced]))
-    assert "- `seed_pretrained` on `synthetic-30` (torch): 29.9 %; it answers the majority" in text
+    balanced = replace(balanced, initial_answers=balanced.answers)
+    text = "\n".join(seed_30.answers([prior, balanced]))
+    assert "- `seed_pretrained` on `synthetic-30` (torch, seed 0): 29.9 %; it answers the" in text
     assert "so training taught it that" in text
     assert "- `seed` on" not in text

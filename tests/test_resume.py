@@ -2,6 +2,7 @@
 interrupted), and a `reproduce-accuracy` run killed with SIGKILL, then started again with the
 same --checkpoint-dir, ends with every number of an uninterrupted run (timings aside)."""
 
+import errno
 import json
 import os
 import signal
@@ -13,8 +14,6 @@ from pathlib import Path
 import pytest
 
 from bench.accuracy import checkpoints
-
-from .conftest import import_framework
 
 ROOT = Path(__file__).parents[1]
 
@@ -38,19 +37,48 @@ def test_a_checkpoint_replaces_the_previous_one_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def _fails(directory):
+    (directory / "content.txt").write_text("half")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def test_a_write_that_fails_midway_leaves_the_previous_checkpoint(tmp_path):
     final = tmp_path / "run"
     checkpoints.write(final, _fill_with("first"))
-
-    def fails(directory):
-        (directory / "content.txt").write_text("half")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        checkpoints.write(final, fails)
-    assert checkpoints.recover(final) == final
+    with pytest.raises(checkpoints.CheckpointWriteError) as raised:
+        checkpoints.write(final, _fails)
+    assert str(raised.value) == (
+        f"cannot write a checkpoint to {final} (No space left on device); the last checkpoint "
+        "written there is whole, and the same command resumes from it"
+    )
     assert _content(final) == "first"
-    assert not (tmp_path / "run.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no half-filled run.tmp
+
+
+def test_a_first_write_that_fails_says_there_is_no_checkpoint(tmp_path):
+    with pytest.raises(checkpoints.CheckpointWriteError, match="no checkpoint of that run was"):
+        checkpoints.write(tmp_path / "run", _fails)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_swap_that_fails_between_the_renames_puts_the_previous_checkpoint_back(
+    tmp_path, monkeypatch
+):
+    """The previous checkpoint is moved aside, then the new one cannot take its place."""
+    final = tmp_path / "run"
+    checkpoints.write(final, _fill_with("first"))
+    real = os.replace
+
+    def refusing(source, target):
+        if Path(source).name == "run.tmp":
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real(source, target)
+
+    monkeypatch.setattr(checkpoints.os, "replace", refusing)
+    with pytest.raises(checkpoints.CheckpointWriteError, match="Operation not permitted"):
+        checkpoints.write(final, _fill_with("second"))
+    assert _content(final) == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 @pytest.mark.parametrize(
@@ -117,7 +145,7 @@ def _runs_without_timings(output):
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(backend, tmp_path):
     whole, resumed, saved = tmp_path / "whole", tmp_path / "resumed", tmp_path / "checkpoints"
-    run_root = saved / "synthetic" / backend.name
+    run_root = saved / "seed-0" / "synthetic" / backend.name
     subprocess.run(
         _command(backend.name, whole, tmp_path / "unused"), cwd=ROOT, env=_environment(), check=True
     )
@@ -125,29 +153,9 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(backend, tm
     # Killed after ibp's first epoch (inside its first stage), then after seed_pretrained's first
     # (ibp finished: its record and trained backbone come from its checkpoint).
     _run_until(command, run_root / "ibp" / checkpoints.LOOP_FILE)
-    assert checkpoints.read_loop(run_root / "ibp")["record"] is None
+    assert checkpoints.read_loop(run_root / "ibp").record is None
     _run_until(command, run_root / "seed_pretrained" / checkpoints.LOOP_FILE)
     subprocess.run(command, cwd=ROOT, env=_environment(), check=True)
     assert _runs_without_timings(resumed) == _runs_without_timings(whole)
     leftovers = [p.name for p in run_root.iterdir() if p.suffix in (".tmp", ".bak")]
     assert leftovers == []
-
-
-def test_a_checkpoint_written_with_other_options_is_refused(tmp_path, capsys):
-    import_framework("torch")
-    from bench import reproduce_accuracy
-
-    written = tmp_path / "checkpoints" / "synthetic" / "torch" / "ibp"
-    written.mkdir(parents=True)
-    other = {"seed": 1, "epochs": 4, "batch_size": 16, "train_samples": 224, "model": {}}
-    checkpoints.write_json(written / checkpoints.LOOP_FILE, {"settings": other, "record": None})
-    arguments = [
-        "--framework", "torch", "--dataset", "synthetic", "--config", "ibp", "--quick",
-        "--no-progress", "--output-dir", str(tmp_path / "out"),
-        "--checkpoint-dir", str(tmp_path / "checkpoints"),
-    ]  # fmt: skip
-    with pytest.raises(SystemExit) as exited:
-        reproduce_accuracy.main(arguments)
-    assert exited.value.code == 2
-    error = capsys.readouterr().err
-    assert f"{written} was written by a run with another seed, model;" in error

@@ -62,14 +62,17 @@ class Configuration:
         return question.BATCH_SIZE * replicas if self.needs_full_batches else requested
 
     def stages(self, epochs: int) -> list[Stage]:
-        """The training stages of a run of `epochs` epochs in all."""
+        """The training stages of a run of `epochs` epochs in all (a stage left with no epochs,
+        the recipe's second of a one-epoch run, is left out)."""
         if self.schedule == "two_stage":
             first = max(1, epochs // 2)
-            return [Stage(first, "recipe_1", True), Stage(epochs - first, "recipe_2", False)]
-        if self.schedule == "classifier_only":
-            return [Stage(epochs, "recipe_1", True)]
-        optimizer = "question" if "low_lr" in self.seed_bugs else "recipe_1"
-        return [Stage(epochs, optimizer, "frozen_backbone" in self.seed_bugs)]
+            stages = [Stage(first, "recipe_1", True), Stage(epochs - first, "recipe_2", False)]
+        elif self.schedule == "classifier_only":
+            stages = [Stage(epochs, "recipe_1", True)]
+        else:
+            optimizer = "question" if "low_lr" in self.seed_bugs else "recipe_1"
+            stages = [Stage(epochs, optimizer, "frozen_backbone" in self.seed_bugs)]
+        return [stage for stage in stages if stage.epochs > 0]
 
 
 def _seed_with_fixed(bug: str) -> Configuration:

@@ -9,6 +9,7 @@ float32 sums). The question's batch-summing head sums within a replica's part of
 so with several replicas it computes something else: that is its bug, not the strategy's.
 """
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench.accuracy import distribution_tf
+from bench.accuracy import checkpoints, distribution_tf
 from bench.accuracy.configurations import Configuration, Stage
 from bench.accuracy.data import Batches, Dataset
+from bench.accuracy.interface import ModelOptions, Step, StepResult
 from bench.accuracy.pipeline_tf import make_dataset
 from bench.accuracy.seed_model_tf import SeedHead
-from bench.accuracy.training import Step
 from impls.backends import CHANNELS_LAST, get_backend
 from impls.testing import founding_question as question
 from impls.tf.models import BACKBONE_LAYER, HEAD_LAYER
@@ -140,19 +141,17 @@ class Runner:
             )
 
     def build_model(
-        self, configuration: Configuration, dataset: Dataset, model_options: dict[str, Any]
+        self, configuration: Configuration, dataset: Dataset, model_options: ModelOptions
     ) -> keras.Model:
         with self._placement():
             backbone = IMPL.build_backbone(
-                model_options["backbone"],
-                model_options["weights"],
-                model_options["reduce_dim"],
+                model_options.backbone,
+                model_options.weights,
+                model_options.reduce_dim,
                 input_shape=dataset.image_shape,
             )
             in_channels = backbone.output.shape[-1]
-            head = _head(
-                configuration, in_channels, dataset.num_classes, model_options["head_kwargs"]
-            )
+            head = _head(configuration, in_channels, dataset.num_classes, model_options.head_kwargs)
             images = keras.Input(shape=dataset.image_shape, name="images")
             return keras.Model(images, head(backbone(images)), name=configuration.name)
 
@@ -213,30 +212,35 @@ class Runner:
     def train_step(
         self, model: keras.Model, optimizer: keras.optimizers.Optimizer, from_features: bool
     ) -> Step:
-        """step(inputs, labels, global_batch_size) -> (loss summed over the global batch, right
-        answers in it), for the (inputs, labels) of `train_batches`: this process's part."""
+        """step(inputs, labels, global_batch_size): the loss summed over the global batch, its
+        right answers, and whether the loss and every gradient were finite, for the (inputs,
+        labels) of `train_batches`: this process's part."""
         forward = model.get_layer(HEAD_LAYER) if from_features else model
         variables = model.trainable_variables
         pieces_of_16 = isinstance(model.get_layer(HEAD_LAYER), SeedHead)
 
         def replica_step(
             inputs: tf.Tensor, labels: tf.Tensor, global_batch_size: tf.Tensor
-        ) -> tuple[tf.Tensor, tf.Tensor]:
+        ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 logits = forward(inputs, training=True)
                 loss_sum = tf.reduce_sum(
                     keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
                 )
                 loss = loss_sum / global_batch_size
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-            return loss_sum, _count_correct(logits, labels)
+            gradients = tape.gradient(loss, variables)
+            finite = tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None]
+            )
+            optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            return loss_sum, _count_correct(logits, labels), tf.cast(~finite, tf.int32)
 
         @tf.function
         def step(inputs: Any, labels: Any, global_batch_size: tf.Tensor) -> list[tf.Tensor]:
             per_replica = self.strategy.run(replica_step, args=(inputs, labels, global_batch_size))
             return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, None) for v in per_replica]
 
-        def run(inputs: tf.Tensor, labels: tf.Tensor, global_batch_size: int) -> tuple[float, int]:
+        def run(inputs: tf.Tensor, labels: tf.Tensor, global_batch_size: int) -> StepResult:
             if pieces_of_16 and global_batch_size != question.BATCH_SIZE * self.world.replicas:
                 raise IBPInputError(
                     f"the question's layers hard-code {question.BATCH_SIZE} samples per replica; "
@@ -245,8 +249,10 @@ class Runner:
                 )
             with BACKEND.placement(self.device):
                 inputs, labels = self._distribute(inputs), self._distribute(BACKEND.labels(labels))
-                loss_sum, correct = step(inputs, labels, tf.constant(global_batch_size, tf.float32))
-            return float(loss_sum), int(correct)
+                loss_sum, correct, not_finite = step(
+                    inputs, labels, tf.constant(global_batch_size, tf.float32)
+                )
+            return StepResult(float(loss_sum), int(correct), int(not_finite) == 0)
 
         return run
 
@@ -268,25 +274,45 @@ class Runner:
         """Weights, optimizer slots and step counter under `directory`. TensorFlow's random state
         needs no saving: nothing in a training step draws from it (the weights are initialised
         before the first step, and a resumed run loads them)."""
-        _checkpoint(model, optimizer).write(str(Path(directory) / _CHECKPOINT_PREFIX))
+        prefix = Path(directory) / _CHECKPOINT_PREFIX
+        try:
+            _checkpoint(model, optimizer).write(str(prefix))
+        # The model and optimizer are in memory: what fails here is the file system (a full
+        # disk is ResourceExhaustedError, a read-only folder PermissionDeniedError).
+        except tf.errors.OpError as error:
+            message = f"{_system_message(error)}, TensorFlow's {type(error).__name__}"
+            raise OSError(message) from None
 
     def load_state(
         self, directory: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer
     ) -> None:
         """What `save_state` wrote, into a model and an optimizer built like the saved ones; a
         variable of either that the checkpoint lacks (or has in another shape) is an error."""
+        prefix = Path(directory) / _CHECKPOINT_PREFIX
         try:
-            status = _checkpoint(model, optimizer).read(str(Path(directory) / _CHECKPOINT_PREFIX))
+            status = _checkpoint(model, optimizer).read(str(prefix))
+        # Missing, truncated or overwritten index or data files raise what TensorFlow's reader
+        # happens to meet (NotFoundError, DataLossError, IndexError, ...).
+        except Exception as error:  # noqa: BLE001
+            raise checkpoints.damaged(
+                prefix, f"does not load ({checkpoints.reason(error)})"
+            ) from None
+        try:
             status.assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.NotFoundError) as error:
-            raise IBPInputError(
-                f"checkpoint {directory}: not one of this model and optimizer ({error}); was it "
-                "written by another command? Use another --checkpoint-dir, or remove it"
+        except AssertionError as error:
+            raise checkpoints.damaged(
+                prefix, f"not one of this model and optimizer ({checkpoints.reason(error)})"
             ) from None
 
 
 #: The file name prefix of a runner's checkpoint inside its directory.
 _CHECKPOINT_PREFIX = "tf-state"
+
+
+def _system_message(error: tf.errors.OpError) -> str:
+    """'No space left on device' out of TensorFlow's '{{function_node ...}} PATH; No space left
+    on device [Op:SaveV2]' (its file errors end with the system's message)."""
+    return re.sub(r"\s*\[Op:\w+\]$", "", error.message.split("; ")[-1]).strip()
 
 
 def _checkpoint(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> tf.train.Checkpoint:

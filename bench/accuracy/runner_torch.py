@@ -23,12 +23,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from bench.accuracy import checkpoints
 from bench.accuracy.configurations import Configuration, Stage
 from bench.accuracy.data import Batches, Dataset
 from bench.accuracy.distributed import World, torchrun_rank_and_size
+from bench.accuracy.interface import ModelOptions, Step, StepResult
 from bench.accuracy.pipeline_torch import make_loader
 from bench.accuracy.seed_model_torch import SeedHead
-from bench.accuracy.training import Step
 from impls.backends import get_backend
 from impls.testing import founding_question as question
 from impls.torch.models import IBPModel
@@ -123,13 +124,13 @@ class Runner:
             dist.barrier()
 
     def build_model(
-        self, configuration: Configuration, dataset: Dataset, model_options: dict[str, Any]
+        self, configuration: Configuration, dataset: Dataset, model_options: ModelOptions
     ) -> IBPModel:
         backbone = IMPL.build_backbone(
-            model_options["backbone"], model_options["weights"], model_options["reduce_dim"]
+            model_options.backbone, model_options.weights, model_options.reduce_dim
         )
         head = _head(
-            configuration, backbone.out_channels, dataset.num_classes, model_options["head_kwargs"]
+            configuration, backbone.out_channels, dataset.num_classes, model_options.head_kwargs
         )
         return IBPModel(backbone, head).to(self.device)
 
@@ -193,31 +194,36 @@ class Runner:
     def train_step(
         self, model: IBPModel, optimizer: torch.optim.Optimizer, from_features: bool
     ) -> Step:
-        """step(inputs, labels, global_batch_size) -> (loss summed over the global batch, right
-        answers in it)."""
+        """step(inputs, labels, global_batch_size): the loss summed over the global batch, its
+        right answers, and whether the loss and every gradient were finite."""
         forward = self._parallel(model.head if from_features else model)
         processes = self.world.processes
+        trained = [p for group in optimizer.param_groups for p in group["params"]]
 
-        def step(
-            inputs: torch.Tensor, labels: torch.Tensor, global_batch_size: int
-        ) -> tuple[float, int]:
+        def step(inputs: torch.Tensor, labels: torch.Tensor, global_batch_size: int) -> StepResult:
             model.train()
             try:
                 logits = forward(inputs)
             except torch.linalg.LinAlgError:
-                return math.nan, 0  # a decomposition of NaN weights' output: diverged
+                return StepResult(math.nan, 0, False)  # a decomposition of NaN: diverged
             loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
             # DDP averages the gradients over processes: undo that, then take the global mean.
             loss = loss_sum / (global_batch_size / processes)
             optimizer.zero_grad()
             loss.backward()
+            finite = torch.stack([p.grad.isfinite().all() for p in trained if p.grad is not None])
             optimizer.step()
             correct = _count_correct(logits.detach(), labels)
-            totals = torch.stack([loss_sum.detach().double(), torch.tensor(float(correct))])
+            totals = torch.stack(
+                [
+                    loss_sum.detach().double(),
+                    torch.tensor(float(correct), device=loss_sum.device, dtype=torch.float64),
+                    (~finite.all()).double(),
+                ]
+            )
             if processes > 1:
-                totals = totals.to(self.device)
                 dist.all_reduce(totals)
-            return float(totals[0]), int(totals[1])
+            return StepResult(float(totals[0]), int(totals[1]), bool(totals[2] == 0))
 
         return step
 
@@ -245,15 +251,32 @@ class Runner:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if BACKEND.is_gpu(self.device) else [],
         }
-        torch.save(state, Path(directory) / _STATE_FILE)
+        # Through a Python file, so that a full disk shows as the OSError it is: torch's writer
+        # reports it as a RuntimeError about stream positions, with the OSError as its context.
+        with open(Path(directory) / _STATE_FILE, "wb") as file:
+            try:
+                torch.save(state, file)
+            except RuntimeError as error:
+                if isinstance(error.__context__, OSError):
+                    raise error.__context__ from None
+                raise
 
     def load_state(
         self, directory: Path, model: IBPModel, optimizer: torch.optim.Optimizer
     ) -> None:
-        """What `save_state` wrote, into a model and an optimizer built like the saved ones."""
-        state = torch.load(Path(directory) / _STATE_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        """What `save_state` wrote, into a model and an optimizer built like the saved ones; a
+        file that is missing, damaged or of another model raises IBPInputError naming it."""
+        path = Path(directory) / _STATE_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        # torch.load of an empty file raises EOFError, of a truncated one RuntimeError, of
+        # another file's bytes UnpicklingError; a state of another model fails in load_state_dict.
+        except Exception as error:  # noqa: BLE001
+            raise checkpoints.damaged(
+                path, f"does not load ({checkpoints.reason(error)})"
+            ) from None
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -7,23 +7,28 @@ backbone is a fixed function: its features are computed once and shared by every
 of that framework that starts from the same backbone (the seeded initialisation, or the one that
 another configuration trained: `RunCache` keeps both apart and checks them).
 
+A run diverges at the first step whose loss or gradient is not finite: the step reports both,
+computed with the step itself. The gradient matters on its own: NaN weights need not show in the
+loss (TensorFlow's fused convolution + ReLU kernels on the CPU turn NaN into 0, so a backbone
+whose weights are NaN gives finite, constant logits). A diverged run stops there and has no
+answers: its test accuracy is 0 on every machine.
+
 Several processes (torch DDP, TensorFlow multi-worker) all run this loop: each draws the same
 global batches, loads its local part of each (`runner.local_part`) and gets back the loss and
 right answers of the whole global batch, so every process records the same history. Evaluation
 runs on every process on the whole test set; only the chief writes checkpoints and shows bars.
 
-With a checkpoint directory the chief writes the loop's state and the runner's (weights,
-optimizer, random state) after every epoch (`checkpoints.write`, atomic); a run started again
-with the same directory continues after the last epoch written, drawing the same batches from
-the restored shuffle generator, and ends with the numbers an uninterrupted run has.
+With a checkpoint directory the chief writes the loop's state (`records.LoopState`) and the
+runner's (weights, optimizer, random state) after every epoch (`checkpoints.write`, atomic); a
+run started again with the same directory continues after the last epoch written, drawing the
+same batches from the restored shuffle generator, and ends with the numbers an uninterrupted run
+has. Which checkpoint a run resumes, and whether it may, is `resume`'s.
 """
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,88 +36,21 @@ from tqdm.auto import tqdm
 from bench.accuracy import checkpoints
 from bench.accuracy.configurations import CONFIGURATIONS, Configuration, Stage
 from bench.accuracy.data import Batches, Dataset
-from bench.accuracy.distributed import World
-from reference.contracts import IBPInputError
+from bench.accuracy.interface import (
+    Model,
+    ModelOptions,
+    Optimizer,
+    Step,
+    Tensor,
+    TrainingOptions,
+    TrainingRunner,
+)
+from bench.accuracy.records import Answers, Epoch, LoopState, Run
+from bench.accuracy.resume import checkpoint_directory, run_identity, saved_state
+from impls.testing import founding_question as question
 
 #: Images per forward pass when only features are needed.
 _INFERENCE_BATCH = 64
-
-
-@dataclass
-class TrainingOptions:
-    epochs: int
-    batch_size: int
-    seed: int
-    progress: bool = True
-    #: Where checkpoints go (and are resumed from); None: no checkpoints.
-    checkpoint_dir: Path | None = None
-
-
-#: A framework's model, optimizer and tensor: opaque to the loop, which only hands them back to
-#: the runner that made them.
-Model = Any
-Optimizer = Any
-Tensor = Any
-#: step(inputs, labels, global batch size) -> (loss summed over the global batch, right answers).
-Step = Callable[[Tensor, Tensor, int], tuple[float, int]]
-
-
-class TrainingRunner(Protocol):
-    """What the loop needs of a framework (runner_torch.Runner, runner_tf.Runner provide it),
-    and what reproduce-accuracy records of it (`threads`, `describe_device`, `versions`)."""
-
-    # Read-only, so that a runner may hold a narrower type (torch's thread count is an int).
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def world(self) -> World: ...
-
-    @property
-    def threads(self) -> int | str: ...
-
-    def describe_device(self) -> str: ...
-
-    def versions(self) -> dict[str, str]: ...
-
-    def seed(self, seed: int) -> None: ...
-
-    def local_part(self, indices: np.ndarray) -> np.ndarray: ...
-
-    def barrier(self) -> None: ...
-
-    def build_model(
-        self, configuration: Configuration, dataset: Dataset, model_options: dict[str, Any]
-    ) -> Model: ...
-
-    def optimizer(self, model: Model, stage: Stage) -> Optimizer: ...
-
-    def backbone_features(self, model: Model, images: np.ndarray) -> Tensor: ...
-
-    def concatenate(self, tensors: list[Tensor]) -> Tensor: ...
-
-    def take(self, tensor: Tensor, indices: np.ndarray) -> Tensor: ...
-
-    def numpy(self, tensor: Tensor) -> np.ndarray: ...
-
-    def train_batches(
-        self,
-        split: Batches,
-        batches: list[np.ndarray],
-        seed: int,
-        epoch: int,
-        features: Tensor | None = None,
-    ) -> Iterator[tuple[Tensor, Tensor]]: ...
-
-    def train_step(self, model: Model, optimizer: Optimizer, from_features: bool) -> Step: ...
-
-    def predict(self, model: Model, inputs: Tensor, from_features: bool) -> np.ndarray: ...
-
-    def copy_backbone(self, source: Model, model: Model) -> None: ...
-
-    def save_state(self, directory: Path, model: Model, optimizer: Optimizer) -> None: ...
-
-    def load_state(self, directory: Path, model: Model, optimizer: Optimizer) -> None: ...
 
 
 def batch_indices(
@@ -128,8 +66,9 @@ def batch_indices(
 
 
 class RunCache:
-    """What runs of one invocation share: features of a frozen backbone for each (framework, data
-    set, backbone, split), and the trained models that other configurations start from."""
+    """What runs of one invocation (one seed) share: features of a frozen backbone for each
+    (framework, data set, backbone, split), and the trained models that other configurations
+    start from."""
 
     def __init__(self) -> None:
         self._features: dict[tuple[str, str, str, str], Tensor] = {}
@@ -182,6 +121,11 @@ def evaluate(
     return batches, answers
 
 
+def no_answers(batches: list[np.ndarray]) -> list[np.ndarray]:
+    """The answers of a diverged model: none (-1) for every sample, whatever its logits show."""
+    return [np.full(len(indices), -1) for indices in batches]
+
+
 def accuracy(dataset: Dataset, batches: list[np.ndarray], answers: list[np.ndarray]) -> float:
     right = sum(
         int(np.sum(a == dataset.test.labels[i])) for i, a in zip(batches, answers, strict=True)
@@ -190,28 +134,37 @@ def accuracy(dataset: Dataset, batches: list[np.ndarray], answers: list[np.ndarr
 
 
 def answer_statistics(
-    dataset: Dataset, batches: list[np.ndarray], answers: list[np.ndarray]
-) -> dict[str, float]:
-    """What a model's answers show about how it decides, on the test batches as evaluated:
-    - unanimous_batches: share of batches in which every sample gets the same answer (a model
-      that sees one feature vector per batch can do nothing else);
-    - batch_majority_answers: share of samples answered with their batch's most frequent class;
-    - majority_class_answers: share of samples answered with the training set's most frequent
-      class (what a model that learned only the class prior answers);
-    - batch_majority_ceiling: the best accuracy of one answer per batch."""
-    labels = [dataset.test.labels[indices] for indices in batches]
-    majority = np.bincount(dataset.train.labels).argmax()
-    batch_majorities = [np.bincount(batch).argmax() for batch in labels]
-    samples = sum(len(batch) for batch in labels)
-    return {
-        "unanimous_batches": float(np.mean([len(set(a.tolist())) == 1 for a in answers])),
-        "batch_majority_answers": sum(
-            int(np.sum(a == m)) for a, m in zip(answers, batch_majorities, strict=True)
+    dataset: Dataset,
+    batches: list[np.ndarray],
+    answers: list[np.ndarray],
+    batch_size: int = question.BATCH_SIZE,
+) -> Answers:
+    """What a model's answers show about how it decides (records.Answers says what each share
+    is), on the test samples in the order evaluated, cut into batches of `batch_size`: the
+    question's 16, whatever batch the run evaluated with. (Cut into the batches evaluated, a
+    model evaluated one sample at a time would give one answer per batch whatever it learned.)"""
+    labels = np.concatenate([dataset.test.labels[indices] for indices in batches])
+    given = np.concatenate(answers)
+    full = len(given) - len(given) % batch_size
+    # Fewer samples than one batch: they are one batch.
+    cuts = [slice(start, start + batch_size) for start in range(0, full, batch_size)]
+    pairs = [(given[cut], labels[cut]) for cut in cuts or [slice(0, len(given))]]
+    grouped = sum(len(group) for group, _ in pairs)
+    return Answers(
+        unanimous_batches=float(np.mean([len(set(group.tolist())) == 1 for group, _ in pairs])),
+        batch_majority_answers=sum(
+            int(np.sum(group == np.bincount(truth).argmax())) for group, truth in pairs
         )
-        / samples,
-        "majority_class_answers": sum(int(np.sum(a == majority)) for a in answers) / samples,
-        "batch_majority_ceiling": float(sum(np.bincount(b).max() for b in labels) / samples),
-    }
+        / grouped,
+        majority_class_answers=float(np.mean(given == np.bincount(dataset.train.labels).argmax())),
+        batch_majority_ceiling=sum(int(np.bincount(truth).max()) for _, truth in pairs) / grouped,
+    )
+
+
+class _EpochResult(NamedTuple):
+    loss: float
+    train_accuracy: float
+    diverged: bool
 
 
 def _train_epoch(
@@ -223,10 +176,9 @@ def _train_epoch(
     seed: int,
     epoch: int,
     bar: Any,
-) -> tuple[float, float, bool]:
-    """(mean loss, train accuracy, diverged) of one epoch over the global `batches`; stops at the
-    first non-finite loss, after which the weights are NaN and further steps would change
-    nothing."""
+) -> _EpochResult:
+    """Mean loss and train accuracy of one epoch over the global `batches`; it stops at the first
+    step whose loss or gradient is not finite, after which the weights are not finite either."""
     if batches and len(batches[-1]) < runner.world.processes:
         # A last batch smaller than the number of processes would leave some without a sample
         # to step on: it is left out (as DistributedSampler's drop_last would).
@@ -235,17 +187,39 @@ def _train_epoch(
     losses, correct, seen = [], 0, 0
     pairs = runner.train_batches(split, local, seed, epoch, features)
     for indices, (inputs, labels) in zip(batches, pairs, strict=True):
-        loss_sum, batch_correct = step(inputs, labels, len(indices))
-        losses.append(loss_sum / len(indices))
-        correct, seen = correct + batch_correct, seen + len(indices)
+        result = step(inputs, labels, len(indices))
+        losses.append(result.loss_sum / len(indices))
+        correct, seen = correct + result.correct, seen + len(indices)
         bar.update()
-        if not math.isfinite(loss_sum):
-            return math.nan, correct / seen, True
-    return float(np.mean(losses)), correct / seen, False
+        if not (result.finite and math.isfinite(result.loss_sum)):
+            return _EpochResult(math.nan, correct / seen, True)
+    return _EpochResult(float(np.mean(losses)), correct / seen, False)
 
 
-def _trains_a_backbone_for_others(configuration: Configuration) -> bool:
+def trains_a_backbone_for_others(configuration: Configuration) -> bool:
     return any(c.pretrained_by == configuration.name for c in CONFIGURATIONS.values())
+
+
+def _finished_before(
+    runner: TrainingRunner,
+    configuration: Configuration,
+    dataset: Dataset,
+    options: TrainingOptions,
+    model_options: ModelOptions,
+    cache: RunCache,
+    state: LoopState,
+) -> Run:
+    """The record of a run that a checkpoint holds as finished; the configurations that start
+    from its backbone get the trained weights from the checkpoint."""
+    assert state.record is not None
+    if trains_a_backbone_for_others(configuration):
+        directory = checkpoint_directory(options, runner, dataset, configuration)
+        assert directory is not None  # the state was read from it
+        model = runner.build_model(configuration, dataset, model_options)
+        stage = configuration.stages(options.epochs)[state.stage]
+        runner.load_state(directory, model, runner.optimizer(model, stage))
+        cache.remember(runner, dataset, configuration, model)
+    return state.record
 
 
 def _starting_backbone(
@@ -253,7 +227,7 @@ def _starting_backbone(
     configuration: Configuration,
     dataset: Dataset,
     options: TrainingOptions,
-    model_options: dict[str, Any],
+    model_options: ModelOptions,
     cache: RunCache,
 ) -> Model | None:
     """The trained model whose backbone `configuration` starts from (trained now if this
@@ -266,26 +240,152 @@ def _starting_backbone(
     return cache.trained(runner, dataset, configuration.pretrained_by)
 
 
-def checkpoint_directory(
-    options: TrainingOptions,
-    runner: TrainingRunner,
-    dataset: Dataset,
-    configuration: Configuration,
-) -> Path | None:
-    if options.checkpoint_dir is None:
-        return None
-    return options.checkpoint_dir / dataset.name / runner.name / configuration.name
+class _Training:
+    """One configuration's run in progress: its model, loop state and checkpoint folder."""
 
+    def __init__(
+        self,
+        runner: TrainingRunner,
+        configuration: Configuration,
+        dataset: Dataset,
+        options: TrainingOptions,
+        model: Model,
+        state: LoopState,
+        resumed: bool,
+    ) -> None:
+        self.runner, self.configuration, self.dataset = runner, configuration, dataset
+        self.options, self.model, self.state = options, model, state
+        self.directory = checkpoint_directory(options, runner, dataset, configuration)
+        # The stage whose optimizer the checkpoint holds, or None for a fresh run.
+        self.resumed_stage = state.stage if resumed else None
+        # The question's layers take 16 samples per replica: its global batch grows with them.
+        self.batch_size = configuration.batch_size(options.batch_size, runner.world.replicas)
+        self.test_batch_size = configuration.batch_size(options.batch_size)
+        self.full_only = configuration.needs_full_batches
+        self.shuffle = np.random.default_rng(options.seed)
+        if state.shuffle_rng is not None:
+            self.shuffle.bit_generator.state = state.shuffle_rng
+        self.started = time.perf_counter() - state.seconds
+        # The test batches as last evaluated and the model's answers on them.
+        self.tested: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
 
-def _saved_loop(runner: TrainingRunner, directory: Path | None) -> dict[str, Any] | None:
-    """The loop state of the newest whole checkpoint in `directory`, or None to start afresh.
-    The chief alone tidies what an interrupted write left; the others read after it."""
-    if directory is None:
-        return None
-    if runner.world.is_chief:
-        checkpoints.recover(directory)
-    runner.barrier()
-    return checkpoints.read_loop(directory) if directory.exists() else None
+    def steps_per_epoch(self) -> int:
+        count = len(self.dataset.train)
+        return len(batch_indices(count, self.batch_size, full_batches_only=self.full_only))
+
+    def stage(self, index: int, stage: Stage, last: bool, cache: RunCache, bar: Any) -> bool:
+        """Train the rest of stage `index`; False if it diverged."""
+        runner, model = self.runner, self.model
+        optimizer = runner.optimizer(model, stage)
+        done = 0
+        if index == self.resumed_stage:
+            assert self.directory is not None  # the state was read from it
+            runner.load_state(self.directory, model, optimizer)
+            done = self.state.stage_epochs
+        from_features = stage.frozen and not self.dataset.augments
+        backbone = self.configuration.pretrained_by or "initial"
+        features = (
+            tuple(
+                cache.features(runner, model, self.dataset, split, backbone)
+                for split in ("train", "test")
+            )
+            if from_features
+            else (None, None)
+        )
+        step = runner.train_step(model, optimizer, from_features)
+        if self.state.initial_answers is None and self.configuration.head == "seed":
+            # The question's set-up answers one class per batch from the start; whether the
+            # class it ends on was learned or came with the initial weights shows only here.
+            self.state.initial_answers = answer_statistics(self.dataset, *self._test(features[1]))
+        for stage_epochs in range(done + 1, stage.epochs + 1):
+            diverged = self._epoch(step, stage, features, bar)
+            self.state.stage, self.state.stage_epochs = index, stage_epochs
+            if diverged or (last and stage_epochs == stage.epochs):
+                # In the last checkpoint itself: a run killed after it has nothing left to do.
+                self.state.record = self._record()
+            self._save(optimizer)
+            if diverged:
+                return False
+        return True
+
+    def _test(
+        self, features: Tensor | None, diverged: bool = False
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The test batches and the model's answers on them (none if it diverged)."""
+        if diverged:
+            count = len(self.dataset.test)
+            batches = batch_indices(count, self.test_batch_size, full_batches_only=self.full_only)
+            return batches, no_answers(batches)
+        return evaluate(
+            self.runner, self.model, self.dataset, self.test_batch_size, self.full_only, features
+        )
+
+    def _epoch(
+        self, step: Step, stage: Stage, features: tuple[Tensor | None, Tensor | None], bar: Any
+    ) -> bool:
+        """One epoch, appended to the history; whether it diverged."""
+        epoch = len(self.state.history)
+        batches = batch_indices(
+            len(self.dataset.train), self.batch_size, self.shuffle, self.full_only
+        )
+        result = _train_epoch(
+            step,
+            self.runner,
+            self.dataset.train,
+            batches,
+            features[0],
+            self.options.seed,
+            epoch,
+            bar,
+        )
+        self.tested = self._test(features[1], result.diverged)
+        test_accuracy = accuracy(self.dataset, *self.tested)
+        self.state.history.append(
+            Epoch(
+                epoch=epoch + 1,
+                stage=stage.optimizer,
+                train_loss=None if result.diverged else result.loss,
+                train_accuracy=result.train_accuracy,
+                test_accuracy=test_accuracy,
+            )
+        )
+        bar.set_postfix(loss=f"{result.loss:.3f}", test=f"{test_accuracy:.3f}")
+        if result.diverged:
+            self.state.diverged_at = len(self.state.history)
+        return result.diverged
+
+    def _record(self) -> Run:
+        history = self.state.history
+        return Run(
+            framework=self.runner.name,
+            dataset=self.dataset.name,
+            config=self.configuration.name,
+            seed=self.options.seed,
+            test_accuracy=history[-1].test_accuracy,
+            chance_rate=self.dataset.chance_rate,
+            test_samples=sum(len(indices) for indices in self.tested[0]),
+            batch_size=self.batch_size,
+            epochs=len(history),
+            diverged_at_epoch=self.state.diverged_at,
+            seconds=round(time.perf_counter() - self.started, 2),
+            answers=answer_statistics(self.dataset, *self.tested),
+            initial_answers=self.state.initial_answers,
+            history=tuple(history),
+        )
+
+    def _save(self, optimizer: Optimizer) -> None:
+        self.state.seconds = time.perf_counter() - self.started
+        self.state.shuffle_rng = dict(self.shuffle.bit_generator.state)
+        if self.directory is None or not self.runner.world.is_chief:
+            return
+
+        def fill(fresh: Path) -> None:
+            checkpoints.write_loop(fresh, self.state)
+            self.runner.save_state(fresh, self.model, optimizer)
+
+        # A folder that stops taking files (disk full, made read-only) raises
+        # checkpoints.CheckpointWriteError: the previous checkpoint stays whole.
+        checkpoints.write(self.directory, fill)
 
 
 def train(
@@ -293,155 +393,41 @@ def train(
     configuration: Configuration,
     dataset: Dataset,
     options: TrainingOptions,
-    model_options: dict[str, Any],
+    model_options: ModelOptions,
     cache: RunCache,
-) -> dict[str, Any]:
+) -> Run:
     """Train one configuration from the seed, or from its checkpoint; return its run record."""
-    directory = checkpoint_directory(options, runner, dataset, configuration)
-    saved = _saved_loop(runner, directory)
-    stages = [stage for stage in configuration.stages(options.epochs) if stage.epochs > 0]
-    # The question's layers take 16 samples per replica: its global batch grows with them.
-    batch_size = configuration.batch_size(options.batch_size, runner.world.replicas)
-    settings = {
-        "seed": options.seed,
-        "epochs": options.epochs,
-        "batch_size": batch_size,
-        "train_samples": len(dataset.train),
-        "model": model_options,
-    }
-    if saved is not None and saved["settings"] != settings:
-        changed = [key for key in settings if saved["settings"].get(key) != settings[key]]
-        raise IBPInputError(
-            f"--checkpoint-dir: {directory} was written by a run with another "
-            f"{', '.join(changed)}; resume with the same options, or use another folder"
+    saved = saved_state(runner, configuration, dataset, options, model_options)
+    if saved is not None and saved.record is not None:
+        return _finished_before(
+            runner, configuration, dataset, options, model_options, cache, saved
         )
-    if saved is not None and saved["record"] is not None:
-        # Finished before: its record stands; the configurations that start from its backbone
-        # get the trained weights from its checkpoint.
-        if _trains_a_backbone_for_others(configuration):
-            assert directory is not None  # `saved` was read from it
-            model = runner.build_model(configuration, dataset, model_options)
-            runner.load_state(directory, model, runner.optimizer(model, stages[saved["stage"]]))
-            cache.remember(runner, dataset, configuration, model)
-        return saved["record"]
+    stages = configuration.stages(options.epochs)
     source = _starting_backbone(runner, configuration, dataset, options, model_options, cache)
     runner.seed(options.seed)
     model = runner.build_model(configuration, dataset, model_options)
     if source is not None:
         runner.copy_backbone(source, model)
-    backbone = configuration.pretrained_by or "initial"
-    test_batch_size = configuration.batch_size(options.batch_size)
-    full_only = configuration.needs_full_batches
-    shuffle_rng = np.random.default_rng(options.seed)
-    state: dict[str, Any] = saved or {
-        "settings": settings,
-        "stage": 0,
-        "stage_epochs": 0,
-        "history": [],
-        "shuffle_rng": None,
-        "initial_answers": None,
-        "diverged_at": None,
-        "seconds": 0.0,
-        "record": None,
-    }
-    if saved is not None:
-        shuffle_rng.bit_generator.state = saved["shuffle_rng"]
-    history: list[dict[str, Any]] = state["history"]
-    steps_per_epoch = len(
-        batch_indices(len(dataset.train), batch_size, full_batches_only=full_only)
+    state = saved or LoopState(
+        run_identity(runner, configuration, dataset, options, model_options).to_json()
     )
+    training = _Training(runner, configuration, dataset, options, model, state, saved is not None)
     bar = tqdm(
-        total=steps_per_epoch * sum(stage.epochs for stage in stages),
-        initial=steps_per_epoch * len(history),
+        total=training.steps_per_epoch() * sum(stage.epochs for stage in stages),
+        initial=training.steps_per_epoch() * len(state.history),
         desc=f"{runner.name} {dataset.name} {configuration.name}",
         unit="step",
         leave=False,
-        disable=not (options.progress and runner.world.is_chief),
+        file=options.progress,
+        disable=options.progress is None or not runner.world.is_chief,
     )
-    started = time.perf_counter() - state["seconds"]
-
-    def save(optimizer: Optimizer) -> None:
-        state["seconds"] = time.perf_counter() - started
-        state["shuffle_rng"] = shuffle_rng.bit_generator.state
-        if directory is not None and runner.world.is_chief:
-
-            def fill(fresh: Path) -> None:
-                checkpoints.write_json(fresh / checkpoints.LOOP_FILE, state)
-                runner.save_state(fresh, model, optimizer)
-
-            checkpoints.write(directory, fill)
-
-    last = (len(stages) - 1, stages[-1].epochs)
-    for stage_index, stage in enumerate(stages):
-        if stage_index < state["stage"]:
-            continue
-        optimizer = runner.optimizer(model, stage)
-        done = 0
-        if saved is not None and stage_index == saved["stage"]:
-            assert directory is not None  # `saved` was read from it
-            runner.load_state(directory, model, optimizer)
-
-            done = saved["stage_epochs"]
-        from_features = stage.frozen and not dataset.augments
-        train_features, test_features = (
-            (cache.features(runner, model, dataset, split, backbone) for split in ("train", "test"))
-            if from_features
-            else (None, None)
-        )
-        step = runner.train_step(model, optimizer, from_features)
-        if state["initial_answers"] is None and configuration.head == "seed":
-            # The question's set-up answers one class per batch from the start; whether the
-            # class it ends on was learned or came with the initial weights shows only here.
-            state["initial_answers"] = answer_statistics(
-                dataset,
-                *evaluate(runner, model, dataset, test_batch_size, full_only, test_features),
-            )
-        for stage_epochs in range(done + 1, stage.epochs + 1):
-            epoch = len(history)
-            batches = batch_indices(len(dataset.train), batch_size, shuffle_rng, full_only)
-            loss, train_accuracy, diverged = _train_epoch(
-                step, runner, dataset.train, batches, train_features, options.seed, epoch, bar
-            )
-            test_batches, answers = evaluate(
-                runner, model, dataset, test_batch_size, full_only, test_features
-            )
-            test_accuracy = accuracy(dataset, test_batches, answers)
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "stage": stage.optimizer,
-                    "train_loss": None if diverged else loss,
-                    "train_accuracy": train_accuracy,
-                    "test_accuracy": test_accuracy,
-                }
-            )
-            bar.set_postfix(loss=f"{loss:.3f}", test=f"{test_accuracy:.3f}")
-            state["stage"], state["stage_epochs"] = stage_index, stage_epochs
-            if diverged:
-                state["diverged_at"] = len(history)
-            if diverged or (stage_index, stage_epochs) == last:
-                # In the last checkpoint itself: a run killed after it has nothing left to do.
-                state["record"] = {
-                    "framework": runner.name,
-                    "dataset": dataset.name,
-                    "config": configuration.name,
-                    "test_accuracy": test_accuracy,
-                    "chance_rate": dataset.chance_rate,
-                    "test_samples": sum(len(indices) for indices in test_batches),
-                    "batch_size": batch_size,
-                    "epochs": len(history),
-                    "diverged_at_epoch": state["diverged_at"],
-                    "seconds": round(time.perf_counter() - started, 2),
-                    "answers": answer_statistics(dataset, test_batches, answers),
-                    "initial_answers": state["initial_answers"],
-                    "history": history,
-                }
-            save(optimizer)
-            if diverged:
+    with bar:
+        for index, stage in enumerate(stages):
+            if index < state.stage:
+                continue
+            if not training.stage(index, stage, index == len(stages) - 1, cache, bar):
                 break
-        if state["diverged_at"] is not None:
-            break
-    bar.close()
-    if _trains_a_backbone_for_others(configuration):
+    if trains_a_backbone_for_others(configuration):
         cache.remember(runner, dataset, configuration, model)
-    return state["record"]
+    assert state.record is not None  # the last stage's last epoch (or a divergence) wrote it
+    return state.record

@@ -121,3 +121,8 @@ def synthetic_images(labels: np.ndarray, image_size: int, rng: np.random.Generat
     )  # (image, component, channel)
     images = np.einsum("nk,nkc,nkhw->nhwc", amplitudes, colours, fields)
     return _standardise_per_image(images).astype(np.float32)
+
+
+def class_name(label: int) -> str:
+    """What tells class `label` apart, in words: the orientation of its stripes."""
+    return f"stripes {round(np.rad2deg(_class_parameters(label)[0]))} deg"
