@@ -212,3 +212,41 @@ def test_keras_jit_compile_trains_the_head():
     x = np.random.default_rng(0).uniform(size=(4, 5, 5, 8)).astype("float32")
     history = model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+# --- the console scripts' first code -----------------------------------------------------------
+
+
+def test_a_command_without_its_extra_says_which_to_install(monkeypatch, capsys):
+    from impls import entry_points
+
+    monkeypatch.setitem(entry_points.EXTRAS, "check", ("numpy", "no_such_module_ibp"))
+    with pytest.raises(SystemExit) as exited:
+        entry_points.ibp_check()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "no no_such_module_ibp" in err and "pip install 'ibp-suite[check]'" in err
+
+
+def test_ctrl_c_while_a_command_imports_is_one_line(monkeypatch, capsys):
+    from impls import entry_points
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry_points.importlib, "import_module", interrupted)
+    monkeypatch.setattr(entry_points, "missing", lambda extra: [])
+    with pytest.raises(SystemExit) as exited:
+        entry_points.ibp_check()
+    assert exited.value.code == entry_points.INTERRUPTED
+    assert capsys.readouterr().err == "ibp-check: interrupted\n"
+
+
+@pytest.mark.parametrize("extra", ["check", "bench"])
+def test_every_module_an_extra_names_is_installed_with_it(extra):
+    """The extras' module lists must name modules the extra really installs: here (dev installs
+    every extra) each one imports."""
+    from impls import entry_points
+
+    assert entry_points.missing(extra) == []
