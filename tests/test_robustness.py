@@ -347,12 +347,14 @@ def test_case(backend, case):
     assert raised.match(case.expect)
 
 
+@pytest.mark.parametrize("negative", [-1.0, -1e-5, -3e-6, -1e-6, -1e-8], ids=str)
 @pytest.mark.parametrize("root", list(ROOTS))
-def test_negative_eigenvalues_are_clamped(backend, root):
+def test_negative_eigenvalues_are_clamped(backend, root, negative):
     """sqrtm(A) = U sqrt(max(lambda, 0)) U^T for every method, rotated so that nothing is diagonal.
-    Newton-Schulz alone would diverge here (NaN); every method promises AUTO_STATED_ACCURACY."""
+    Newton-Schulz alone diverges at -1 (NaN) and, from -1e-6 to -1e-5, returned a finite wrong root
+    (-1.23, -3.3e6, -8.1e23 where 0 belongs); every method promises AUTO_STATED_ACCURACY."""
     rotation, _ = np.linalg.qr(rng(2).standard_normal((3, 3)))
-    a = rotation @ NON_PSD[0] @ rotation.T
+    a = rotation @ np.diag([1.0, negative, 0.25]) @ rotation.T
     expected = rotation @ np.diag([1.0, 0.0, 0.5]) @ rotation.T
     z = backend.numpy(backend.impl.sqrtm(backend.tensor(a[None]), **ROOTS[root]))
     assert np.linalg.norm(z[0] - expected) / np.linalg.norm(expected) < AUTO_STATED_ACCURACY
