@@ -83,7 +83,7 @@ def test_settings_records_hold_exactly_the_commands_options():
 def test_the_api_documents_every_option():
     for option in STAGE_OPTIONS[1:]:
         assert option.name in assertions.check_stage.__doc__, option.name
-    for option in MODEL_OPTIONS[2:]:
+    for option in MODEL_OPTIONS[1:]:
         assert option.name in assertions.check_model.__doc__, option.name
 
 

@@ -40,6 +40,8 @@ REPORT_KEYS = {
     "passed",
     "target_output",
     "framework_log",
+    "method",
+    "parameters",
 }
 RESULT_KEYS = {
     "name",

@@ -77,7 +77,7 @@ def _imports(path: pathlib.Path, name: str, modules: dict[str, pathlib.Path]) ->
         for node in ast.walk(statement)
     }
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
             continue

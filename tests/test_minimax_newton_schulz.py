@@ -117,8 +117,8 @@ def test_products_within_budget():
     """Matrix products at torch's dispatcher: forward 4K - 1 (the last two check for negative
     eigenvalues at work), iterative backward 5K - 1."""
     import_framework("torch")
-    from bench.products.counting import count_products
     from bench.products import PRODUCT_BUDGET
+    from bench.products.counting import count_products
     from impls.torch.minimax_newton_schulz import minimax_sqrtm
 
     a, g, _, _ = realistic_case(8)

@@ -20,9 +20,14 @@ from impls.testing.check_options import ModelSettings
 from impls.testing.metadata import read_results
 from impls.testing.model_check.checks import PROBE_MARGIN_SE
 from impls.testing.model_check.located import locate_head
+from impls.testing.model_check.recognised import given, recognise
 from impls.testing.model_check.supervisor import CHECKS
 from impls.testing.model_check.traced_models import LayerCall
 from reference.contracts import IBPInputError
+from reference.methods import centred_pool, triu_vec
+from reference.methods.bcnn import bcnn_head
+from reference.methods.isqrt_cov import isqrt_cov_head, isqrt_cov_root
+from reference.methods.mpn_cov import matrix_power
 
 from .conftest import import_framework
 
@@ -142,6 +147,104 @@ def test_a_whole_head_is_located_as_one_layer():
     pooled = np.einsum("bhwc,bhwd->bcd", feature_map, feature_map).reshape(2, -1)
     head = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     assert _located([_call("ibp", "IBPHead", feature_map, head)], "tf") == [("ibp", "head")]
+
+
+def _centred_head_calls(root, seed=0):
+    """A backbone's map, its centred covariance, `root` of it (a function of the covariance)."""
+    rng = np.random.default_rng(seed)
+    feature_map = rng.random((2, 6, 5, 5))  # torch layout: 6 channels
+    covariance = centred_pool(feature_map)
+    normalised = root(covariance)
+    return [
+        _call("backbone", "Sequential", feature_map, feature_map, parametrised=True),
+        _call("cov", "Covpool", feature_map, covariance),
+        _call("root", "Sqrtm", covariance, normalised),
+        _call("triu", "Triuvec", normalised, triu_vec(normalised)),
+        _call("classifier", "Linear", triu_vec(normalised), normalised[:, 0], parametrised=True),
+    ]
+
+
+def _recognised(calls):
+    located = locate_head(calls, "torch")
+    return [(one.name, one.stage) for one in located], recognise(calls, located)
+
+
+def test_an_isqrt_cov_head_is_recognised_with_its_iteration_count():
+    head, method = _recognised(_centred_head_calls(lambda a: isqrt_cov_root(a, 3)))
+    assert head == [("cov", "pool"), ("root", "sqrtm")]
+    assert (method.method, method.parameters) == ("isqrt-cov", {"iterations": 3})
+    assert "3 trace-normalised Newton-Schulz iterations" in method.evidence
+
+
+def test_a_centred_covariance_with_the_exact_root_is_mpn_cov():
+    head, method = _recognised(_centred_head_calls(lambda a: matrix_power(a, 0.5), seed=1))
+    assert (method.method, method.parameters) == ("mpn-cov", {"alpha": 0.5, "eps": 0.0})
+
+
+def test_an_uncentred_pooling_without_a_root_is_bcnn_and_with_one_ibp():
+    rng = np.random.default_rng(2)
+    feature_map = rng.random((2, 4, 3, 3))
+    pooled = np.einsum("bchw,bdhw->bcd", feature_map, feature_map) / 9
+    signed = np.sign(pooled) * np.sqrt(np.abs(pooled))
+    flat = signed.reshape(2, -1)
+    normalised = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    calls = [
+        _call("pool", "Pool", feature_map, pooled),
+        _call("signed", "Signed", pooled, signed),
+        _call("flatten", "Flatten", signed, flat),
+        _call("norm", "Norm", flat, normalised),
+    ]
+    assert _recognised(calls)[1].method == "bcnn"
+    root = calls[1].input @ np.eye(4) * 0.5 + 0.1  # any other matrix map: the root
+    with_root = [calls[0], _call("root", "Root", pooled, root)]
+    assert _recognised(with_root)[1].method == "ibp"
+
+
+def test_a_whole_head_with_an_upper_triangle_is_located_and_recognised():
+    feature_map = np.random.default_rng(3).random((2, 5, 5, 7))  # Keras layout: 7 channels
+    x = feature_map.transpose(0, 3, 1, 2)
+    head = isqrt_cov_head(x, iterations=5, order="column")
+    located = locate_head([_call("isqrt", "Lambda", feature_map, head)], "tf")
+    assert [(one.name, one.stage) for one in located] == [("isqrt", "head")]
+    method = recognise([_call("isqrt", "Lambda", feature_map, head)], located)
+    assert (method.method, method.parameters) == ("isqrt-cov", {"iterations": 5, "order": "column"})
+
+
+def test_a_unit_norm_head_is_told_bcnn_or_ibp_by_its_reference():
+    import reference
+
+    feature_map = np.random.default_rng(4).random((2, 5, 5, 4))  # Keras layout
+    x = feature_map.transpose(0, 3, 1, 2)
+    for method, head in (("bcnn", bcnn_head(x)), ("ibp", reference.ibp_head(x))):
+        located, recognised = _recognised([_call("head", "Lambda", feature_map, head)])
+        assert located == [("head", "head")] and recognised.method == method
+
+
+def test_a_method_given_is_used_with_its_parameters():
+    settings = ModelSettings.from_options({"method": "isqrt-cov", "iterations": 3})
+    method = given(settings)
+    assert (method.method, method.parameters) == ("isqrt-cov", {"iterations": 3})
+    assert given(ModelSettings.from_options({})) is None
+
+
+@pytest.mark.slow
+def test_a_model_checked_under_another_method_fails_on_what_that_method_has_not():
+    """The corpus's iSQRT-COV model, told it is B-CNN (no root) or iSQRT-COV at 3 iterations."""
+    import_framework("torch")
+    from impls.testing.assertions import check_model
+
+    target = "impls.testing.model_corpus.torch_correct:isqrt_cov_head"
+    recognised = check_model(target, "torch", (3, 32, 32))
+    assert recognised.passed and recognised.method == "isqrt-cov"
+    assert recognised.parameters == {"iterations": 5, "order": "row"}
+    as_bcnn = check_model(target, "torch", (3, 32, 32), method="bcnn")
+    sqrtm = _finding(as_bcnn, "sqrtm stage on layer 2")
+    assert sqrtm.status == "FAIL" and "B-CNN has no sqrtm stage" in sqrtm.summary
+    three = check_model(target, "torch", (3, 32, 32), method="isqrt-cov", iterations=3)
+    root = _finding(three, "sqrtm stage on layer 2")
+    assert root.status == "FAIL" and "Z is what 5 iterations give, not the 3" in _causes(
+        three, "sqrtm stage on layer 2"
+    )
 
 
 def test_readme_example_shows_the_question_failing_and_the_fix_passing():

@@ -60,9 +60,13 @@ def check_stage(
     stage: str, fn: Callable | str, framework: str | None = None, **options: Any
 ) -> check_runner.CheckReport:
     """The report of `ibp-check STAGE` on `fn`. The options are the command's, under the same
-    names: size, tolerance, dtype, max_examples, forward_only, call_timeout, time_limit,
-    strict_dtypes (see `ibp-check STAGE --help`). Every value is validated before anything runs:
-    a bad one raises UsageError (a ValueError) naming it and what is allowed."""
+    names: method (ibp, bcnn, mpn-cov, isqrt-cov) and its parameters eps, delta, alpha,
+    iterations, order; size, tolerance, dtype, max_examples, forward_only, call_timeout,
+    time_limit, strict_dtypes (see `ibp-check STAGE --help`). Every value is validated before
+    anything runs: a bad one, a parameter the method has not, or a stage it has not, raises
+    UsageError (a ValueError) naming it and what is allowed.
+
+        check_stage("sqrtm", my_isqrt_root, method="isqrt-cov", iterations=5)"""
     settings = StageSettings.from_options({"framework": framework, **options})
     with no_hypothesis_files():
         return check_runner.check(stage, target_of(fn), settings)
@@ -87,7 +91,8 @@ def check_model(
     **options: Any,
 ) -> ModelReport:
     """The report of `ibp-check model` on the model `fn` builds. The options are the command's,
-    under the same names: input_shape (a tuple or "3,32,32"), logits, seed, call_timeout,
+    under the same names: input_shape (a tuple or "3,32,32"), method (default: recognised from the
+    head) and its parameters eps, delta, alpha, iterations, order; logits, seed, call_timeout,
     time_limit, strict_dtypes (see `ibp-check model --help`), validated as `check_stage`'s."""
     settings = ModelSettings.from_options(
         {"framework": framework, "input_shape": input_shape, **options}

@@ -1,9 +1,12 @@
-"""ibp-check: verify your own IBP layer, or a whole model, against the float64 reference.
+"""ibp-check: verify your own second-order pooling layer, or a whole model, against the float64
+reference of its method (IBP by default; --method bcnn, mpn-cov or isqrt-cov).
 
-    ibp-check STAGE TARGET [--framework torch|tf] [--size C] [--tolerance REL] [--json] ...
-    ibp-check model TARGET [--input-shape SHAPE] [--logits KEY] [--seed N] [--json] ...
+    ibp-check STAGE TARGET [--method M] [--framework torch|tf] [--size C] [--json] ...
+    ibp-check model TARGET [--method M] [--input-shape SHAPE] [--logits KEY] [--seed N] ...
 
-STAGE is pool, sqrtm, signed-sqrt, l2 or head (feature map -> normalised (B, C*C) or (B, C, C));
+STAGE is pool, sqrtm, signed-sqrt, l2 or head (feature map -> normalised (B, C*C) or (B, C, C);
+under MPN-COV and iSQRT-COV the upper triangle (B, C(C+1)/2)); each method has some of them
+(B-CNN: pool, signed-sqrt, l2, head; MPN-COV and iSQRT-COV: pool, sqrtm, head).
 `ibp-check STAGE --help` and `ibp-check model --help` list the options. The Python API
 (`impls.testing.assertions`) takes the same options under the same names (--max-examples is
 max_examples=).
@@ -33,8 +36,11 @@ from impls.testing.sandbox import no_hypothesis_files
 from impls.testing.stage_specs import STAGES
 
 STAGE_DESCRIPTION = """\
-Check a function of one IBP stage: the suite's own properties run on it, hypothesis searching for
-a failing input and shrinking it; each property prints PASS or FAIL with a diagnosis.
+Check a function of one stage of a second-order pooling method (--method: ibp by default, bcnn,
+mpn-cov, isqrt-cov, with its parameters as options): the suite's own properties run on it against
+the method's float64 reference, hypothesis searching for a failing input and shrinking it; each
+property prints PASS or FAIL with a diagnosis, or N/A with the reason where it is not a property of
+the method (iSQRT-COV's N iterations are not the exact root by design).
 
 TARGET is path/to/file.py:function or package.module:function; the function takes one tensor
 (PyTorch channels-first (B, C, H, W), TensorFlow channels-last (B, H, W, C), matrices (B, C, C))
@@ -51,10 +57,12 @@ runs past --call-timeout.
 
 Checks: batch sizes; finite outputs; per-sample independence layer by layer and of the whole
 model, in inference and training mode (random layers such as Dropout get the same random numbers
-in the passes compared); the IBP head's layers, found by their inputs and outputs (identified by
-where they sit, not by name), each checked by the stage checks at the sizes, layout and dtype it
-gets in the model; gradient flow; learning-rate scale (one optimizer step); learnability (the
-classifier's input per sample and per batch, and a linear classifier trained on it).
+in the passes compared); the head's layers, found by their inputs and outputs (identified by where
+they sit, not by name), each checked by the stage checks at the sizes, layout and dtype it gets in
+the model, against the reference of the method the head implements (recognised from the layers: a
+centred covariance, an upper-triangle output, a trace-normalised iteration; or --method); gradient
+flow; learning-rate scale (one optimizer step); learnability (the classifier's input per sample
+and per batch, and a linear classifier trained on it).
 """
 
 EPILOG = "Example: ibp-check sqrtm my_layers.py:matrix_sqrt --framework torch"

@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 from impls.testing.command_line import (
     Option,
     UsageError,
+    Validator,
     bounded,
     one_of,
+    positive,
     shape,
     validated,
 )
+from impls.testing.method_specs import DEFAULT_METHOD, resolved
 from impls.testing.stage_specs import STAGES
+from reference.methods import CHOICE, COUNT, METHOD_NAMES, METHODS, NON_NEGATIVE, Parameter
 
 FRAMEWORKS = ("torch", "tf")
 LAYOUTS = {"torch": "channels-first (B, C, H, W)", "tf": "channels-last (B, H, W, C)"}
@@ -30,6 +35,8 @@ MAX_SIZE = 256
 MAX_EXAMPLES = 100_000
 MAX_SECONDS = 24 * 3600.0
 MAX_SEED = 2**31 - 1
+#: Most Newton-Schulz iterations --iterations takes (the reference runs them in float64).
+MAX_ITERATIONS = 1000
 #: Overrides the command's default --max-examples (tests run the command with a handful).
 MAX_EXAMPLES_VARIABLE = "IBP_CHECK_MAX_EXAMPLES"
 
@@ -89,8 +96,58 @@ STRICT_DTYPES = Option(
     "fails instead of being noted",
 )
 
+METHOD = Option(
+    "method",
+    one_of(METHOD_NAMES),
+    DEFAULT_METHOD,
+    "the second-order pooling method the layer implements, whose float64 reference it is checked "
+    f"against (default {DEFAULT_METHOD}): ibp (Improved Bilinear Pooling), bcnn (B-CNN), mpn-cov, "
+    "isqrt-cov",
+    choices=METHOD_NAMES,
+)
+MODEL_METHOD = dataclasses.replace(
+    METHOD,
+    default=None,
+    help="the second-order pooling method of the model's head (default: recognised from its "
+    "layers); one of " + ", ".join(METHOD_NAMES),
+)
+
+#: The methods' parameters, in the order --help lists them.
+PARAMETER_NAMES = ("eps", "delta", "alpha", "iterations", "order")
+
+
+def _parameter_validator(parameter: Parameter) -> Validator[Any]:
+    if parameter.kind == NON_NEGATIVE:
+        return bounded(float, 0.0, sys.float_info.max)
+    if parameter.kind == COUNT:
+        return bounded(int, 1, MAX_ITERATIONS)
+    if parameter.kind == CHOICE:
+        return one_of(parameter.choices)
+    return positive(float)
+
+
+def _parameter_option(name: str) -> Option:
+    """--NAME for the methods that have a parameter NAME; it defaults to each method's own."""
+    having = [(m.name, p) for m in METHODS.values() for p in m.parameters if p.name == name]
+    defaults = ", ".join(f"{method} {parameter.default}" for method, parameter in having)
+    parameter = having[0][1]
+    return Option(
+        name,
+        _parameter_validator(parameter),
+        None,
+        f"{parameter.description}; under --method {' or '.join(m for m, _ in having)} only "
+        f"(default: the method's: {defaults})",
+        metavar=None if parameter.choices else name.upper(),
+        choices=parameter.choices or None,
+    )
+
+
+PARAMETER_OPTIONS = tuple(_parameter_option(name) for name in PARAMETER_NAMES)
+
 STAGE_OPTIONS = (
     FRAMEWORK,
+    METHOD,
+    *PARAMETER_OPTIONS,
     Option(
         "size",
         bounded(int, 2, MAX_SIZE),
@@ -134,6 +191,8 @@ STAGE_OPTIONS = (
 
 MODEL_OPTIONS = (
     FRAMEWORK,
+    MODEL_METHOD,
+    *PARAMETER_OPTIONS,
     Option(
         "input_shape",
         shape(3, "three sizes"),
@@ -166,9 +225,16 @@ MODEL_OPTIONS = (
 
 @dataclasses.dataclass(frozen=True)
 class StageSettings:
-    """The options of `ibp-check STAGE` (see STAGE_OPTIONS)."""
+    """The options of `ibp-check STAGE` (see STAGE_OPTIONS). A method parameter left None takes
+    the method's default; one the method has not is a UsageError naming the method's."""
 
     framework: str | None
+    method: str
+    eps: float | None
+    delta: float | None
+    alpha: float | None
+    iterations: int | None
+    order: str | None
     size: int
     tolerance: float | None
     dtype: str
@@ -178,6 +244,13 @@ class StageSettings:
     time_limit: float
     strict_dtypes: bool
 
+    def __post_init__(self) -> None:
+        resolved(self.method, self.parameters())
+
+    def parameters(self) -> dict[str, Any]:
+        """The method parameters given (the others take the method's defaults)."""
+        return _given_parameters(self)
+
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> StageSettings:
         """Validated settings from Python keywords; the missing ones take their defaults."""
@@ -186,9 +259,16 @@ class StageSettings:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
-    """The options of `ibp-check model` (see MODEL_OPTIONS)."""
+    """The options of `ibp-check model` (see MODEL_OPTIONS). Method parameters need the method
+    (`method`) they belong to."""
 
     framework: str | None
+    method: str | None
+    eps: float | None
+    delta: float | None
+    alpha: float | None
+    iterations: int | None
+    order: str | None
     input_shape: tuple[int, int, int] | None
     logits: int | str | None
     seed: int
@@ -196,10 +276,29 @@ class ModelSettings:
     time_limit: float
     strict_dtypes: bool
 
+    def __post_init__(self) -> None:
+        given = self.parameters()
+        if self.method is None and given:
+            raise UsageError(
+                f"{', '.join('--' + name for name in given)} needs --method (the method whose "
+                "parameter it is)"
+            )
+        if self.method is not None:
+            resolved(self.method, given)
+
+    def parameters(self) -> dict[str, Any]:
+        """The method parameters given (the others take the method's defaults)."""
+        return _given_parameters(self)
+
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ModelSettings:
         """Validated settings from Python keywords; the missing ones take their defaults."""
         return cls(**validated(MODEL_OPTIONS, options))
+
+
+def _given_parameters(settings: StageSettings | ModelSettings) -> dict[str, Any]:
+    values = {name: getattr(settings, name) for name in PARAMETER_NAMES}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def command_default_max_examples() -> str:

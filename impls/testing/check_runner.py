@@ -29,6 +29,7 @@ from impls.testing.check_options import StageSettings, stage_name
 from impls.testing.command_line import UsageError
 from impls.testing.diagnosis import explain, harmless_conventions
 from impls.testing.diagnosis.input_facts import describe, native_shape
+from impls.testing.method_specs import check_stage_of, method_record, resolved, stage_spec
 from impls.testing.properties import DtypeViolation, Measurement, PropertyViolation, StageFunction
 from impls.testing.sandbox import Sandbox, TargetStopped
 from impls.testing.stage_specs import FEATURE_MAP, STAGES, Sizes, StageSpec
@@ -71,6 +72,11 @@ class Property:
     stages: tuple = tuple(STAGES)
     needs_gradient: bool = False
     realistic: bool = True  # runs the stage's fixed realistic cases before the search
+    #: the methods it belongs to (None: every method)
+    methods: tuple[str, ...] | None = None
+    #: what `reference.methods.NotApplicable.property` calls it: a method that lists it as not
+    #: applicable to the stage gets "N/A" with the reason, never a silent skip
+    method_property: str | None = None
 
 
 def _shape(s: Subject, x: np.ndarray) -> Measurement | None:
@@ -145,15 +151,23 @@ def _gradient(s: Subject, x: np.ndarray) -> Measurement:
     return properties.check_gradient(s.backend, s.spec, s.fn, x, s.dtype)
 
 
+def _symmetric_part_taken(s: Subject, a: np.ndarray) -> Measurement:
+    return properties.check_symmetric_part(s.backend, s.spec, s.fn, a, s.dtype)
+
+
 def _degenerate(s: Subject, x: np.ndarray) -> Measurement | None:
-    """Finite everywhere; an exact stage also agrees with the reference there."""
-    properties.check_finite(s.backend, s.spec, s.fn, x, s.dtype, gradient=not s.forward_only)
-    if not s.spec.approximate:
-        gradient = not s.forward_only
-        return properties.check_reference_agreement(
-            s.backend, s.spec, s.fn, x, s.dtype, gradient=gradient
-        )
-    return None
+    """Finite everywhere; an exact stage also agrees with the reference there. The gradient is
+    left out where the method's own is infinite there (with a note saying so)."""
+    gradient = not s.forward_only and s.spec.degenerate_gradient is None
+    properties.check_finite(s.backend, s.spec, s.fn, x, s.dtype, gradient=gradient)
+    if s.spec.approximate:
+        return None
+    measured = properties.check_reference_agreement(
+        s.backend, s.spec, s.fn, x, s.dtype, gradient=gradient
+    )
+    if s.forward_only or s.spec.degenerate_gradient is None:
+        return measured
+    return measured._replace(note=s.spec.degenerate_gradient)
 
 
 PROPERTIES = (
@@ -179,7 +193,21 @@ PROPERTIES = (
     ),
     Property("forward", "the output agrees with the float64 reference", "typical", _forward),
     Property(
-        "square root", "Z is symmetric and Z @ Z = A", "typical", _square_root, stages=("sqrtm",)
+        "square root",
+        "Z is symmetric and Z @ Z = A",
+        "typical",
+        _square_root,
+        stages=("sqrtm",),
+        method_property="square-root",
+    ),
+    Property(
+        "non-symmetric input",
+        "on a covariance with a skew part (as round-off leaves in a computed one, made large here) "
+        "the output is the power of its symmetric part (A + A^T) / 2",
+        "typical",
+        _symmetric_part_taken,
+        stages=("sqrtm",),
+        methods=("mpn-cov",),
     ),
     Property(
         "gradient",
@@ -195,6 +223,7 @@ PROPERTIES = (
         None,
         _in_float64(_forward),
         stages=tuple(APPROXIMATION_BUDGET),
+        method_property="convergence",
     ),
     Property(
         "backward exactness",
@@ -204,6 +233,7 @@ PROPERTIES = (
         _in_float64(_gradient),
         stages=tuple(APPROXIMATION_BUDGET),
         needs_gradient=True,
+        method_property="convergence",
     ),
     Property(
         "degenerate inputs",
@@ -218,11 +248,12 @@ PROPERTIES = (
 
 @dataclasses.dataclass
 class PropertyResult:
-    """One property's verdict: `status` PASS, FAIL or SKIP; for a FAIL, the `diagnosis` (likely
-    cause and fix), the `counterexample` in words and its shape (framework layout), and the
-    measured `error` against its `tolerance`; for a PASS, the worst error met and its tolerance.
-    `examples` inputs were tried in `seconds`; `stopped_early` says why the search ended before
-    max_examples; `notes` are what passed but deserves a word (a harmless dtype promotion)."""
+    """One property's verdict: `status` PASS, FAIL, SKIP or N/A (not a property of the method
+    checked; `diagnosis` says why); for a FAIL, the `diagnosis` (likely cause and fix), the
+    `counterexample` in words and its shape (framework layout), and the measured `error` against
+    its `tolerance`; for a PASS, the worst error met and its tolerance. `examples` inputs were
+    tried in `seconds`; `stopped_early` says why the search ended before max_examples; `notes` are
+    what passed but deserves a word (a harmless dtype promotion)."""
 
     name: str
     status: str
@@ -240,7 +271,8 @@ class PropertyResult:
 
 @dataclasses.dataclass
 class CheckReport:
-    """What `ibp-check STAGE` found: the `stage`, `framework` and `dtype` checked, the search's
+    """What `ibp-check STAGE` found: the `stage` of the `method` (with the `parameters` the stage
+    takes, defaults included), the `framework` and `dtype` checked, the search's
     `size` (largest channel count drawn; the channels of a layer located in a model where
     `channels` is set) and `max_examples`, `notes` on harmless conventions the function follows,
     one PropertyResult per property in `results`, and the run's `seconds`. `passed` is True when
@@ -259,6 +291,8 @@ class CheckReport:
     target_output: str = ""
     framework_log: str = ""
     channels: int | None = None
+    method: str = "ibp"
+    parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -312,7 +346,7 @@ def _adopt_convention(
     if violation is None or violation.structural:
         return subject
     convention = _fit_in_float64(subject, x) or harmless_conventions.fit(
-        spec.name, x, out, allowed, partial(_output_or_none, subject)
+        spec.name, x, out, allowed, partial(_output_or_none, subject), spec.method
     )
     if convention is None:
         return subject
@@ -338,7 +372,7 @@ def _fit_in_float64(subject: Subject, x: np.ndarray) -> harmless_conventions.Con
         return None
     allowed = properties.stage_tolerance(subject.spec, "forward", "float64", x)
     return harmless_conventions.fit(
-        subject.spec.name, x, out, allowed, partial(_output_or_none, precise)
+        subject.spec.name, x, out, allowed, partial(_output_or_none, precise), subject.spec.method
     )
 
 
@@ -535,15 +569,16 @@ def check(
     seconds_per_property: float = DEFAULT_SECONDS_PER_PROPERTY,
     fixed: Sizes | None = None,
 ) -> CheckReport:
-    """Every property of `stage` on the function `target` names ('file.py:function' or
-    'package.module:function', one tensor in, one tensor out), run in `sandbox` (a fresh one when
-    None). `fixed` holds the sizes of a layer located in a model, which its inputs keep. Raises
-    UsageError for an unknown stage, and sandbox.TargetUnusable (a UsageError) when the target
-    cannot be imported."""
+    """Every property of `stage` of `settings.method` on the function `target` names
+    ('file.py:function' or 'package.module:function', one tensor in, one tensor out), run in
+    `sandbox` (a fresh one when None). `fixed` holds the sizes of a layer located in a model, which
+    its inputs keep. Raises UsageError for an unknown stage or one the method has not, and
+    sandbox.TargetUnusable (a UsageError) when the target cannot be imported."""
     try:
         stage = stage_name(stage)
     except UsageError as error:
         raise UsageError(f"stage {error}") from None
+    check_stage_of(settings.method, stage)
     with warnings.catch_warnings():
         # The reference meets singular matrices on purpose (dead channels, eps * ones): its
         # SciPy warnings say nothing the report does not.
@@ -567,8 +602,10 @@ def _check(
     framework = sandbox.load(target, settings.framework)
     sandbox.call_timeout = settings.call_timeout
     spec = dataclasses.replace(
-        STAGES[stage],
-        approximate=stage in APPROXIMATION_BUDGET,
+        stage_spec(settings.method, stage, settings.parameters()),
+        # The other methods' references are the method itself (iSQRT-COV's N iterations): their
+        # tolerance is round-off alone.
+        approximate=settings.method == "ibp" and stage in APPROXIMATION_BUDGET,
         symmetric_gradient=stage == "sqrtm",
         tolerance_override=settings.tolerance,
     )
@@ -582,12 +619,17 @@ def _check(
     )
     sizes = fixed if fixed is not None else Sizes(settings.size)
     profile = settings_of_search(settings.max_examples)
-    chosen = [prop for prop in PROPERTIES if stage in prop.stages]
+    chosen = [
+        prop
+        for prop in PROPERTIES
+        if stage in prop.stages and (prop.methods is None or settings.method in prop.methods)
+    ]
     notes: list[str] = []
-    results: dict[str, PropertyResult] = {}
+    results = _not_applicable(chosen, settings.method, stage)
     stop = None
     try:
-        subject, notes, fixed_batch, results = _first_calls(subject, sizes)
+        subject, notes, fixed_batch, found = _first_calls(subject, sizes)
+        results.update(found)
     except TargetStopped as stopped:
         stop, stopped_in = stopped, f"see {chosen[0].name}"
         results[chosen[0].name] = _failed(chosen[0], subject, stopped)
@@ -624,7 +666,30 @@ def _check(
         target_output=printed,
         framework_log=log,
         channels=sizes.channels,
+        method=settings.method,
+        parameters=_stage_parameters(settings, stage),
     )
+
+
+def _stage_parameters(settings: StageSettings, stage: str) -> dict[str, Any]:
+    """The values of the method parameters that the stage takes (defaults included)."""
+    values = resolved(settings.method, settings.parameters())
+    return {name: values[name] for name in method_record(settings.method).stage(stage).parameters}
+
+
+def _not_applicable(chosen: list[Property], method: str, stage: str) -> dict[str, PropertyResult]:
+    """N/A results of the chosen properties that `method` lists as not applicable to `stage`,
+    with its reason."""
+    reasons = {
+        entry.property: entry.reason for entry in method_record(method).not_applicable_to(stage)
+    }
+    return {
+        prop.name: PropertyResult(
+            prop.name, "N/A", prop.checks, diagnosis=reasons[prop.method_property]
+        )
+        for prop in chosen
+        if prop.method_property in reasons
+    }
 
 
 def settings_of_search(max_examples: int) -> hypothesis.settings:

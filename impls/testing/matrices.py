@@ -51,3 +51,23 @@ def spd_with_spectrum(rng: np.random.Generator, eigenvalues: np.ndarray) -> np.n
     q = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
     m = (q * eigenvalues[:, None, :]) @ q.transpose(0, 2, 1)
     return (m + m.transpose(0, 2, 1)) / 2
+
+
+def signed_feature_maps(
+    rng: np.random.Generator, batch: int, channels: int, height: int, width: int
+) -> np.ndarray:
+    """Feature maps before a ReLU (after a BatchNorm): Gaussian with mixed channels, of both
+    signs, so that their second moments X X^T / N have entries of both signs."""
+    mixing = rng.standard_normal((channels, channels)) / np.sqrt(channels)
+    x = rng.standard_normal((batch, height * width, channels)) @ mixing
+    return x.transpose(0, 2, 1).reshape(batch, channels, height, width)
+
+
+def centred_relu_covariances(
+    rng: np.random.Generator, batch: int, channels: int, height: int, width: int
+) -> np.ndarray:
+    """Centred covariances (X - mean)(X - mean)^T / N of `relu_feature_maps`: the realistic input
+    of MPN-COV's and iSQRT-COV's matrix normalisation (no eps; full rank where N > C)."""
+    x = relu_feature_maps(rng, batch, channels, height, width).reshape(batch, channels, -1)
+    centred = x - x.mean(axis=2, keepdims=True)
+    return centred @ centred.transpose(0, 2, 1) / (height * width)

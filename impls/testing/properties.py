@@ -129,7 +129,7 @@ class Remote(Protocol):
     """A function that runs elsewhere (`impls.testing.sandbox.Sandbox`): it takes the arrays."""
 
     def run_stage(
-        self, stage: str, x: np.ndarray, dtype: str, cotangent: np.ndarray | None
+        self, method: str, stage: str, x: np.ndarray, dtype: str, cotangent: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
@@ -147,7 +147,7 @@ def run(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """fn on x (NumPy, reference layout) -> (output, gradient of <cotangent, output> or None)."""
     if isinstance(fn, Remote):
-        return fn.run_stage(spec.name, x, dtype, cotangent)
+        return fn.run_stage(spec.method, spec.name, x, dtype, cotangent)
     return call_here(backend, spec, fn, x, dtype, cotangent)
 
 
@@ -437,3 +437,32 @@ def check_square_root(
     raise PropertyViolation(
         text + (": " + "; also ".join(causes) if causes else ""), error, allowed
     )
+
+
+#: The skew part `check_symmetric_part` adds, relative to ||A|| / C per entry: large enough that
+#: the power of the singular values (U S^alpha V^T) is far from that of the symmetric part.
+SKEW_SIZE = 0.3
+
+
+def with_skew_part(a: np.ndarray) -> np.ndarray:
+    """a plus a seeded skew-symmetric part of SKEW_SIZE ||a|| / C per entry; its symmetric part
+    is a."""
+    r = np.random.default_rng(0).standard_normal(a.shape)
+    scale = np.linalg.norm(a, axis=(1, 2))[:, None, None] / a.shape[-1]
+    return a + SKEW_SIZE * scale * (r - np.swapaxes(r, 1, 2))
+
+
+def check_symmetric_part(
+    backend: Backend, spec: StageSpec, fn: StageFunction, a: np.ndarray, dtype: str
+) -> Measurement:
+    """On a plus a skew part, the output is the reference's, which takes the symmetric part."""
+    skewed = with_skew_part(a)
+    out, _ = run(backend, spec, fn, skewed, dtype)
+    expected = spec.forward(skewed)
+    error, allowed = relative_error(out, expected), stage_tolerance(spec, "forward", dtype, skewed)
+    if error <= allowed:
+        return Measurement(error, allowed)
+    diagnosis = functools.partial(
+        explain.explain_skewed, spec, backend.layout, skewed, out, expected, error, allowed
+    )
+    raise PropertyViolation(diagnosis, error, allowed)

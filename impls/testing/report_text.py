@@ -5,8 +5,10 @@ notes under it."""
 from impls.testing.check_options import LAYOUTS
 from impls.testing.check_runner import CheckReport, PropertyResult
 from impls.testing.command_line import wrapped
+from impls.testing.method_specs import DEFAULT_METHOD
 from impls.testing.model_check.engine import ModelReport
 from impls.testing.stage_specs import FEATURE_MAP, REALISTIC_CHANNELS, STAGES
+from reference.methods import METHODS
 
 
 def _measured(result: PropertyResult) -> str:
@@ -29,6 +31,17 @@ def _sizes(report: CheckReport) -> str:
     )
 
 
+def _method(report: CheckReport) -> str:
+    """' --method isqrt-cov (iterations 5, order row)'; nothing for IBP with its defaults."""
+    defaults = METHODS[DEFAULT_METHOD].defaults()
+    if report.method == DEFAULT_METHOD and all(
+        defaults[name] == value for name, value in report.parameters.items()
+    ):
+        return ""
+    values = ", ".join(f"{name} {value}" for name, value in report.parameters.items())
+    return f" --method {report.method}" + (f" ({values})" if values else "")
+
+
 def stage_report(report: CheckReport, target: str) -> str:
     """The text of `ibp-check STAGE TARGET`'s report."""
     layout = (
@@ -37,7 +50,7 @@ def stage_report(report: CheckReport, target: str) -> str:
         else "matrices (B, C, C)"
     )
     lines = [
-        f"ibp-check {report.stage} {target}",
+        f"ibp-check {report.stage} {target}{_method(report)}",
         wrapped(f"framework {report.framework}, {layout}, {report.dtype}; {_sizes(report)}", "  "),
         "",
     ]
@@ -50,8 +63,8 @@ def stage_report(report: CheckReport, target: str) -> str:
                 lines.append(wrapped(f"counterexample: {result.counterexample}"))
             if result.error is not None:
                 lines.append(wrapped(f"measured: {_measured(result)}"))
-        elif result.status == "SKIP":
-            lines.append(wrapped(f"SKIP  {result.name}: {result.diagnosis}", indent=""))
+        elif result.status in ("SKIP", "N/A"):
+            lines.append(wrapped(f"{result.status:<4}  {result.name}: {result.diagnosis}", ""))
         else:
             worst = f", worst {_measured(result)}" if result.error is not None else ""
             lines.append(
@@ -72,11 +85,12 @@ def stage_report(report: CheckReport, target: str) -> str:
 def model_report(report: ModelReport) -> str:
     """The text of `ibp-check model TARGET`'s report."""
     head = ", ".join(f"{stage} = {layer}" for layer, stage in report.head) or "none found"
+    title = METHODS[report.method or DEFAULT_METHOD].short
     lines = [
         f"ibp-check model {report.target}",
         wrapped(
             f"framework {report.framework}, batch {report.batch}, {len(report.layers)} layers "
-            f"traced; IBP head: {head}",
+            f"traced; {title} head: {head}",
             indent="  ",
         ),
         "",

@@ -181,9 +181,10 @@ class Sandbox:
         return answer[1]
 
     def run_stage(
-        self, stage: str, x: np.ndarray, dtype: str, cotangent: np.ndarray | None
+        self, method: str, stage: str, x: np.ndarray, dtype: str, cotangent: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The loaded target on x, as `properties.run` computes it in-process."""
+        """The loaded target on x as `stage` of `method`, as `properties.run` computes it
+        in-process."""
         if not self._alive():
             raise TargetStopped(
                 "the process running the function is gone (it ended on an earlier call)"
@@ -192,7 +193,8 @@ class Sandbox:
             f"a call took longer than {self.call_timeout:g} s (--call-timeout): the function hangs "
             "or is far too slow for its input"
         )
-        answer = self._exchange(("call", stage, x, dtype, cotangent), self.call_timeout, slow)
+        message = ("call", method, stage, x, dtype, cotangent)
+        answer = self._exchange(message, self.call_timeout, slow)
         if answer[0] == "ok":
             return answer[1], answer[2]
         kind, diagnosis, error, allowed = answer[1:]
@@ -255,7 +257,7 @@ def serve(connection: multiprocessing.connection.Connection, capture: str, log_l
     redirect_output(capture, log_level)
     connection.send(("ready",))
     from impls.testing import properties
-    from impls.testing.stage_specs import STAGES
+    from impls.testing.method_specs import stage_spec
 
     backend: Backend | None = None
     fn: Callable[..., Any] | None = None
@@ -268,11 +270,13 @@ def serve(connection: multiprocessing.connection.Connection, capture: str, log_l
             backend, fn, answer = _load(message[1], message[2])
             connection.send(answer)
             continue
-        _, stage, x, dtype, cotangent = message
+        _, method, stage, x, dtype, cotangent = message
         if backend is None or fn is None:  # the parent loads a target before any call
             raise RuntimeError("a call before any target was loaded")
         try:
-            out, grad = properties.call_here(backend, STAGES[stage], fn, x, dtype, cotangent)
+            # The output's shape contract is all the call needs of the spec: the defaults do.
+            spec = stage_spec(method, stage)
+            out, grad = properties.call_here(backend, spec, fn, x, dtype, cotangent)
             answer = ("ok", out, grad)
         except DtypeViolation as violation:
             answer = ("violation", "dtype", (violation.given, violation.returned), None, None)

@@ -85,6 +85,17 @@ class StageSpec:
     amplification: Callable[..., Any] = lambda x, direction: 1.0
     inputs: StageInputs | None = None
     flat_output: bool = False  # the output is (B, C*C); a (B, C, C) output is accepted too
+    #: the output is the upper triangle (B, C(C+1)/2) of a (C, C) matrix (MPN-COV, iSQRT-COV)
+    triu_output: bool = False
+    #: the method (`reference.methods`) whose reference this is: the checker's stage names are
+    #: shared by the family, the references and the mistakes a diagnosis names are the method's
+    method: str = "ibp"
+    #: why the degenerate inputs' gradient is not checked, where the method's own gradient is
+    #: infinite there; None: it is checked
+    degenerate_gradient: str | None = None
+    #: the method's parameters, every one (`reference.methods.Method.resolve`): the mistakes a
+    #: diagnosis tries are computed with them
+    parameters: tuple[tuple[str, Any], ...] = ()
     # Set by `ibp-check` only: the suite holds our own layers to the tightest standard.
     approximate: bool = False  # the error is judged against tolerances.APPROXIMATION_BUDGET too
     symmetric_gradient: bool = False  # compare symmetric parts: the root of a symmetric matrix
@@ -105,6 +116,8 @@ class StageSpec:
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The reference's output shape for an input of `input_shape` (reference layout)."""
         b, c = input_shape[:2]
+        if self.triu_output:
+            return (b, c * (c + 1) // 2)
         if self.flat_output:
             return (b, c * c)
         return (b, c, c) if self.input_kind == FEATURE_MAP else tuple(input_shape)
@@ -117,7 +130,7 @@ class StageSpec:
         return tuple(output_shape) in accepted
 
 
-def _no_matrix(x: np.ndarray) -> None:
+def no_matrix(x: np.ndarray) -> None:
     return None
 
 
@@ -130,12 +143,14 @@ def signed_sqrt_amplification(
     direction: str,
     pooled: Callable[[np.ndarray], np.ndarray] = reference.bilinear_pool,
     delta: float = SIGNED_SQRT_DELTA,
+    root: Callable[[np.ndarray], np.ndarray] | None = reference.sqrtm,
 ) -> float:
     """Error growth of the signed sqrt after the root, largest over the batch: see the derivation
     in `impls.testing.tolerances`. `pooled` and `delta` are the pooling and the regulariser of the
-    head judged (a harmless convention may change them; a smaller delta amplifies more)."""
+    head judged (a harmless convention may change them; a smaller delta amplifies more); `root`
+    None for a head without a root (B-CNN), whose signed sqrt takes the pooled matrix itself."""
     delta = max(delta, np.finfo(float).tiny)
-    z = reference.sqrtm(pooled(x))
+    z = pooled(x) if root is None else root(pooled(x))
     z_norms = np.linalg.norm(z.reshape(len(z), -1), axis=1)
     if direction == "forward":
         y = reference.signed_sqrt(z)
@@ -145,7 +160,7 @@ def signed_sqrt_amplification(
     return float(np.max(_rms(1 / (2 * (np.abs(z) + delta))) * z_norms))
 
 
-def _ours(name: str) -> Callable[..., Callable[[Any], Any]]:
+def ours(name: str) -> Callable[..., Callable[[Any], Any]]:
     def build(backend: Backend, **options: Any) -> Callable[[Any], Any]:
         return partial(getattr(backend.impl, name), **options)
 
@@ -161,7 +176,7 @@ def _our_head(backend: Backend, **options: Any) -> Callable[[Any], Any]:
     return head
 
 
-def _drawn(
+def drawn(
     strategy: Callable[..., st.SearchStrategy[np.ndarray]],
     least_channels: int = 1,
     maps: bool = False,
@@ -192,21 +207,23 @@ REALISTIC_SIDE_RATIOS = (1.5, 1.125)
 REALISTIC_CONDITION = 1e5
 
 
-def _side(channels: int, ratio: float) -> int:
+def side_for(channels: int, ratio: float) -> int:
     return max(2, math.ceil(ratio * math.sqrt(channels)))
 
 
-def _realistic_feature_maps(rng: np.random.Generator, batch: int, sizes: Sizes) -> list[np.ndarray]:
+def realistic_feature_map_cases(
+    rng: np.random.Generator, batch: int, sizes: Sizes
+) -> list[np.ndarray]:
     c = sizes.realistic_channels
     shapes = (
         [sizes.map_shape]
         if sizes.map_shape is not None
-        else [(_side(c, ratio), _side(c, ratio)) for ratio in REALISTIC_SIDE_RATIOS]
+        else [(side_for(c, ratio), side_for(c, ratio)) for ratio in REALISTIC_SIDE_RATIOS]
     )
     return [relu_feature_maps(rng, batch, c, h, w) for h, w in shapes]
 
 
-def _with_condition(a: np.ndarray, condition: float) -> np.ndarray:
+def with_condition(a: np.ndarray, condition: float) -> np.ndarray:
     """a + s I, with s >= 0 the least shift that brings each sample's condition number down to
     `condition`."""
     eigenvalues = np.linalg.eigvalsh(a)
@@ -215,7 +232,7 @@ def _with_condition(a: np.ndarray, condition: float) -> np.ndarray:
     return a + shift[:, None, None] * np.eye(a.shape[-1])
 
 
-def _repeated_eigenvalues(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
+def repeated_eigenvalues(rng: np.random.Generator, batch: int, channels: int) -> np.ndarray:
     """Half the eigenvalues at 1, half at 1e-2: where autodiff through eigh/svd divides by
     s_i - s_j = 0, which a search on few examples may not draw."""
     values = np.where(np.arange(channels) < channels // 2, 1.0, 1e-2)
@@ -227,57 +244,61 @@ def _repeated_eigenvalues(rng: np.random.Generator, batch: int, channels: int) -
 REPEATED_CASE_CHANNELS = 8
 
 
-def _realistic_covariances(rng: np.random.Generator, batch: int, sizes: Sizes) -> list[np.ndarray]:
+def realistic_covariance_cases(
+    rng: np.random.Generator, batch: int, sizes: Sizes
+) -> list[np.ndarray]:
     c = sizes.realistic_channels
-    side = _side(c, REALISTIC_SIDE_RATIOS[0])
+    side = side_for(c, REALISTIC_SIDE_RATIOS[0])
     square = math.ceil(math.sqrt(c))
     repeated = sizes.channels if sizes.channels is not None else REPEATED_CASE_CHANNELS
     return [
         relu_covariances(rng, batch, c, side, side),
-        _with_condition(relu_covariances(rng, batch, c, square, square), REALISTIC_CONDITION),
-        _repeated_eigenvalues(rng, batch, repeated),
+        with_condition(relu_covariances(rng, batch, c, square, square), REALISTIC_CONDITION),
+        repeated_eigenvalues(rng, batch, repeated),
     ]
 
 
-def _realistic_roots(rng: np.random.Generator, batch: int, sizes: Sizes) -> list[np.ndarray]:
-    return [reference.sqrtm(a) for a in _realistic_covariances(rng, batch, sizes)]
+def realistic_root_cases(rng: np.random.Generator, batch: int, sizes: Sizes) -> list[np.ndarray]:
+    return [reference.sqrtm(a) for a in realistic_covariance_cases(rng, batch, sizes)]
 
 
-def _realistic_signed_roots(rng: np.random.Generator, batch: int, sizes: Sizes) -> list[np.ndarray]:
-    return [reference.signed_sqrt(z) for z in _realistic_roots(rng, batch, sizes)]
+def realistic_signed_root_cases(
+    rng: np.random.Generator, batch: int, sizes: Sizes
+) -> list[np.ndarray]:
+    return [reference.signed_sqrt(z) for z in realistic_root_cases(rng, batch, sizes)]
 
 
-def _first_map_shape(sizes: Sizes) -> tuple[int, int]:
+def first_map_shape(sizes: Sizes) -> tuple[int, int]:
     if sizes.map_shape is not None:
         return sizes.map_shape
     side = realistic_side(sizes.first_channels)
     return side, side
 
 
-def _first_feature_map(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
-    return relu_feature_maps(rng, batch, sizes.first_channels, *_first_map_shape(sizes))
+def first_feature_map(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
+    return relu_feature_maps(rng, batch, sizes.first_channels, *first_map_shape(sizes))
 
 
-def _first_feature_map_with_dead_channel(
+def first_feature_map_with_dead_channel(
     rng: np.random.Generator, batch: int, sizes: Sizes
 ) -> np.ndarray:
     """A dead channel tells eps * I from eps * ones before any convention is fitted."""
     channels = sizes.first_channels
     dead = 1 if channels > 1 else 0
-    return relu_feature_maps(rng, batch, channels, *_first_map_shape(sizes), dead_channels=dead)
+    return relu_feature_maps(rng, batch, channels, *first_map_shape(sizes), dead_channels=dead)
 
 
-def _first_covariance(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
+def first_covariance(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
     side = realistic_side(sizes.first_channels)
     return relu_covariances(rng, batch, sizes.first_channels, side, side)
 
 
-def _first_root(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
-    return reference.sqrtm(_first_covariance(rng, batch, sizes))
+def first_root(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
+    return reference.sqrtm(first_covariance(rng, batch, sizes))
 
 
-def _first_signed_root(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
-    return reference.signed_sqrt(_first_root(rng, batch, sizes))
+def first_signed_root(rng: np.random.Generator, batch: int, sizes: Sizes) -> np.ndarray:
+    return reference.signed_sqrt(first_root(rng, batch, sizes))
 
 
 # The root and the head are judged on their error on realistic covariances, where an approximate
@@ -287,37 +308,37 @@ def _first_signed_root(rng: np.random.Generator, batch: int, sizes: Sizes) -> np
 # square root meets roots of covariances: on a whole sample far below delta its usual spelling
 # loses digits to cancellation, which matters for no network.
 L2_INPUTS = dict(
-    typical=_drawn(spd_batches),
-    gradient=_drawn(spd_batches),
-    degenerate=_drawn(spd_batches_with_dead_channels, least_channels=2),
+    typical=drawn(spd_batches),
+    gradient=drawn(spd_batches),
+    degenerate=drawn(spd_batches_with_dead_channels, least_channels=2),
 )
 SIGNED_SQRT_INPUTS = StageInputs(
-    typical=_drawn(realistic_roots),
-    gradient=_drawn(realistic_roots),
-    degenerate=_drawn(realistic_roots, least_channels=2, dead=st.integers(1, 11)),
-    first=_first_root,
-    realistic=_realistic_roots,
+    typical=drawn(realistic_roots),
+    gradient=drawn(realistic_roots),
+    degenerate=drawn(realistic_roots, least_channels=2, dead=st.integers(1, 11)),
+    first=first_root,
+    realistic=realistic_root_cases,
 )
 POOL_INPUTS = StageInputs(
-    typical=_drawn(feature_maps, maps=True),
-    gradient=_drawn(feature_maps, maps=True),
-    degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2, maps=True),
-    first=_first_feature_map_with_dead_channel,
-    realistic=_realistic_feature_maps,
+    typical=drawn(feature_maps, maps=True),
+    gradient=drawn(feature_maps, maps=True),
+    degenerate=drawn(feature_maps_with_dead_channels, least_channels=2, maps=True),
+    first=first_feature_map_with_dead_channel,
+    realistic=realistic_feature_map_cases,
 )
 SQRTM_INPUTS = StageInputs(
-    typical=_drawn(realistic_covariances),
-    gradient=_drawn(spd_batches, kinds=("repeated", "clustered", "log_uniform"), max_condition=1e2),
-    degenerate=_drawn(spd_batches, kinds=("repeated", "zeros_before_eps", "clustered")),
-    first=_first_covariance,
-    realistic=_realistic_covariances,
+    typical=drawn(realistic_covariances),
+    gradient=drawn(spd_batches, kinds=("repeated", "clustered", "log_uniform"), max_condition=1e2),
+    degenerate=drawn(spd_batches, kinds=("repeated", "zeros_before_eps", "clustered")),
+    first=first_covariance,
+    realistic=realistic_covariance_cases,
 )
 HEAD_INPUTS = StageInputs(
-    typical=_drawn(realistic_feature_maps, maps=True),
-    gradient=_drawn(realistic_feature_maps, maps=True),
-    degenerate=_drawn(feature_maps_with_dead_channels, least_channels=2, maps=True),
-    first=_first_feature_map,
-    realistic=_realistic_feature_maps,
+    typical=drawn(realistic_feature_maps, maps=True),
+    gradient=drawn(realistic_feature_maps, maps=True),
+    degenerate=drawn(feature_maps_with_dead_channels, least_channels=2, maps=True),
+    first=first_feature_map,
+    realistic=realistic_feature_map_cases,
 )
 
 STAGES = {
@@ -328,8 +349,8 @@ STAGES = {
             FEATURE_MAP,
             reference.bilinear_pool,
             reference.bilinear_pool_vjp,
-            _no_matrix,
-            _ours("bilinear_pool"),
+            no_matrix,
+            ours("bilinear_pool"),
             inputs=POOL_INPUTS,
         ),
         StageSpec(
@@ -338,7 +359,7 @@ STAGES = {
             reference.sqrtm,
             lambda a, g: reference.sqrtm_vjp(reference.sqrtm(a), g),
             lambda a: a,
-            _ours("sqrtm"),
+            ours("sqrtm"),
             inputs=SQRTM_INPUTS,
         ),
         StageSpec(
@@ -346,8 +367,8 @@ STAGES = {
             MATRIX,
             reference.signed_sqrt,
             reference.signed_sqrt_vjp,
-            _no_matrix,
-            _ours("signed_sqrt"),
+            no_matrix,
+            ours("signed_sqrt"),
             inputs=SIGNED_SQRT_INPUTS,
         ),
         StageSpec(
@@ -355,10 +376,10 @@ STAGES = {
             MATRIX,
             reference.l2_normalize,
             reference.l2_normalize_vjp,
-            _no_matrix,
-            _ours("l2_normalize"),
+            no_matrix,
+            ours("l2_normalize"),
             inputs=StageInputs(
-                **L2_INPUTS, first=_first_signed_root, realistic=_realistic_signed_roots
+                **L2_INPUTS, first=first_signed_root, realistic=realistic_signed_root_cases
             ),
         ),
         StageSpec(

@@ -132,6 +132,7 @@ IBP = Method(
         Parameter("eps", IBP_EPS, NON_NEGATIVE, _EPS),
         Parameter("delta", SIGNED_SQRT_DELTA, NON_NEGATIVE, _DELTA),
     ),
+    short="IBP",
 )
 
 BCNN = Method(
@@ -164,6 +165,7 @@ BCNN = Method(
         NotApplicable("square-root", "head", "B-CNN has no matrix root: y is X X^T / N itself"),
         NotApplicable("convergence", "head", "B-CNN has no iteration"),
     ),
+    short="B-CNN",
 )
 
 MPN_COV = Method(
@@ -207,12 +209,15 @@ MPN_COV = Method(
         NotApplicable(
             "square-root",
             "sqrtm",
-            "the stage is the power S^alpha: Z Z = S holds at alpha = 1/2 only",
+            "the stage is the power S^alpha, which the forward property compares with the "
+            "reference power itself (the exact root at alpha = 1/2); Z Z = A is the test of IBP's "
+            "root",
         ),
         NotApplicable("convergence", "sqrtm", "an eigendecomposition, not an iteration"),
         NotApplicable("convergence", "head", "an eigendecomposition, not an iteration"),
     ),
     min_locations=2,
+    short="MPN-COV",
 )
 
 ISQRT_COV = Method(
@@ -264,6 +269,7 @@ ISQRT_COV = Method(
         NotApplicable("convergence", "head", "the N iterations are the method"),
     ),
     min_locations=2,
+    short="iSQRT-COV",
 )
 
 #: Every method by its --method keyword; IBP first (the default).

@@ -115,6 +115,7 @@ class Method:
     #: reference returns the limit 0, the authors' code NaN). The same holds for any map constant
     #: over its locations: a checker draws maps whose centred covariance is not 0.
     min_locations: int = 1
+    short: str = ""  # the name a report gives it: IBP, B-CNN, MPN-COV, iSQRT-COV
 
     @property
     def stage_names(self) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """Known mistakes, each as the NumPy output that the mistaken stage gives and the words that name
 the cause and the fix. An output that matches one (up to a scale) is explained by it."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,11 +226,24 @@ def matching(
 ) -> list[str]:
     """Causes of the deviations of `stage` that explain `output` and that the reference's own
     output `expected` does not match (on a 1 x 1 input many mistakes coincide)."""
+    candidates = (*BY_STAGE[stage], *OTHER_STAGES.get(stage, ()))
+    return matching_among(candidates, x, layout, output, expected, allowed, stage in _SCALED)
+
+
+def matching_among(
+    candidates: Sequence[Deviation],
+    x: np.ndarray,
+    layout: str,
+    output: np.ndarray,
+    expected: np.ndarray,
+    allowed: float,
+    up_to_scale: bool,
+) -> list[str]:
+    """Causes of the `candidates` that explain `output` and not `expected`."""
     output, expected = _flat(output), _flat(expected)
-    up_to_scale = stage in _SCALED
     causes = []
     with np.errstate(all="ignore"):
-        for deviation in (*BY_STAGE[stage], *OTHER_STAGES.get(stage, ())):
+        for deviation in candidates:
             try:
                 candidate = _flat(deviation.forward(x, layout))
             except (ValueError, np.linalg.LinAlgError):  # another stage's input contract
@@ -252,14 +265,16 @@ def matching_gradient(
     gradient: np.ndarray,
     expected: np.ndarray,
     close: Callable[[np.ndarray, np.ndarray], bool],
+    candidates: Sequence[Deviation] | None = None,
 ) -> list[str]:
-    """Causes of the deviations of `stage` whose gradient (by central differences in float64)
-    is `gradient`, where the reference's, `expected`, is not; `close(a, b)` judges."""
+    """Causes of the deviations of `stage` (or of `candidates`, another method's) whose gradient
+    (by central differences in float64) is `gradient`, where the reference's, `expected`, is not;
+    `close(a, b)` judges."""
     if stage == "head" or x.size > _LARGEST_DIFFERENTIATED:
         return []
     causes = []
     with np.errstate(all="ignore"):
-        for deviation in BY_STAGE[stage]:
+        for deviation in BY_STAGE[stage] if candidates is None else candidates:
 
             def mistaken(m: np.ndarray, forward: Mistake = deviation.forward) -> np.ndarray:
                 return forward(m, layout)

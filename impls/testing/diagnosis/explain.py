@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.linalg
 
-from impls.testing.diagnosis import deviations
+from impls.testing.diagnosis import deviations, method_deviations
 from impls.testing.diagnosis.input_facts import degeneracy, describe, native_shape
 from impls.testing.tolerances import relative_error
 
@@ -51,6 +51,26 @@ MIXING_HINTS = {
     "l2": "a norm over the whole batch, e.g. tf.math.l2_normalize(x, axis=None)",
     "head": "a matmul or sum over the batch axis in the pooling, or a norm over the whole batch",
 }
+#: The family's own hints where IBP's do not fit: (method, stage) -> hint.
+METHOD_MIXING_HINTS = {
+    ("isqrt-cov", "sqrtm"): "the trace summed over every sample (a sum without an axis)",
+    ("isqrt-cov", "head"): "the trace or the mean feature taken over every sample",
+    ("mpn-cov", "head"): "the mean feature taken over every sample",
+    ("isqrt-cov", "pool"): "the mean feature taken over every sample",
+    ("mpn-cov", "pool"): "the mean feature taken over every sample",
+}
+#: The stages a head computes, per method, for the causes of a non-finite output.
+HEAD_STAGES = {
+    "ibp": ("pool", "sqrtm", "signed-sqrt", "l2"),
+    "bcnn": ("pool", "signed-sqrt", "l2"),
+    "mpn-cov": ("pool", "sqrtm"),
+    "isqrt-cov": ("pool", "sqrtm"),
+}
+ZERO_TRACE = (
+    "a trace of 0: S / tr S is 0 / 0 where the centred covariance is 0 (a map constant over its "
+    "locations, or one location); iSQRT-COV is not defined there, so floor the trace (at the "
+    "smallest normal number: the output is then 0)"
+)
 _NON_FINITE_OUTPUT = {
     "pool": "the pooling produces it from finite input: look for a division by a count that is 0",
     "sqrtm": "the square root of slightly negative eigenvalues (round-off on a nearly singular "
@@ -142,6 +162,15 @@ def _shape_cause(
     expected: Sequence[int],
 ) -> str | None:
     batch = input_shape[0]
+    channels = input_shape[1]
+    if spec.triu_output and tuple(output_shape) in (
+        (batch, channels, channels),
+        (batch, channels * channels),
+    ):
+        return (
+            "the whole matrix, not its upper triangle: MPN-COV and iSQRT-COV vectorise the upper "
+            f"triangle, diagonal included, C(C+1)/2 = {expected[1]} entries (Triuvec)"
+        )
     if output_shape == expected[1:]:
         return (
             "the output has no batch axis: the stage contracts the batch axis (a matmul over the "
@@ -169,18 +198,24 @@ def _shape_cause(
 def explain_mixing(
     spec: StageSpec, sample: int, changed: int, change: float, allowed: float
 ) -> str:
+    hint = METHOD_MIXING_HINTS.get((spec.method, spec.name), MIXING_HINTS[spec.name])
     return (
         f"output for sample {sample} changes when sample {changed} changes (relative change "
-        f"{change:.3g} > {allowed:.3g}): the stage mixes samples across the batch "
-        f"({MIXING_HINTS[spec.name]})"
+        f"{change:.3g} > {allowed:.3g}): the stage mixes samples across the batch ({hint})"
     )
+
+
+def _non_finite_output(method: str, stage: str) -> str:
+    if method == "isqrt-cov" and stage == "sqrtm":
+        return ZERO_TRACE
+    return _NON_FINITE_OUTPUT[stage]
 
 
 def explain_non_finite(spec: StageSpec, layout: str, x: np.ndarray, where: str) -> str:
     facts = degeneracy(spec.name, x)
-    stages = ("pool", "sqrtm", "signed-sqrt", "l2") if spec.name == "head" else (spec.name,)
+    stages = HEAD_STAGES[spec.method] if spec.name == "head" else (spec.name,)
     if where == "output":
-        causes = [_NON_FINITE_OUTPUT[stage] for stage in stages]
+        causes = [_non_finite_output(spec.method, stage) for stage in stages]
     else:
         causes = []
         if "sqrtm" in stages and facts.repeated_eigenvalues:
@@ -247,8 +282,13 @@ def explain_forward(
         text = f"forward differs from the reference: relative error {error:.3g} > {allowed:.3g}"
     if not np.all(np.isfinite(output)):
         return f"{text}; {explain_non_finite(spec, layout, x, 'output')}"
-    causes = deviations.matching(spec.name, x, layout, output, expected, allowed)
-    if spec.name == "sqrtm":
+    if spec.method == "ibp":
+        causes = deviations.matching(spec.name, x, layout, output, expected, allowed)
+    else:
+        causes = method_deviations.matching(spec, x, layout, output, expected, allowed)
+    # IBP's root is the root: an iteration stopped early and the eigenvalues' errors say how far
+    # from it the output is. The family's roots are their own (a power, N iterations).
+    if spec.name == "sqrtm" and spec.method == "ibp":
         causes += root_causes(x, output, allowed)
         if not causes:
             text += _eigenvalue_measurement(x, output)
@@ -409,25 +449,36 @@ def explain_gradient(
     text = f"gradient differs from the reference VJP: relative error {error:.3g} > {allowed:.3g}"
     if not np.all(np.isfinite(gradient)):
         return f"{text}; {explain_non_finite(spec, layout, x, 'gradient')}"
-    if not np.any(gradient) and np.any(expected):
-        return f"{text}: the gradient is zero where the reference's is not; {NO_GRADIENT}"
     tolerance = deviations.match_threshold(allowed)
 
     def close(actual: np.ndarray, candidate: np.ndarray) -> bool:
         return relative_error(actual, candidate, floor=floor) <= tolerance
 
-    causes = [
-        f"it is the gradient of a stage where {cause}"
-        for cause in deviations.matching_gradient(
+    candidates = None if spec.method == "ibp" else method_deviations.by_stage(spec)
+    # The family's mistakes can have a zero gradient on a small input (a root without its
+    # post-compensation is constant on 1 x 1 matrices): they are tried first there.
+    mistaken = (
+        []
+        if candidates is None
+        else deviations.matching_gradient(
+            spec.name, x, layout, cotangent, gradient, expected, close, candidates
+        )
+    )
+    if not mistaken and not np.any(gradient) and np.any(expected):
+        return f"{text}: the gradient is zero where the reference's is not; {NO_GRADIENT}"
+    if candidates is None:
+        mistaken = deviations.matching_gradient(
             spec.name, x, layout, cotangent, gradient, expected, close
         )
-    ]
+    causes = [f"it is the gradient of a stage where {cause}" for cause in mistaken]
     causes += [
         cause
         for candidate, cause in _gradient_mistakes(spec, x, cotangent)
         if close(gradient, candidate) and not close(expected, candidate)
     ]
-    if spec.name == "sqrtm" and not causes:
+    # The Lyapunov equation and the eigendecomposition are the roots of IBP and MPN-COV only.
+    eigen_root = spec.method in ("ibp", "mpn-cov")
+    if spec.name == "sqrtm" and spec.method == "ibp" and not causes:
         iterations = deviations.lyapunov_iteration_match(x, cotangent, gradient, close)
         if iterations is not None:
             causes.append(
@@ -438,13 +489,19 @@ def explain_gradient(
             )
     scale = None if _isotropic(spec, x) else _fitted_scale(gradient, expected, close)
     if not causes and scale is not None:
-        sign = NEGATED_LYAPUNOV if spec.name == "sqrtm" else "the backward has the wrong sign"
+        negated = spec.name == "sqrtm" and eigen_root
+        sign = NEGATED_LYAPUNOV if negated else "the backward has the wrong sign"
         causes.append(
             f"the gradient is the reference's times -1: {sign}"
             if abs(scale + 1) < 0.05
             else f"the gradient is the reference's times {_factor(scale, x)}"
         )
-    if not causes and spec.name == "sqrtm" and _error_in_close_pairs(x, gradient, expected):
+    if (
+        not causes
+        and spec.name == "sqrtm"
+        and eigen_root
+        and _error_in_close_pairs(x, gradient, expected)
+    ):
         causes.append(f"wrong on {describe(spec.name, layout, x)}: {AUTODIFF_THROUGH_EIGH}")
     text += ": " + "; also ".join(causes) if causes else _UNKNOWN
     if spec.convention:
@@ -498,7 +555,7 @@ def _gradient_mistakes(
                 "y / ||y|| is (I - v v^T) / ||y||, so subtract v (v . g) / ||y||"
             ),
         )
-    if spec.name == "sqrtm":
+    if spec.name == "sqrtm" and spec.method == "ibp":
         a = (x + np.swapaxes(x, 1, 2)) / 2
         solved = np.stack(
             [scipy.linalg.solve_continuous_lyapunov(m, gi) for m, gi in zip(a, g, strict=True)]
@@ -507,3 +564,23 @@ def _gradient_mistakes(
             (solved + np.swapaxes(solved, 1, 2)) / 2,
             ("the Lyapunov equation is solved with A instead of Z = A^(1/2): solve Z X + X Z = dZ"),
         )
+
+
+def explain_skewed(
+    spec: StageSpec,
+    layout: str,
+    a: np.ndarray,
+    output: np.ndarray,
+    expected: np.ndarray,
+    error: float,
+    allowed: float,
+) -> str:
+    """Why a power differs from that of the symmetric part on a matrix with a skew part."""
+    text = (
+        f"on a covariance plus a skew part the output is not the power of the symmetric part "
+        f"(A + A^T) / 2: relative error {error:.3g} > {allowed:.3g}"
+    )
+    if not np.all(np.isfinite(output)):
+        return f"{text}; non-finite output (NaN or inf)"
+    causes = method_deviations.skew_matching(spec, a, layout, output, expected, allowed)
+    return text + (": " + "; also ".join(causes) if causes else _UNKNOWN)

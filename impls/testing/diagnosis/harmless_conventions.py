@@ -25,6 +25,8 @@ from reference.conventions import DEFAULT_EPS
 #: zero last, so that where a tiny value and none give the same forward, the tiny one, whose
 #: gradient is finite, is assumed.
 REGULARISER_VALUES = (DEFAULT_EPS, 1e-7, 1e-8, 1e-10, 1e-12, 1e-6, 1e-4, 1e-3, 0.0)
+#: The eps of each method with conventions (IBP's default; B-CNN has none).
+REFERENCE_EPS = {"ibp": DEFAULT_EPS, "bcnn": 0.0}
 NO_EPS = "without eps the covariance of a rank-deficient map is singular, its root's slope infinite"
 NO_DELTA = "without a regulariser the signed square root's slope is infinite at z = 0"
 
@@ -64,9 +66,15 @@ def _select(candidates: Sequence[T], error_of: Callable[[T], float]) -> T | None
     return next(c for c, e in zip(candidates, errors, strict=True) if e <= 1.1 * smallest + 1e-15)
 
 
-def _snapped(value: float) -> float:
+def regulariser_values(method: str = "ibp") -> tuple[float, ...]:
+    """REGULARISER_VALUES with the method's own eps first (B-CNN's is 0)."""
+    own = REFERENCE_EPS[method]
+    return (own, *(value for value in REGULARISER_VALUES if value != own))
+
+
+def _snapped(value: float, method: str = "ibp") -> float:
     """The usual regulariser value that `value` is, to float32 round-off, or `value`."""
-    usual = [u for u in REGULARISER_VALUES if abs(value - u) <= 1e-6 * max(u, 1e-30)]
+    usual = [u for u in regulariser_values(method) if abs(value - u) <= 1e-6 * max(u, 1e-30)]
     return usual[0] if usual else value
 
 
@@ -86,33 +94,37 @@ def _pooled(x: np.ndarray, normaliser: str, eps: float) -> np.ndarray:
     return _NORMALISERS[normaliser](x) * reference.bilinear_pool(x, eps=0.0) + eps * _eye(x)
 
 
-def _pool_eps(x: np.ndarray, output: np.ndarray) -> float:
+def _pool_eps(x: np.ndarray, output: np.ndarray, method: str) -> float:
     """eps as the diagonal entry of a dead channel, where it is exact; else a least-squares fit."""
     dead = np.all(x.reshape(x.shape[0], x.shape[1], -1) == 0, axis=2)
     if np.any(dead):
-        return _snapped(float(np.median(np.diagonal(output, axis1=1, axis2=2)[dead])))
+        diagonal = np.diagonal(output, axis1=1, axis2=2)[dead]
+        return _snapped(float(np.median(diagonal)), method)
     second_moments = reference.bilinear_pool(x, eps=0.0)
     identities = np.broadcast_to(_eye(x), second_moments.shape)
     design = np.stack([second_moments.reshape(-1), identities.reshape(-1)], 1)
     # The fitted scale is not used: one other than 1 or N depends on nothing a user sets.
     (_, offset), *_ = np.linalg.lstsq(design, output.reshape(-1), rcond=None)
-    return _snapped(float(offset))
+    return _snapped(float(offset), method)
 
 
 def _fit_pool(
-    x: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate
+    x: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate, method: str = "ibp"
 ) -> Convention | None:
-    eps = _pool_eps(x, output)
+    eps = _pool_eps(x, output, method)
     normaliser = _select(list(_NORMALISERS), lambda n: relative_error(output, _pooled(x, n, eps)))
     if normaliser is None or relative_error(output, _pooled(x, normaliser, eps)) > allowed:
         return None
-    return _pool_convention(normaliser, eps)
+    return _pool_convention(normaliser, eps, method)
 
 
-def _pool_convention(normaliser: str, eps: float) -> Convention:
-    what = f"pool: normaliser {normaliser}, eps * I with eps = {eps:.2g} (reference: 1/N, 1e-05)"
+def _pool_convention(normaliser: str, eps: float, method: str = "ibp") -> Convention:
+    what = (
+        f"pool: normaliser {normaliser}, eps * I with eps = {eps:.2g} (reference: 1/N, "
+        f"{REFERENCE_EPS[method]:.2g})"
+    )
     return Convention(
-        _note(what, [eps == 0 and NO_EPS]),
+        _note(what, [method == "ibp" and eps == 0 and NO_EPS]),
         lambda x: _pooled(x, normaliser, eps),
         lambda x, g: _NORMALISERS[normaliser](x) * reference.bilinear_pool_vjp(x, g),
     )
@@ -192,7 +204,7 @@ def _signed_sqrt_spelling(family: SignedSqrtFamily, delta: float) -> str:
 
 
 def _fit_signed_sqrt(
-    z: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate
+    z: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate, method: str = "ibp"
 ) -> Convention | None:
     """delta is selected on a probe with samples at many scales (the realistic first input cannot
     tell 1e-8 from 1e-10, though the gradient near zero can); accepted on the first input."""
@@ -218,21 +230,36 @@ def _fit_signed_sqrt(
 HeadCandidate = tuple[tuple[str, float], tuple[SignedSqrtFamily, float]]
 
 
+def _root_of(pooled: np.ndarray, rooted: bool) -> np.ndarray:
+    """IBP's root of the pooled matrix, or (B-CNN, `rooted` False) the matrix itself."""
+    return reference.sqrtm(pooled) if rooted else pooled
+
+
 def _head_parts(
-    x: np.ndarray, normaliser: str, eps: float, family: SignedSqrtFamily, delta: float
+    x: np.ndarray,
+    normaliser: str,
+    eps: float,
+    family: SignedSqrtFamily,
+    delta: float,
+    rooted: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    z = reference.sqrtm(_pooled(x, normaliser, eps))
+    z = _root_of(_pooled(x, normaliser, eps), rooted)
     return z, family.forward(z, delta)
 
 
 def _fit_head(
-    x: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate
+    x: np.ndarray,
+    output: np.ndarray,
+    allowed: float,
+    evaluate: Evaluate,
+    method: str = "ibp",
 ) -> Convention | None:
+    rooted = method == "ibp"
     output = output.reshape(len(x), -1)
     roots = {
-        (normaliser, eps): reference.sqrtm(_pooled(x, normaliser, eps))
+        (normaliser, eps): _root_of(_pooled(x, normaliser, eps), rooted)
         for normaliser in _NORMALISERS
-        for eps in REGULARISER_VALUES
+        for eps in regulariser_values(method)
     }
 
     def error(candidate: HeadCandidate) -> float:
@@ -244,51 +271,68 @@ def _fit_head(
     best = _select(candidates, error)
     if best is None or error(best) > allowed:
         return None
-    return _head_convention(*best[0], *best[1])
+    return _head_convention(*best[0], *best[1], method=method)
 
 
 def _head_convention(
-    normaliser: str, eps: float, family: SignedSqrtFamily, delta: float
+    normaliser: str, eps: float, family: SignedSqrtFamily, delta: float, method: str = "ibp"
 ) -> Convention:
+    rooted = method == "ibp"
+
     def forward(x: np.ndarray) -> np.ndarray:
-        _, y = _head_parts(x, normaliser, eps, family, delta)
+        _, y = _head_parts(x, normaliser, eps, family, delta, rooted)
         return reference.l2_normalize(y).reshape(len(x), -1)
 
     def vjp(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-        z, y = _head_parts(x, normaliser, eps, family, delta)
+        z, y = _head_parts(x, normaliser, eps, family, delta, rooted)
         g_y = reference.l2_normalize_vjp(y, g.reshape(y.shape))
-        g_a = reference.sqrtm_vjp(z, family.vjp(z, g_y, delta))
+        g_z = family.vjp(z, g_y, delta)
+        g_a = reference.sqrtm_vjp(z, g_z) if rooted else g_z
         return _NORMALISERS[normaliser](x) * reference.bilinear_pool_vjp(x, g_a)
 
     what = (
-        f"head: pool normaliser {normaliser}, eps = {eps:.2g} (reference: 1/N, 1e-05); signed "
-        f"sqrt {_signed_sqrt_spelling(family, delta)}"
+        f"head: pool normaliser {normaliser}, eps = {eps:.2g} (reference: 1/N, "
+        f"{REFERENCE_EPS[method]:.2g}); signed sqrt {_signed_sqrt_spelling(family, delta)}"
     )
+    pooled = partial(_pooled, normaliser=normaliser, eps=eps)
     return Convention(
-        _note(what, [eps == 0 and NO_EPS, delta == 0 and NO_DELTA]),
+        _note(what, [rooted and eps == 0 and NO_EPS, delta == 0 and NO_DELTA]),
         forward,
         vjp,
-        conditioned_matrix=partial(_pooled, normaliser=normaliser, eps=eps),
+        conditioned_matrix=pooled if rooted else None,
         amplification=partial(
             signed_sqrt_amplification,
-            pooled=partial(_pooled, normaliser=normaliser, eps=eps),
+            pooled=pooled,
             delta=delta,
+            root=reference.sqrtm if rooted else None,
         ),
     )
 
 
 # The root has none: its tolerance (tolerances.APPROXIMATION_BUDGET) already covers the eps values
-# in use, and a larger offset inside the root is not harmless.
+# in use, and a larger offset inside the root is not harmless. MPN-COV and iSQRT-COV have none:
+# their output is not normalised, so no scale or offset is harmless there.
 _FITS = {"pool": _fit_pool, "signed-sqrt": _fit_signed_sqrt, "head": _fit_head}
+#: The methods whose stages a convention may explain: those that end in an L2 normalisation.
+METHODS_WITH_CONVENTIONS = ("ibp", "bcnn")
 
 
 def fit(
-    stage: str, x: np.ndarray, output: np.ndarray, allowed: float, evaluate: Evaluate
+    stage: str,
+    x: np.ndarray,
+    output: np.ndarray,
+    allowed: float,
+    evaluate: Evaluate,
+    method: str = "ibp",
 ) -> Convention | None:
-    """The convention under which the reference gives `output` for x to `allowed`, or None.
+    """The convention under which `method`'s reference gives `output` for x to `allowed`, or None.
     evaluate(input) -> the function's output on another input (None where it fails)."""
     output = np.asarray(output, dtype=np.float64)
-    if stage not in _FITS or not np.all(np.isfinite(output)):
+    if (
+        method not in METHODS_WITH_CONVENTIONS
+        or stage not in _FITS
+        or not np.all(np.isfinite(output))
+    ):
         return None
     with np.errstate(all="ignore"):
-        return _FITS[stage](np.asarray(x, dtype=np.float64), output, allowed, evaluate)
+        return _FITS[stage](np.asarray(x, dtype=np.float64), output, allowed, evaluate, method)

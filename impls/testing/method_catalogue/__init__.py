@@ -150,7 +150,7 @@ BUGS = (
         "isqrt-cov",
         "sqrtm",
         "isqrt_cov_root_off_by_two",
-        "3 iterations",
+        "the layer runs 3 iterations",
         "declares iterN = 5 but runs 3: the released code's loop (iterN - 2 steps) without its "
         "first and last steps",
         causes.three_iterations,
@@ -160,7 +160,7 @@ BUGS = (
         "mpn-cov",
         "sqrtm",
         "mpn_cov_power_svd",
-        "singular values",
+        "applied to the singular values",
         "U S^(1/2) V^T of the SVD: on a non-symmetric matrix the power of its singular values, "
         "not the power of the matrix",
         causes.svd_power,

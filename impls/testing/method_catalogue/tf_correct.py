@@ -4,6 +4,7 @@ is a function of one tensor."""
 
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from reference.conventions import SIGNED_SQRT_DELTA as DELTA
@@ -76,22 +77,40 @@ def centred_pool_mean(x: tf.Tensor) -> tf.Tensor:
     return tf.matmul(centred, centred, transpose_a=True) / (h * w)
 
 
-def _power_backward(u: tf.Tensor, eigenvalues: tf.Tensor, alpha: float, g: tf.Tensor) -> tf.Tensor:
-    """U [(U^T sym(G) U) * D] U^T, D_ij = (f(l_i) - f(l_j)) / (l_i - l_j), f'(l) where the
-    eigenvalues coincide (f(l) = max(l, 0)^alpha; where neither is positive, 0)."""
-    clamped = tf.maximum(eigenvalues, 0)
-    powered = clamped**alpha
-    difference = clamped[..., :, None] - clamped[..., None, :]
-    largest = tf.reduce_max(clamped, axis=-1, keepdims=True)[..., None]
-    close = tf.abs(difference) <= 1e-12 * largest
-    mean = tf.maximum((clamped[..., :, None] + clamped[..., None, :]) / 2, 1e-300)
-    slope = tf.where(mean > 1e-300, alpha * mean ** (alpha - 1), tf.zeros_like(mean))
-    quotient = (powered[..., :, None] - powered[..., None, :]) / tf.where(
-        close, tf.ones_like(difference), difference
+def _divided_differences(eigenvalues: tf.Tensor, alpha: float) -> tf.Tensor:
+    """D_ij = (f(l_i) - f(l_j)) / (l_i - l_j) of f(l) = max(l, 0)^alpha, f'(l) where they
+    coincide; computed as l_j^(alpha - 1) expm1(alpha t) / expm1(t), t = log(l_i / l_j), which keeps
+    its digits where l_i and l_j differ by round-off only (the quotient as written loses them all).
+    Positive eigenvalues are floored at eps^2 l_max; where one is positive, f(l_i) / |l_i - l_j|;
+    where neither, 0."""
+    info = np.finfo(eigenvalues.dtype.as_numpy_dtype)
+    positive = eigenvalues > 0
+    largest = tf.reduce_max(eigenvalues, axis=-1, keepdims=True)
+    floor = tf.maximum(float(info.eps) ** 2 * largest, float(info.tiny))
+    floored = tf.where(positive, tf.maximum(eigenvalues, floor), tf.ones_like(eigenvalues))
+    li, lj = floored[..., :, None], floored[..., None, :]
+    t = tf.math.log(li) - tf.math.log(lj)
+    same = tf.equal(t, 0)
+    ratio = tf.where(
+        same,
+        tf.fill(tf.shape(t), tf.constant(alpha, t.dtype)),
+        tf.math.expm1(alpha * t) / tf.where(same, tf.ones_like(t), tf.math.expm1(t)),
     )
-    d = tf.where(close, slope, quotient)
+    both = tf.logical_and(positive[..., :, None], positive[..., None, :])
+    one = tf.math.logical_xor(positive[..., :, None], positive[..., None, :])
+    powered = tf.where(positive, floored**alpha, tf.zeros_like(floored))
+    gap = tf.abs(eigenvalues[..., :, None] - eigenvalues[..., None, :])
+    one_positive = (powered[..., :, None] + powered[..., None, :]) / tf.where(
+        one, gap, tf.ones_like(gap)
+    )
+    zero = tf.zeros_like(gap)
+    return tf.where(both, lj ** (alpha - 1) * ratio, tf.where(one, one_positive, zero))
+
+
+def _power_backward(u: tf.Tensor, eigenvalues: tf.Tensor, alpha: float, g: tf.Tensor) -> tf.Tensor:
+    """U [(U^T sym(G) U) * D] U^T (Daleckii-Krein), D the divided differences of the power."""
     g = (g + _transpose(g)) / 2
-    return u @ ((_transpose(u) @ g @ u) * d) @ _transpose(u)
+    return u @ ((_transpose(u) @ g @ u) * _divided_differences(eigenvalues, alpha)) @ _transpose(u)
 
 
 def _matrix_power(alpha: float) -> Callable[[tf.Tensor], tf.Tensor]:

@@ -73,23 +73,41 @@ def centred_pool_mean(x: torch.Tensor) -> torch.Tensor:
     return centred @ centred.mT / features.shape[-1]
 
 
+def _divided_differences(eigenvalues: torch.Tensor, alpha: float) -> torch.Tensor:
+    """D_ij = (f(l_i) - f(l_j)) / (l_i - l_j) of f(l) = max(l, 0)^alpha, f'(l) where they
+    coincide; computed as l_j^(alpha - 1) expm1(alpha t) / expm1(t), t = log(l_i / l_j), which keeps
+    its digits where l_i and l_j differ by round-off only (the quotient as written loses them all).
+    Positive eigenvalues are floored at eps^2 l_max; where one is positive, f(l_i) / |l_i - l_j|;
+    where neither, 0."""
+    info = torch.finfo(eigenvalues.dtype)
+    positive = eigenvalues > 0
+    floor = (info.eps**2 * eigenvalues.amax(-1, keepdim=True)).clamp_min(info.tiny)
+    floored = torch.where(positive, torch.maximum(eigenvalues, floor), torch.ones_like(eigenvalues))
+    li, lj = floored[..., :, None], floored[..., None, :]
+    t = torch.log(li) - torch.log(lj)
+    same = t == 0
+    ratio = torch.where(
+        same,
+        torch.full_like(t, alpha),
+        torch.expm1(alpha * t) / torch.where(same, torch.ones_like(t), torch.expm1(t)),
+    )
+    both = positive[..., :, None] & positive[..., None, :]
+    one = positive[..., :, None] ^ positive[..., None, :]
+    powered = torch.where(positive, floored**alpha, torch.zeros_like(floored))
+    gap = (eigenvalues[..., :, None] - eigenvalues[..., None, :]).abs()
+    one_positive = (powered[..., :, None] + powered[..., None, :]) / torch.where(
+        one, gap, torch.ones_like(gap)
+    )
+    zero = torch.zeros_like(gap)
+    return torch.where(both, lj ** (alpha - 1) * ratio, torch.where(one, one_positive, zero))
+
+
 def _power_backward(
     u: torch.Tensor, eigenvalues: torch.Tensor, alpha: float, g: torch.Tensor
 ) -> torch.Tensor:
-    """U [(U^T sym(G) U) * D] U^T, D_ij = (f(l_i) - f(l_j)) / (l_i - l_j), f'(l) where the
-    eigenvalues coincide (f(l) = max(l, 0)^alpha; where neither is positive, 0)."""
-    clamped = eigenvalues.clamp_min(0)
-    powered = clamped**alpha
-    difference = clamped[..., :, None] - clamped[..., None, :]
-    close = difference.abs() <= 1e-12 * clamped.amax(-1, keepdim=True)[..., None]
-    mean = ((clamped[..., :, None] + clamped[..., None, :]) / 2).clamp_min(1e-300)
-    slope = torch.where(mean > 1e-300, alpha * mean ** (alpha - 1), torch.zeros_like(mean))
-    quotient = (powered[..., :, None] - powered[..., None, :]) / torch.where(
-        close, torch.ones_like(difference), difference
-    )
-    d = torch.where(close, slope, quotient)
+    """U [(U^T sym(G) U) * D] U^T (Daleckii-Krein), D the divided differences of the power."""
     g = (g + g.mT) / 2
-    return u @ ((u.mT @ g @ u) * d) @ u.mT
+    return u @ ((u.mT @ g @ u) * _divided_differences(eigenvalues, alpha)) @ u.mT
 
 
 class _MatrixPower(torch.autograd.Function):

@@ -22,6 +22,7 @@ from impls.testing.check_options import ModelSettings
 from impls.testing.command_line import UsageError
 from impls.testing.diagnosis.explain import first_line, hard_coded_batch, numbers_in
 from impls.testing.founding_question import BATCH_SIZE as PROBE_BATCH
+from impls.testing.model_check import recognised
 from impls.testing.model_check.located import locate_head
 from impls.testing.model_check.traced_models import (
     LayerCall,
@@ -102,14 +103,19 @@ class Session:
         self.rng = np.random.default_rng(settings.seed)
 
     def probe(self) -> None:
-        """The first calls: the batch size the model works at, its layers' calls, the IBP head's
-        layers. Raises RuntimeError when it works at no batch size tried."""
+        """The first calls: the batch size the model works at, its layers' calls, the head's
+        layers and the method they implement. Raises RuntimeError when it works at no batch size
+        tried."""
         self.batch, self.batch_finding = self._working_batch()
         self.x = probe_images(self.model, np.arange(self.batch), self.rng)
         self.calls, self.outputs = self.model.trace(self.x)
         self.classes = self.outputs.logits.shape[-1]
         self.finite_finding = finite_outputs(self.calls, self.outputs)
-        self.located = locate_head(self.calls, self.framework)
+        located = locate_head(self.calls, self.framework)
+        if located:
+            method = recognised.given(self.settings) or recognised.recognise(self.calls, located)
+            located = recognised.with_method(located, method)
+        self.located = located
 
     @property
     def finite(self) -> bool:

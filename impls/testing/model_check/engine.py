@@ -1,6 +1,7 @@
 """`check_model`: every whole-model check, then the stage checks of `ibp-check` (the same engine,
-`impls.testing.check_runner.check`) on each layer of the IBP head found inside the model, at the
-sizes, layout and dtype it gets there."""
+`impls.testing.check_runner.check`) on each layer of the head found inside the model, at the
+sizes, layout and dtype it gets there, against the reference of the method the head implements
+(`model_check.recognised`, or `--method`)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from impls.testing import framework_logs
-from impls.testing.check_options import DEFAULT_SIZE, DTYPES, ModelSettings, StageSettings
+from impls.testing.check_options import (
+    DEFAULT_SIZE,
+    DTYPES,
+    PARAMETER_NAMES,
+    ModelSettings,
+    StageSettings,
+)
 from impls.testing.check_runner import CheckReport, check
 from impls.testing.model_check.checks import Finding
 from impls.testing.model_check.located import FEATURE_MAP_STAGES, Located
 from impls.testing.model_check.supervisor import CHECKS, ModelSandbox
 from impls.testing.sandbox import Sandbox, TargetStopped
 from impls.testing.stage_specs import Sizes
+from reference.methods import METHODS
 
 #: Hypothesis examples per property, and seconds per property, of the stage checks on located
 #: layers: the fixed realistic cases run whatever these are, so a small search keeps the whole
@@ -31,7 +39,8 @@ STAGE_SECONDS_PER_PROPERTY = 3.0
 class ModelReport:
     """What `ibp-check model` found: the `target` and its `framework`, the `batch` size the
     checks ran at (None where the model ran at none), its `layers` as (name, kind) in the order
-    their calls end, the IBP `head` found in it as (layer, stage), one Finding per check in
+    their calls end, the `head` found in it as (layer, stage), the `method` it implements (None
+    without a head) with its `parameters`, one Finding per check in
     `findings` (status PASS, FAIL, NOTE or SKIP, with causes and measurements), `notes` on how it
     was checked, and the run's `seconds`. `passed` is True when no check failed.
     `target_output` is what the model printed (shown apart from the report), `framework_log`
@@ -47,6 +56,8 @@ class ModelReport:
     seconds: float = 0.0
     target_output: str = ""
     framework_log: str = ""
+    method: str | None = None
+    parameters: dict = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -133,6 +144,9 @@ def check_model(target: str, settings: ModelSettings) -> ModelReport:
         if summary["compiled"]
         else []
     )
+    head: list[Located] = summary["located"]
+    if head:
+        notes.append(f"the head's method: {head[0].method}, {head[0].recognised}")
     return ModelReport(
         target,
         framework,
@@ -144,7 +158,14 @@ def check_model(target: str, settings: ModelSettings) -> ModelReport:
         time.perf_counter() - started,
         target_output=printed,
         framework_log=log,
+        method=head[0].method if head else None,
+        parameters=_parameters(head[0]) if head else {},
     )
+
+
+def _parameters(located: Located) -> dict[str, Any]:
+    """Every parameter of the head's method, the ones not told at their defaults."""
+    return METHODS[located.method].resolve(**dict(located.parameters))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +221,11 @@ def _stage_settings(
         notes.append(
             "nothing below it trains, so no gradient flows through it: its gradient is not checked"
         )
+    given = dict(located.parameters)
     stage_settings = StageSettings(
         framework=settings.framework,
+        method=located.method,
+        **{name: given.get(name) for name in PARAMETER_NAMES},
         size=DEFAULT_SIZE,
         tolerance=None,
         dtype=dtype,
@@ -212,6 +236,32 @@ def _stage_settings(
         strict_dtypes=settings.strict_dtypes,
     )
     return stage_settings, notes
+
+
+def _outside_method(layer: Located, settings: ModelSettings, name: str) -> Finding | None:
+    """The finding of a layer its method cannot check: a stage the method has not (a FAIL where
+    the user named the method: the head is not what they said; a NOTE where it was recognised),
+    or a centred covariance of fewer locations than the method is defined on (a NOTE)."""
+    method = METHODS[layer.method]
+    if layer.stage not in method.stage_names:
+        status = "FAIL" if settings.method is not None else "NOTE"
+        return Finding(
+            name,
+            status,
+            f"not checked: {method.short} has no {layer.stage} stage (its stages: "
+            f"{', '.join(method.stage_names)}), so this head is not a {layer.method} head; check "
+            "the model without --method to have its method recognised, or the layer with the "
+            "method it implements",
+        )
+    locations = layer.form.map_shape[0] * layer.form.map_shape[1] if layer.form.map_shape else 0
+    if layer.stage in FEATURE_MAP_STAGES and locations < method.min_locations:
+        return Finding(
+            name,
+            "NOTE",
+            f"not checked: the layer's feature map has {locations} location(s); {method.short}'s "
+            "centred covariance is 0 there, where the method is not defined",
+        )
+    return None
 
 
 def _head_findings(
@@ -227,10 +277,10 @@ def _head_findings(
             return []
         return [
             Finding(
-                "IBP head",
+                "head",
                 "NOTE",
-                "no layer turns a feature map into a (B, C, C) matrix or its flattening: no "
-                "stage checks ran",
+                "no layer turns a feature map into a (B, C, C) matrix, its flattening or its upper "
+                "triangle: no stage checks ran",
             )
         ]
     findings = []
@@ -251,6 +301,10 @@ def _head_findings(
                         "and ibp-check sqrtm)",
                     )
                 )
+                continue
+            unchecked = _outside_method(layer, settings, name)
+            if unchecked is not None:
+                findings.append(unchecked)
                 continue
             late = clock.ran_out(name)
             if late is not None:

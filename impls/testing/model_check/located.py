@@ -16,6 +16,7 @@ import reference
 from impls.testing.check_options import ModelSettings
 from impls.testing.diagnosis.deviations import explains
 from impls.testing.model_check.traced_models import LayerCall, build, single_threaded
+from reference.methods import centred_pool
 
 FEATURE_MAP_STAGES = ("pool", "head")
 
@@ -36,19 +37,29 @@ class LayerForm:
 
 @dataclasses.dataclass(frozen=True)
 class Located:
-    """A layer of the IBP head: where it sits, its name, the stage it computes, its form, and
-    whether a parameter below it trains (else only its forward matters)."""
+    """A layer of the head: where it sits, its name, the stage it computes, its form, whether a
+    parameter below it trains (else only its forward matters); and the method of the head it
+    belongs to (`model_check.recognised`), with its parameters and how it was told."""
 
     path: str
     name: str
     stage: str
     form: LayerForm
     trains_below: bool
+    method: str = "ibp"
+    parameters: tuple[tuple[str, Any], ...] = ()
+    recognised: str = ""
 
 
 def _square_side(size: int) -> int | None:
     side = math.isqrt(size)
     return side if side >= 2 and side * side == size else None
+
+
+def triangle_side(size: int) -> int | None:
+    """C where `size` is C(C+1)/2, C >= 2 (the upper triangle of a C x C matrix); else None."""
+    side = (math.isqrt(8 * size + 1) - 1) // 2
+    return side if side >= 2 and side * (side + 1) // 2 == size else None
 
 
 def _matrices(output: np.ndarray) -> np.ndarray | None:
@@ -84,7 +95,7 @@ def _channel_axis(shape: tuple[int, ...], channels: int, framework: str) -> int 
     return usual if usual in fitting else fitting[0]
 
 
-def _channels_first(x: np.ndarray, axis: int) -> np.ndarray:
+def channels_first(x: np.ndarray, axis: int) -> np.ndarray:
     """A traced feature map (B, ...) as channels-first (B, C, H, W) float64."""
     x = np.moveaxis(x.astype(np.float64), axis + 1, 1)
     return x if x.ndim == 4 else x[..., None]
@@ -92,24 +103,52 @@ def _channels_first(x: np.ndarray, axis: int) -> np.ndarray:
 
 def _pooling_form(call: LayerCall, framework: str) -> tuple[str, LayerForm] | None:
     """(stage, form) where the call turns a feature map into (B, C, C) or (B, C*C): the pooling,
-    or, with unit-norm samples, the whole head."""
-    x, matrices = call.input, _matrices(call.output)
-    if len(call.arguments) != 1 or x.ndim not in (3, 4) or matrices is None or _reshaped(call):
+    or, with unit-norm samples, the whole head; or into (B, C(C+1)/2), an upper triangle: the
+    whole head of MPN-COV or iSQRT-COV."""
+    x = call.input
+    if len(call.arguments) != 1 or x.ndim not in (3, 4) or _reshaped(call):
         return None
-    channels = matrices.shape[1]
-    axis = _channel_axis(x.shape[1:], channels, framework)
-    if axis is None or not _symmetric(matrices) or not np.all(np.isfinite(matrices)):
-        return None
-    rest = [size for a, size in enumerate(x.shape[1:]) if a != axis]
-    map_shape = (rest[0], rest[1]) if len(rest) == 2 else (rest[0], 1)
-    form = LayerForm(x.shape[1:], call.output.shape[1:], channels, axis, map_shape, call.dtype)
+    matrices = _matrices(call.output)
+    channels = 0 if matrices is None else matrices.shape[1]
+    axis = None if matrices is None else _channel_axis(x.shape[1:], channels, framework)
+    if (
+        matrices is None
+        or axis is None
+        or not _symmetric(matrices)
+        or not np.all(np.isfinite(matrices))
+    ):
+        # Not a C x C matrix: an upper triangle, where the size is one (C(C+1)/2 may be a square).
+        triangle = _triangle_form(call, framework)
+        return None if triangle is None else ("head", triangle)
+    form = _feature_map_form(call, channels, axis)
     norms = np.linalg.norm(call.output.reshape(len(x), -1).astype(np.float64), axis=1)
     if np.allclose(norms, 1.0, rtol=1e-3):
         return "head", form
-    pooled = reference.bilinear_pool(_channels_first(x, axis))
-    if explains(_flat(matrices), _flat(reference.sqrtm(pooled)), 5e-3, up_to_scale=True):
-        return "pool+sqrtm", form
+    maps = channels_first(x, axis)
+    for pooled in (reference.bilinear_pool(maps), centred_pool(maps)):
+        if explains(_flat(matrices), _flat(reference.sqrtm(pooled)), 5e-3, up_to_scale=True):
+            return "pool+sqrtm", form
     return "pool", form
+
+
+def _feature_map_form(call: LayerCall, channels: int, axis: int) -> LayerForm:
+    rest = [size for a, size in enumerate(call.input.shape[1:]) if a != axis]
+    map_shape = (rest[0], rest[1]) if len(rest) == 2 else (rest[0], 1)
+    return LayerForm(
+        call.input.shape[1:], call.output.shape[1:], channels, axis, map_shape, call.dtype
+    )
+
+
+def _triangle_form(call: LayerCall, framework: str) -> LayerForm | None:
+    """The form of a call from a feature map of C channels to (B, C(C+1)/2) finite values."""
+    output = call.output
+    if output.ndim != 2 or not np.all(np.isfinite(output)):
+        return None
+    channels = triangle_side(output.shape[1])
+    if channels is None:
+        return None
+    axis = _channel_axis(call.input.shape[1:], channels, framework)
+    return None if axis is None else _feature_map_form(call, channels, axis)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:

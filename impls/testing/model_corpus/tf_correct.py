@@ -1,6 +1,7 @@
-"""Correct IBP models in Keras 3, written the ways people write them: `ibp-check model` must pass
-every one (exit 0, no FAIL) at any seed. Each function builds one and returns it (compiled, or
-with the optimizer it trains with); images are (32, 32, 3), channels-last."""
+"""Correct models in Keras 3 (IBP heads, and B-CNN and iSQRT-COV heads), written the ways people
+write them: `ibp-check model` must pass every one (exit 0, no FAIL) at any seed. Each function
+builds one and returns it (compiled, or with the optimizer it trains with); images are (32, 32,
+3), channels-last."""
 
 import keras
 import tensorflow as tf
@@ -188,5 +189,74 @@ def logits_and_features() -> keras.Model:
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+    )
+    return model
+
+
+def centred_covariance(x: tf.Tensor) -> tf.Tensor:
+    """(B, H, W, C) -> (B, C, C): the covariance of each sample's locations, mean subtracted."""
+    shape = tf.shape(x)
+    features = tf.reshape(x, (shape[0], shape[1] * shape[2], shape[3]))
+    centred = features - tf.reduce_mean(features, axis=1, keepdims=True)
+    n = tf.cast(shape[1] * shape[2], x.dtype)
+    return tf.matmul(centred, centred, transpose_a=True) / n
+
+
+def iterative_sqrt(a: tf.Tensor, iterations: int = 5) -> tf.Tensor:
+    """iSQRT-COV's root: trace pre-normalisation, coupled Newton-Schulz, post-compensation."""
+    trace = tf.linalg.trace(a)[:, None, None]
+    eye = tf.eye(tf.shape(a)[-1], batch_shape=[tf.shape(a)[0]], dtype=a.dtype)
+    y, z = a / trace, eye
+    for _ in range(iterations):
+        t = 0.5 * (3.0 * eye - z @ y)
+        y, z = y @ t, t @ z
+    return y * tf.sqrt(trace)
+
+
+def upper_triangle(m: tf.Tensor) -> tf.Tensor:
+    """The upper triangle, row by row, as (B, C(C+1)/2)."""
+    c = m.shape[-1]
+    index = [i * c + j for i in range(c) for j in range(i, c)]
+    return tf.gather(tf.reshape(m, (-1, c * c)), index, axis=1)
+
+
+def isqrt_cov_head() -> keras.Model:
+    """An iSQRT-COV head in Lambda layers: centred covariance, 5 iterations, the upper
+    triangle."""
+    images = keras.Input(INPUT_SHAPE)
+    x = _backbone(images)
+    x = keras.layers.Lambda(centred_covariance, name="covariance")(x)
+    x = keras.layers.Lambda(iterative_sqrt, name="isqrt")(x)
+    x = keras.layers.Lambda(upper_triangle, name="triu")(x)
+    model = keras.Model(images, keras.layers.Dense(CLASSES)(x))
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def second_moment(x: tf.Tensor) -> tf.Tensor:
+    """B-CNN's pooling, X X^T / N, no eps."""
+    shape = tf.shape(x)
+    features = tf.reshape(x, (shape[0], shape[1] * shape[2], shape[3]))
+    n = tf.cast(shape[1] * shape[2], x.dtype)
+    return tf.matmul(features, features, transpose_a=True) / n
+
+
+def bcnn_head() -> keras.Model:
+    """A B-CNN head in Lambda layers on a frozen backbone: second moment, signed sqrt,
+    tf.math.l2_normalize, the classifier alone trained with SGD at lr 1.0."""
+    images = keras.Input(INPUT_SHAPE)
+    backbone = keras.Model(images, _backbone(images), name="backbone")
+    backbone.trainable = False
+    x = keras.layers.Lambda(second_moment, name="bilinear")(backbone(images))
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Lambda(signed_sqrt, name="signed_sqrt")(x)
+    x = keras.layers.Lambda(lambda y: tf.math.l2_normalize(y, axis=-1), name="l2")(x)
+    model = keras.Model(images, keras.layers.Dense(CLASSES)(x))
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=1.0, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model

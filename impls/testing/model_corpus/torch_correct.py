@@ -1,6 +1,6 @@
-"""Correct IBP models in PyTorch, written the ways people write them: `ibp-check model` must pass
-every one (exit 0, no FAIL) at any seed. Each function builds one and returns (model, optimizer);
-one sample is (3, 32, 32), channels-first."""
+"""Correct models in PyTorch (IBP heads, and B-CNN and iSQRT-COV heads), written the ways people
+write them: `ibp-check model` must pass every one (exit 0, no FAIL) at any seed. Each function
+builds one and returns (model, optimizer); one sample is (3, 32, 32), channels-first."""
 
 import torch
 import torch.nn.functional as F
@@ -222,3 +222,82 @@ def channels_last_pooling() -> tuple[nn.Module, torch.optim.Optimizer]:
         nn.Linear(CHANNELS**2, CLASSES),
     )
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+class CentredCovariance(nn.Module):
+    """iSQRT-COV's Covpool: X I_hat X^T, I_hat = (1/N) I - (1/N^2) 1 1^T."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = h * w
+        features = x.reshape(b, c, n)
+        i_hat = (torch.eye(n, dtype=x.dtype) - torch.full((n, n), 1.0 / n, dtype=x.dtype)) / n
+        return features @ i_hat @ features.mT
+
+
+class IterativeSqrt(nn.Module):
+    """iSQRT-COV's Sqrtm: trace pre-normalisation, coupled Newton-Schulz iterations, autograd
+    through them, post-compensation."""
+
+    def __init__(self, iterations: int = 5) -> None:
+        super().__init__()
+        self.iterations = iterations
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        trace = a.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None]
+        eye = torch.eye(a.shape[-1], dtype=a.dtype).expand_as(a)
+        y, z = a / trace, eye
+        for _ in range(self.iterations):
+            t = 0.5 * (3 * eye - z @ y)
+            y, z = y @ t, t @ z
+        return y * trace.sqrt()
+
+
+class Triuvec(nn.Module):
+    """The upper triangle, row by row."""
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        rows, columns = torch.triu_indices(m.shape[-1], m.shape[-1])
+        return m[:, rows, columns]
+
+
+def isqrt_cov_head() -> tuple[nn.Module, torch.optim.Optimizer]:
+    """An iSQRT-COV head (Li et al., CVPR 2018): centred covariance, 5 iterations, the upper
+    triangle, everything trained with SGD as the authors do."""
+    model = nn.Sequential(
+        _backbone(),
+        CentredCovariance(),
+        IterativeSqrt(5),
+        Triuvec(),
+        nn.Linear(CHANNELS * (CHANNELS + 1) // 2, CLASSES),
+    )
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+class SecondMoment(nn.Module):
+    """B-CNN's pooling: X X^T / N, no eps."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = x.flatten(2)
+        return features @ features.mT / features.shape[-1]
+
+
+class BcnnSignedSqrt(nn.Module):
+    """sign(y) sqrt(|y| + 1e-12), as B-CNN ports write it."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.sign(y) * torch.sqrt(y.abs() + 1e-12)
+
+
+def bcnn_head() -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A B-CNN head (Lin et al., ICCV 2015) on a frozen backbone: second moment, signed sqrt, L2,
+    the classifier alone trained with SGD at lr 1.0."""
+    model = nn.Sequential(
+        _frozen(_backbone()),
+        SecondMoment(),
+        nn.Flatten(),
+        BcnnSignedSqrt(),
+        Normalize(),
+        nn.Linear(CHANNELS**2, CLASSES),
+    )
+    return model, torch.optim.SGD(model[-1].parameters(), lr=1.0, momentum=0.9)
