@@ -255,7 +255,9 @@ def _envelopes(relative: str) -> dict[str, dict[str, object]]:
     document = json.loads((ROOT / relative).read_text())
     envelopes = {metadata.ENVELOPE_KEY: document[metadata.ENVELOPE_KEY]}
     for part in ("runs", "range_runs"):
-        for name, envelope in document.get(part, {}).items():
+        merged = document.get(part, {})
+        # A mapping holds the envelopes of merged runs (auto's table); a list is rows, not runs.
+        for name, envelope in merged.items() if isinstance(merged, dict) else ():
             envelopes[f"{part}.{name}"] = envelope
     return envelopes
 
