@@ -9,6 +9,7 @@ from types import ModuleType
 import pytest
 
 from impls.backends import BACKENDS
+from impls.testing.sandbox import Sandbox
 from impls.testing.strategies import PROFILE_VARIABLE, load_profile
 
 load_profile()
@@ -69,3 +70,12 @@ def pytest_terminal_summary(terminalreporter):
     for framework, counts in sorted(_outcomes.items()):
         line = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
         terminalreporter.line(f"{framework}: {line}")
+
+
+@pytest.fixture(scope="module")
+def sandboxes():
+    """One child process per framework for the module: TensorFlow's import is paid once."""
+    opened = {}
+    yield lambda name: opened.setdefault(name, Sandbox())
+    for sandbox in opened.values():
+        sandbox.close()

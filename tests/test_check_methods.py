@@ -33,7 +33,6 @@ from impls.testing.method_specs import (
     stage_spec,
 )
 from impls.testing.properties import with_skew_part
-from impls.testing.sandbox import Sandbox
 from impls.testing.stage_specs import STAGES, Sizes
 from impls.testing.strategies import batch_sizes
 from impls.testing.tolerances import relative_error
@@ -43,15 +42,6 @@ from reference.methods.isqrt_cov import isqrt_cov_root, newton_schulz_iterations
 #: The fixed realistic cases run whatever these settings: the search adds few small examples.
 FAST = {"max_examples": 5, "size": 5, "seconds_per_property": 1.0}
 TORCH_CORRECT = "impls.testing.method_catalogue.torch_correct"
-
-
-@pytest.fixture(scope="module")
-def sandboxes():
-    """One child process per framework for the module: TensorFlow's import is paid once."""
-    opened = {}
-    yield lambda name: opened.setdefault(name, Sandbox())
-    for sandbox in opened.values():
-        sandbox.close()
 
 
 # -- the catalogue, through the sandbox -----------------------------------------------------------

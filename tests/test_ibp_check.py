@@ -16,7 +16,6 @@ import pytest
 from impls.testing import check
 from impls.testing.bug_catalogue import BUGS, CORRECT
 from impls.testing.check_catalogue import run_bug, run_correct
-from impls.testing.sandbox import Sandbox
 
 from .conftest import import_framework
 
@@ -76,15 +75,6 @@ TORCH_SIGNED_SQRT = """
 def torch_installed():
     """The command-line tests check PyTorch targets: without torch they have nothing to run."""
     import_framework("torch")
-
-
-@pytest.fixture(scope="module")
-def sandboxes():
-    """One child process per framework for the module: TensorFlow's import is paid once."""
-    opened = {}
-    yield lambda name: opened.setdefault(name, Sandbox())
-    for sandbox in opened.values():
-        sandbox.close()
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
