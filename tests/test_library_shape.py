@@ -201,17 +201,26 @@ def test_torch_compile_takes_the_head_whole(options):
 
 
 def test_keras_jit_compile_trains_the_head():
-    """XLA (jit_compile=True) takes the Keras head, in fit."""
-    keras = import_framework("keras")
-    from impls.tf import IBPHead
-
-    model = keras.Sequential([keras.Input((5, 5, 8)), IBPHead(8, 3)])
-    model.compile(
-        "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True
+    """XLA (jit_compile=True) takes the Keras head, in fit. Keras silently falls back to
+    jit_compile=False where TF's op determinism is on (the training runner turns it on in its
+    process, and cannot turn it off), so this runs in a fresh interpreter and asserts that the
+    model really compiled with XLA."""
+    import_framework("keras")
+    program = """
+import json, keras, numpy as np
+from impls.tf import IBPHead
+model = keras.Sequential([keras.Input((5, 5, 8)), IBPHead(8, 3)])
+model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+x = np.random.default_rng(0).uniform(size=(4, 5, 5, 8)).astype("float32")
+history = model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
+print(json.dumps({"jit": model.jit_compile, "loss": history.history["loss"]}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    x = np.random.default_rng(0).uniform(size=(4, 5, 5, 8)).astype("float32")
-    history = model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["jit"] is True
+    assert np.isfinite(result["loss"]).all()
 
 
 # --- the console scripts' first code -----------------------------------------------------------
